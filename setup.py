@@ -1,0 +1,27 @@
+"""Packaging for edgempi: an MPI benchmark suite for distributed training on edge devices."""
+from setuptools import find_packages, setup
+
+setup(
+    name="edgempi",
+    version="0.1.0",
+    description="MPI benchmark suite for distributed deep-learning training on edge devices",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edgempi", "edgempi.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "mpi4py>=3.1",
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "PyYAML>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "mpich": ["mpich"],
+        "plot": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": ["edgempi=edgempi.cli:main"]},
+)
