@@ -123,6 +123,10 @@ class Comm:
         self.mpi.Allreduce(arr, out, op=_OPS[op])
         return out
 
+    def split(self, color: int, key: int | None = None) -> "Comm":
+        """A sub-group (e.g. the ranks of one spatial group); its ledger starts at zero."""
+        return Comm(self.mpi.Split(color, self.rank if key is None else key))
+
     def node_size(self) -> int:
         """How many ranks share this node (to divide its cores between them)."""
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
