@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from edgempi.network import Link
+
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI
 except ImportError as exc:  # pragma: no cover - exercised only without mpi4py installed
@@ -32,6 +34,7 @@ class Ledger:
     bytes_down: int = 0
     ctrl_bytes: int = 0
     comm_s: float = 0.0
+    sim_comm_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -47,10 +50,11 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
 class Comm:
     """Collectives of one group of devices, with the ledger of what they cost."""
 
-    def __init__(self, mpi_comm: Any = None) -> None:
+    def __init__(self, mpi_comm: Any = None, link: Link | None = None) -> None:
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
+        self.link = link
         self.ledger = Ledger()
 
     # -- model-sized exchanges (counted as rounds) -------------------------------------
@@ -83,7 +87,12 @@ class Comm:
         self.ledger.rounds += 1
         self.ledger.bytes_up += up
         self.ledger.bytes_down += down
+        self._time(up, down, start)
+
+    def _time(self, up: int, down: int, start: float) -> None:
         self.ledger.comm_s += time.perf_counter() - start
+        if self.link is not None:
+            self.ledger.sim_comm_s += self.link.transfer_s(up, down)
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
     def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
@@ -92,7 +101,7 @@ class Comm:
         arr = np.ascontiguousarray(values, dtype=np.float32)
         out = self._reduce(arr, op)
         self.ledger.ctrl_bytes += arr.nbytes
-        self.ledger.comm_s += time.perf_counter() - start
+        self._time(arr.nbytes, arr.nbytes, start)
         return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
@@ -112,8 +121,8 @@ class Comm:
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         return self.mpi.bcast(obj, root=root)
 
-    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
-        return self.mpi.gather(obj, root=root)
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.mpi.allgather(obj)
 
     def barrier(self) -> None:
         self.mpi.Barrier()
@@ -125,7 +134,7 @@ class Comm:
 
     def split(self, color: int, key: int | None = None) -> "Comm":
         """A sub-group (e.g. the ranks of one spatial group); its ledger starts at zero."""
-        return Comm(self.mpi.Split(color, self.rank if key is None else key))
+        return Comm(self.mpi.Split(color, self.rank if key is None else key), self.link)
 
     def node_size(self) -> int:
         """How many ranks share this node (to divide its cores between them)."""

@@ -1,0 +1,40 @@
+"""What a training method is: a synchronisation rule with two hooks in the one loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgempi.comm import Comm
+from edgempi.config import RunConfig
+from edgempi.flat import FlatModel
+
+
+@dataclass
+class Context:
+    """What every policy may use; built once by the loop."""
+
+    cfg: RunConfig
+    comm: Comm
+    flat: FlatModel
+    steps_per_epoch: int
+
+
+class Policy:
+    """Default: train locally and never exchange anything (the centralized baseline).
+
+    ``models_differ``: devices may hold different models between syncs, so evaluation uses
+    their average. ``sync_columns``: what a sync record holds besides its step (for /syncs).
+    """
+
+    models_differ = False
+    sync_columns: tuple[str, ...] = ()
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def after_backward(self, step: int) -> None:
+        """Between backward and the optimizer step: the place to exchange gradients."""
+
+    def after_step(self, step: int) -> dict[str, Any] | None:
+        """After the optimizer step: the place to exchange weights; returns a sync record."""
+        return None

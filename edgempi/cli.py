@@ -1,0 +1,114 @@
+"""``edgempi run|validate``: parse the command line, then call the library.
+
+Exit codes: 0 done, 1 the run failed while training, 2 bad input (config, data, paths).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from edgempi import __version__
+from edgempi.config import ConfigError, RunConfig, load
+
+
+class CliError(Exception):
+    """Bad input: printed as ``edgempi: <message>`` with exit code 2."""
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher set it, read before MPI starts (0 when not launched).
+
+    Every rank validates the same config, so only rank 0 prints the error: one line, not N.
+    """
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.set)
+    if getattr(args, "out", None):
+        overrides.append(f"output.dir={args.out}")
+    try:
+        return load(args.config, overrides)
+    except ConfigError as exc:
+        raise CliError(f"config error: {exc}") from exc
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.ranks is not None:
+        from edgempi.config import validate_world
+
+        try:
+            validate_world(cfg, args.ranks)
+        except ConfigError as exc:
+            raise CliError(f"config error: {exc}") from exc
+    print(f"{args.config}: ok ({cfg.algorithm.name}, {cfg.model.name} on {cfg.data.name})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from edgempi.comm import Comm  # initialises MPI: only for commands that train
+    from edgempi.runner import SetupError, results_path, run
+
+    comm = Comm()
+    path = results_path(cfg, Path(args.config).stem)
+    try:
+        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet)
+    except (ConfigError, SetupError) as exc:
+        prefix = "config error: " if isinstance(exc, ConfigError) else ""
+        raise CliError(f"{prefix}{exc}") from exc
+    except Exception as exc:  # any rank: say which, then take the whole job down
+        print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        comm.abort(1)
+        return 1
+    if comm.rank == 0:
+        print(path)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgempi", description="Distributed training methods for edge devices, "
+                                "compared on MPI. Run under mpiexec/srun: every rank is one device.")
+    p.add_argument("--version", action="version", version=f"edgempi {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("config", help="YAML config file")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=0.05 (repeatable)")
+        return sp
+
+    run = with_config("run", "train one configuration and write its HDF5 results file")
+    run.add_argument("--out", metavar="DIR", help="directory for the results file (output.dir)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+    val = with_config("validate", "check a config without running it")
+    val.add_argument("--ranks", type=int, help="also check that the method fits this many ranks")
+    val.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        if launcher_rank() == 0:
+            print(f"edgempi: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgempi: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

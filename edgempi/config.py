@@ -1,0 +1,294 @@
+"""Run configuration: typed dataclasses read from YAML plus ``--set a.b=c`` overrides.
+
+The config is the single source of truth of a run: it is validated on every rank before any
+collective (so a bad value never leaves some ranks waiting in MPI), stored whole in the
+results file, and a run can be repeated from it alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem with the user's configuration; printed as one line, exit code 2."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None
+    download: bool = False
+    partition: str = "iid"
+    synthetic_train: int = 6000
+    synthetic_test: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5"
+    norm: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: float | None = 1.0
+    steps: int | None = None
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    eval_every: int = 0
+    log_every: int = 10
+    threads: int = 0
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "large_batch"
+    local_steps: int | None = None
+    local_epochs: float | None = None
+    average_buffers: bool = True
+
+
+@dataclass
+class CompressionConfig:
+    name: str = "none"
+
+
+@dataclass
+class NetworkConfig:
+    preset: str = "lan"
+    up_mbps: float | None = None
+    down_mbps: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "results"
+    name: str | None = None
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- parsing -------------------------------------------------------------------------------
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check a YAML value against a field's type hint, converting the safe cases (int → float)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(exc.reason)
+        raise ConfigError(key, errors[0] if errors else f"invalid value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(key, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(key, f"expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover - a schema bug
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(prefix or "config", f"expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in known:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, f"{key}.")
+        else:
+            kwargs[name] = _coerce(key, value, hint)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` → (["a", "b"], YAML value of c): ``--set train.lr=0.05``."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like KEY=VALUE")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(key, "empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"value is not valid YAML: {raw!r}") from exc
+    return path, value
+
+
+def merge_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path[: i + 1]), "is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def from_dict(raw: dict[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
+    cfg = _build(RunConfig, merge_overrides(raw, overrides), "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``--set`` overrides, and validate (without MPI)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file ({exc.strerror})") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), f"not valid YAML{where}") from exc
+    if raw is None:
+        raw = {}
+    return from_dict(raw, overrides)
+
+
+# -- validation ----------------------------------------------------------------------------
+def _check(condition: bool, key: str, reason: str) -> None:
+    if not condition:
+        raise ConfigError(key, reason)
+
+
+def _one_of(value: str, options: Iterable[str], key: str) -> None:
+    options = tuple(options)
+    _check(value in options, key, f"unknown value {value!r} (choose from {', '.join(options)})")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check values and their combinations; world size is checked by :func:`validate_world`."""
+    from edgempi import algorithms, models  # registries know their names; imported late: no cycle
+    from edgempi.network import PRESETS
+
+    _check(cfg.seed >= 0, "seed", "must be >= 0")
+    _one_of(cfg.data.name, DATASETS, "data.name")
+    _one_of(cfg.data.partition, ("iid",), "data.partition")
+    _check(cfg.data.synthetic_train > 0, "data.synthetic_train", "must be > 0")
+    _check(cfg.data.synthetic_test > 0, "data.synthetic_test", "must be > 0")
+    _one_of(cfg.model.name, models.names(), "model.name")
+    if cfg.model.norm is not None:
+        _one_of(cfg.model.norm, models.NORMS, "model.norm")
+
+    t = cfg.train
+    _check(t.epochs is not None or t.steps is not None, "train.epochs", "set train.epochs or train.steps")
+    _check(t.epochs is None or t.steps is None, "train.steps", "set only one of train.epochs and train.steps")
+    _check(t.epochs is None or t.epochs > 0, "train.epochs", "must be > 0")
+    _check(t.steps is None or t.steps > 0, "train.steps", "must be > 0")
+    _check(t.batch_size > 0, "train.batch_size", "must be > 0")
+    _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+    _check(not t.nesterov or t.momentum > 0, "train.nesterov", "needs train.momentum > 0")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _one_of(t.schedule, SCHEDULES, "train.schedule")
+    _check(all(m > 0 for m in t.milestones), "train.milestones", "epochs must be > 0")
+    _check(0 < t.gamma <= 1, "train.gamma", "must be in (0, 1]")
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
+    _check(t.log_every > 0, "train.log_every", "must be > 0")
+    _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
+
+    a = cfg.algorithm
+    _one_of(a.name, algorithms.POLICIES, "algorithm.name")
+    if a.name == "fedavg":
+        _check((a.local_steps is None) != (a.local_epochs is None), "algorithm.local_steps",
+               "fedavg needs exactly one of algorithm.local_steps and algorithm.local_epochs")
+    _check(a.local_steps is None or a.local_steps > 0, "algorithm.local_steps", "must be > 0")
+    _check(a.local_epochs is None or a.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
+    _one_of(cfg.compression.name, ("none",), "compression.name")
+
+    n = cfg.network
+    _one_of(n.preset, PRESETS, "network.preset")
+    for key in ("up_mbps", "down_mbps"):
+        value = getattr(n, key)
+        _check(value is None or value > 0, f"network.{key}", "must be > 0")
+    _check(n.latency_ms is None or n.latency_ms >= 0, "network.latency_ms", "must be >= 0")
+    _check(cfg.output.name is None or (cfg.output.name and "/" not in cfg.output.name),
+           "output.name", "must be a file name without a directory")
+
+
+def validate_world(cfg: RunConfig, world_size: int) -> None:
+    """Does the method fit the number of ranks the job was started with?"""
+    if cfg.algorithm.name == "centralized":
+        _check(world_size == 1, "algorithm.name",
+               f"centralized runs on one rank, but the job has {world_size} (drop mpiexec -n)")
