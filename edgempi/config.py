@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float | None = 1.0
+    epochs: float | None = None  # one epoch when neither epochs nor steps is set
     steps: int | None = None
     batch_size: int = 32
     optimizer: str = "sgd"
@@ -250,7 +250,6 @@ def validate(cfg: RunConfig) -> None:
         _one_of(cfg.model.norm, models.NORMS, "model.norm")
 
     t = cfg.train
-    _check(t.epochs is not None or t.steps is not None, "train.epochs", "set train.epochs or train.steps")
     _check(t.epochs is None or t.steps is None, "train.steps", "set only one of train.epochs and train.steps")
     _check(t.epochs is None or t.epochs > 0, "train.epochs", "must be > 0")
     _check(t.steps is None or t.steps > 0, "train.steps", "must be > 0")

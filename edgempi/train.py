@@ -71,18 +71,24 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
         dataset = data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
                             synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
     parts = data.partition(dataset.train_y.numpy(), comm.size, cfg.data.partition, seeds.partition)
-    shard = torch.from_numpy(parts[comm.rank])
-    loader = data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
-                               seeds.devices[comm.rank], dataset.mean, dataset.std)
+    loader = device_loader(cfg, dataset, parts, seeds, comm.rank)
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
-    total = cfg.train.steps or math.ceil(cfg.train.epochs * steps_per_epoch)
+    total = cfg.train.steps or math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch)
 
     torch.manual_seed(seeds.init)
     model = models.create(cfg.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           input_size=dataset.input_size, norm=cfg.model.norm)
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat))
+
+
+def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray], seeds: Seeds,
+                  device: int) -> data.DeviceLoader:
+    """The batches device ``device`` draws: its shard, in the order of its own seed."""
+    shard = torch.from_numpy(parts[device])
+    return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
+                             seeds.devices[device], dataset.mean, dataset.std)
 
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:

@@ -1,0 +1,26 @@
+"""``mpiexec -n 4 python tests/fail_on_rank.py RANK STEP CONFIG ...``: the CLI, with a fault injected.
+
+Raises inside the training step of one rank, as a real bug would, without a test hook in the
+library itself.
+"""
+import sys
+
+import torch.nn.functional as F
+
+from edgempi import train
+from edgempi.cli import main
+from edgempi.comm import Comm
+
+bad_rank, bad_step = int(sys.argv[1]), int(sys.argv[2])
+calls = {"n": 0}
+
+
+def faulty_loss(logits, target, **kw):
+    calls["n"] += 1
+    if Comm().rank == bad_rank and calls["n"] > bad_step:
+        raise RuntimeError(f"injected fault at step {bad_step}")
+    return F.cross_entropy(logits, target, **kw)
+
+
+train.F = type("F", (), {"cross_entropy": staticmethod(faulty_loss)})
+sys.exit(main(sys.argv[3:]))

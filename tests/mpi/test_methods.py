@@ -1,0 +1,120 @@
+"""Collective tests of the training methods (run under ``mpiexec -n 4 pytest --with-mpi``).
+
+Each compares whole training runs, so a wrong average, a stale gradient or a miscounted byte
+shows up as a difference in parameters or ledger figures.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import small_config
+from edgempi import data
+from edgempi.algorithms.fedavg import FedAvg
+from edgempi.comm import Comm, self_comm
+from edgempi.config import from_dict
+from edgempi.train import Seeds, build, device_loader, train
+
+pytestmark = pytest.mark.mpi(min_size=2)
+LENET = 61_706
+
+
+def run(overrides: list[str], comm: Comm | None = None, **kw):
+    cfg = from_dict(small_config(), overrides)
+    comm = comm or Comm()
+    setup = build(cfg, comm)
+    return setup, train(setup, comm, **kw), comm
+
+
+def same_on_all_ranks(comm: Comm, tensor: torch.Tensor) -> bool:
+    digest = hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+    return len(set(comm.allgather_object(digest))) == 1
+
+
+def centralized_twin(overrides: list[str], devices: int) -> torch.Tensor:
+    """Centralized SGD with batch K·b over exactly the samples the K devices drew, step by step."""
+    cfg = from_dict(small_config(), overrides)
+    dist_cfg = from_dict(small_config(), [o for o in overrides if not o.startswith(("algorithm.name", "train.batch"))])
+    setup = build(cfg, self_comm(), dataset=None)
+    seeds = Seeds.from_seed(cfg.seed, devices)
+    parts = data.partition(setup.dataset.train_y.numpy(), devices, cfg.data.partition, seeds.partition)
+    loader = data.ConcatLoader([device_loader(dist_cfg, setup.dataset, parts, seeds, d) for d in range(devices)])
+    return train(setup, self_comm(), loader=loader).storage.clone()
+
+
+def test_large_batch_equals_centralized_with_k_times_the_batch():
+    comm = Comm()
+    _, outcome, _ = run(["train.steps=24"], comm)
+    reference = centralized_twin(["train.steps=24", "algorithm.name=centralized",
+                                  f"train.batch_size={8 * comm.size}"], comm.size)
+    assert torch.allclose(outcome.storage, reference, rtol=1e-4, atol=1e-6), \
+        float((outcome.storage - reference).abs().max())
+    assert not torch.equal(reference, build(from_dict(small_config()), self_comm()).flat.storage)
+
+
+def test_fedavg_one_local_step_equals_large_batch():
+    _, lb, _ = run(["train.steps=20"])
+    _, fa, _ = run(["train.steps=20", "algorithm.name=fedavg", "algorithm.local_steps=1"])
+    assert torch.allclose(lb.storage, fa.storage, rtol=1e-4, atol=1e-6)
+
+
+def test_all_ranks_identical_after_every_sync(monkeypatch):
+    comm = Comm()
+    verdicts = []
+    original = FedAvg.after_step
+
+    def checked(self, step):
+        sync = original(self, step)
+        if sync is not None:
+            verdicts.append(same_on_all_ranks(comm, self.ctx.flat.storage))
+        return sync
+
+    monkeypatch.setattr(FedAvg, "after_step", checked)
+    _, outcome, _ = run(["train.steps=12", "algorithm.name=fedavg", "algorithm.local_steps=3"], comm)
+    assert len(verdicts) == 4 and all(verdicts)
+    assert len(outcome.syncs) == 4 and [s["step"] for s in outcome.syncs] == [3, 6, 9, 12]
+
+
+def test_devices_differ_between_syncs():
+    comm = Comm()
+    _, outcome, _ = run(["train.steps=4", "algorithm.name=fedavg", "algorithm.local_steps=3"], comm)
+    assert not same_on_all_ranks(comm, outcome.storage)
+
+
+def test_ledger_large_batch_lenet():
+    _, outcome, comm = run(["train.steps=10"])
+    assert comm.ledger.rounds == 10
+    assert comm.ledger.bytes_up == comm.ledger.bytes_down == 10 * 4 * LENET
+    last = outcome.steps[-1]
+    assert last["rounds"] == 10 and last["bytes_up"] == 10 * 4 * LENET and last["ctrl_bytes"] == 0
+
+
+def test_ledger_fedavg_counts_weights_and_bn_buffers():
+    _, _, comm = run(["train.steps=12", "algorithm.name=fedavg", "algorithm.local_steps=4"])
+    assert comm.ledger.rounds == 3 and comm.ledger.bytes_up == 3 * 4 * LENET
+    _, setup_bn, comm = None, None, None
+    setup, _, comm = run(["train.steps=4", "algorithm.name=fedavg", "algorithm.local_steps=2", "model.norm=batch"])
+    per_sync = 4 * (setup.flat.numel + setup.flat.buffers.numel())
+    assert setup.flat.buffers.numel() == 2 * (6 + 16) and comm.ledger.bytes_up == 2 * per_sync
+
+
+def test_same_config_and_seed_give_identical_metrics():
+    metrics = []
+    for _ in range(2):
+        _, outcome, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5"])
+        metrics.append(([r["train_loss"] for r in outcome.steps], [(r["test_loss"], r["test_acc"]) for r in outcome.evals],
+                        outcome.storage.clone()))
+    assert metrics[0][0] == metrics[1][0] and metrics[0][1] == metrics[1][1]
+    assert torch.equal(metrics[0][2], metrics[1][2])
+    _, other, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5", "seed=4"])
+    assert not torch.equal(other.storage, metrics[0][2])
+
+
+def test_evaluation_reduces_over_the_whole_test_set():
+    _, outcome, comm = run(["train.steps=5"])
+    acc = np.array([r["test_acc"] for r in outcome.evals])
+    assert len(acc) == 2 and np.all((acc >= 0) & (acc <= 1))
+    assert len(set(comm.allgather_object(acc.tobytes()))) == 1

@@ -1,0 +1,83 @@
+"""Data sources, the IID partition and the per-device loader."""
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from edgempi import data
+from edgempi.data.sources import DataError
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_folder(folder, n_train=40, n_test=10):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+
+
+def test_idx_files_found_under_data_root(tmp_path):
+    make_idx_folder(tmp_path / "fashion-mnist")
+    ds = data.load("fashion-mnist", root=str(tmp_path))
+    assert ds.train_x.shape == (40, 1, 28, 28) and ds.train_x.dtype == torch.uint8
+    assert ds.test_y.shape == (10,) and ds.num_classes == 10
+
+
+def test_environment_variable_root(tmp_path, monkeypatch):
+    make_idx_folder(tmp_path / "mnist")
+    monkeypatch.setenv("EDGEMPI_DATA", str(tmp_path))
+    assert len(data.load("mnist", root="/nonexistent").train_y) == 40
+
+
+def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGEMPI_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        data.load("mnist", root=str(tmp_path / "nowhere"))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "nowhere") in message and "/usr/share/datasets" in message
+
+
+def test_truncated_idx_file_is_refused(tmp_path):
+    folder = tmp_path / "mnist"
+    make_idx_folder(folder)
+    raw = gzip.open(folder / "train-images-idx3-ubyte.gz").read()
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        data.load("mnist", root=str(tmp_path))
+
+
+def test_synthetic_is_seeded_and_learnable_shape():
+    a, b, c = data.load("synthetic", seed=1), data.load("synthetic", seed=1), data.load("synthetic", seed=2)
+    assert torch.equal(a.train_x, b.train_x) and not torch.equal(a.train_x, c.train_x)
+    assert a.train_x.shape == (6000, 1, 28, 28) and set(a.train_y.tolist()) == set(range(10))
+
+
+def test_iid_partition_is_disjoint_equal_and_seeded():
+    labels = np.arange(1003) % 10
+    parts = data.partition(labels, 4, "iid", seed=5)
+    assert [len(p) for p in parts] == [250] * 4
+    assert len(np.unique(np.concatenate(parts))) == 1000
+    assert all(np.array_equal(p, q) for p, q in zip(parts, data.partition(labels, 4, "iid", seed=5)))
+    assert not np.array_equal(parts[0], data.partition(labels, 4, "iid", seed=6)[0])
+
+
+def test_loader_epochs_cover_the_shard_once():
+    x = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    loader = data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,))
+    it = iter(loader)
+    epoch = torch.cat([next(it)[1] for _ in range(loader.steps_per_epoch)])
+    assert loader.steps_per_epoch == 3 and len(set(epoch.tolist())) == 18
+    xb, yb = next(iter(data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,))))
+    assert torch.equal(xb.view(-1), yb.float())  # normalisation (x/255 - 0) / (1/255) gives x back

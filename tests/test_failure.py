@@ -1,0 +1,95 @@
+"""Failures end the whole job quickly, and the results file tells what happened."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from helpers import ROOT, child_env, mpiexec, small_config, write_config
+from edgempi.record import open_for_reading
+
+
+def test_exception_on_rank_2_of_4_aborts_the_job_quickly(tmp_path):
+    path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 100000}))
+    start = time.monotonic()
+    proc = subprocess.run([mpiexec(), "-n", "4", sys.executable, str(ROOT / "tests" / "fail_on_rank.py"), "2", "3",
+                           "run", str(path), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env=child_env())
+    assert time.monotonic() - start < 30
+    assert proc.returncode != 0
+    assert "edgempi: rank 2: RuntimeError: injected fault at step 3" in proc.stderr
+
+
+def test_exception_on_rank_0_marks_the_file_failed(tmp_path):
+    path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 100000}))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(ROOT / "tests" / "fail_on_rank.py"), "0", "7",
+                           "run", str(path), "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env=child_env())
+    assert proc.returncode != 0
+    (h5,) = tmp_path.glob("*.h5")
+    with h5py.File(h5, "r") as f:
+        assert f.attrs["status"] == "failed"
+        assert "injected fault" in f.attrs["error"]
+
+
+def wait_for_rows(path: Path, table: str, rows: int, proc: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists():
+            try:
+                with open_for_reading(path) as f:
+                    n = f[table]["step"].shape[0]
+                    if n >= rows:
+                        return n
+            except OSError:
+                pass  # the writer has not switched to SWMR yet
+        time.sleep(0.2)
+    raise AssertionError(f"no {rows} rows in {path} after {timeout} s")
+
+
+def test_running_file_is_readable_and_survives_kill_9(tmp_path):
+    cfg = small_config(train={"steps": 100000, "log_every": 2, "eval_every": 20})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "edgempi", "run", str(path), "--out",
+                             str(tmp_path), "--set", "output.name=live"], env=child_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    h5 = tmp_path / "live.h5"
+    try:
+        seen = wait_for_rows(h5, "steps", 5, proc)
+        with open_for_reading(h5) as f:  # another process reads while rank 0 writes
+            assert f.attrs["status"] == "running"
+            steps = f["steps"]["step"][:]
+            assert len(steps) >= 5 and list(steps[:3]) == [2, 4, 6]
+        seen = wait_for_rows(h5, "steps", seen + 3, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    with open_for_reading(h5) as f:  # a killed SWMR writer leaves its flags set: read as SWMR
+        assert f.attrs["status"] == "running"
+        n = f["steps"]["step"].shape[0]
+        assert n >= seen
+        assert all(f["steps"][c].shape[0] == n for c in f["steps"])
+        assert list(f["steps"]["step"][:n]) == [2.0 * (i + 1) for i in range(n)]
+
+
+def test_existing_results_file_is_never_overwritten(tmp_path):
+    path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 4}))
+    h5 = tmp_path / "keep.h5"
+    h5.write_bytes(b"precious")
+    proc = subprocess.run([sys.executable, "-m", "edgempi", "run", str(path), "--out", str(tmp_path), "--set",
+                           "output.name=keep"], capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+    assert h5.read_bytes() == b"precious"
+    proc = subprocess.run([sys.executable, "-m", "edgempi", "run", str(path), "--out", str(tmp_path), "--set",
+                           "output.name=keep", "--overwrite"], capture_output=True, text=True, timeout=120,
+                          env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(h5, "r") as f:
+        assert f.attrs["status"] == "completed"

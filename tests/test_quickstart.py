@@ -1,0 +1,37 @@
+"""The quickstart as a user runs it: real Fashion-MNIST, LeNet-5, 4 devices, one HDF5 file."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+import yaml
+
+from helpers import FASHION, ROOT, edgempi
+from edgempi.record import EVAL_COLUMNS, SCHEMA, STEP_COLUMNS
+
+pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.mark.parametrize("algorithm", ["large_batch", "fedavg"])
+def test_quickstart_trains_on_real_data(tmp_path, algorithm):
+    proc = edgempi("run", str(ROOT / "benchmarks" / "configs" / "quickstart.yaml"), "--out", str(tmp_path),
+                   "--set", "train.epochs=null", "--set", "train.steps=200", "--set", "train.eval_every=100",
+                   "--set", f"algorithm.name={algorithm}", ranks=4, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip().splitlines()[-1]
+    assert path.endswith(".h5") and str(tmp_path) in path
+    assert "edgempi: step 200/200" in proc.stderr  # one log line per evaluation when not a terminal
+    with h5py.File(path, "r") as f:
+        attrs = f.attrs
+        assert attrs["schema"] == SCHEMA and attrs["status"] == "completed"
+        assert attrs["world_size"] == 4 and attrs["algorithm"] == algorithm
+        assert yaml.safe_load(attrs["config"])["algorithm"]["name"] == algorithm
+        assert set(json.loads(attrs["versions"])) >= {"python", "torch", "mpi4py", "mpi"}
+        assert attrs["created"] <= attrs["finished"]
+        assert set(f["steps"]) == set(STEP_COLUMNS) and set(f["evals"]) == set(EVAL_COLUMNS)
+        assert f["partition/counts"].shape == (4, 10) and f["partition/counts"][()].sum() == 60000
+        evals = {c: f["evals"][c][()] for c in EVAL_COLUMNS}
+    assert list(evals["step"]) == [0, 100, 200]
+    assert evals["test_acc"][0] < 0.3 < 0.6 < evals["test_acc"][-1]
+    assert all(evals["sim_s"][1:] > 0) and all(evals["wall_s"][1:] > 0)
