@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class ConfigError(ValueError):
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+FDA_VARIANTS = ("naive", "linear", "sketch")
 
 
 @dataclass
@@ -72,6 +74,13 @@ class AlgorithmConfig:
     local_steps: int | None = None
     local_epochs: float | None = None
     average_buffers: bool = True
+    check_every: int = 1  # dynamic: local steps between checks of ‖w − r‖² > delta
+    delta: float | None = None  # dynamic: the divergence threshold Δ (required)
+    variant: str = "linear"  # fda: naive, linear or sketch
+    theta: float | None = None  # fda: the variance threshold Θ; when unset, theta_per_param × d
+    theta_per_param: float = 3.0e-5  # in the range the FDA authors fitted: 2.7e-5 … 4.9e-5
+    sketch_depth: int = 5
+    sketch_width: int = 250
 
 
 @dataclass
@@ -112,6 +121,9 @@ class RunConfig:
 
 
 # -- parsing -------------------------------------------------------------------------------
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check a YAML value against a field's type hint, converting the safe cases (int → float)."""
     origin = typing.get_origin(hint)
@@ -142,6 +154,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if hint is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise ConfigError(key, f"expected a finite number, got {value!r}")
@@ -274,6 +288,15 @@ def validate(cfg: RunConfig) -> None:
                "fedavg needs exactly one of algorithm.local_steps and algorithm.local_epochs")
     _check(a.local_steps is None or a.local_steps > 0, "algorithm.local_steps", "must be > 0")
     _check(a.local_epochs is None or a.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
+    _check(a.name != "dynamic" or a.delta is not None, "algorithm.delta",
+           "dynamic needs the divergence threshold algorithm.delta (e.g. 1.0 for LeNet-5)")
+    _check(a.delta is None or a.delta >= 0, "algorithm.delta", "must be >= 0")
+    _check(a.check_every > 0, "algorithm.check_every", "must be > 0")
+    _one_of(a.variant, FDA_VARIANTS, "algorithm.variant")
+    _check(a.theta is None or a.theta >= 0, "algorithm.theta", "must be >= 0")
+    _check(a.theta_per_param >= 0, "algorithm.theta_per_param", "must be >= 0")
+    _check(a.sketch_depth > 0, "algorithm.sketch_depth", "must be > 0")
+    _check(a.sketch_width > 0, "algorithm.sketch_width", "must be > 0")
     _one_of(cfg.compression.name, ("none",), "compression.name")
 
     n = cfg.network

@@ -1,6 +1,8 @@
 """Training methods as policies of the one loop in :mod:`edgempi.train`."""
 from edgempi.algorithms.base import Context, Policy
 from edgempi.algorithms.centralized import Centralized
+from edgempi.algorithms.dynamic import Dynamic
+from edgempi.algorithms.fda import FDA
 from edgempi.algorithms.fedavg import FedAvg
 from edgempi.algorithms.large_batch import LargeBatch
 
@@ -8,6 +10,8 @@ POLICIES: dict[str, type[Policy]] = {
     "centralized": Centralized,
     "large_batch": LargeBatch,
     "fedavg": FedAvg,
+    "dynamic": Dynamic,
+    "fda": FDA,
 }
 
 
