@@ -1,0 +1,161 @@
+"""Reproduce the FDA paper's comparison on Fashion-MNIST / LeNet-5, then tabulate it.
+
+Runs every point of ``benchmarks/configs/fda/grid.yaml`` (base config + method + grid value,
+for each device count and partition) with ``mpiexec -n K edgempi run``, one HDF5 file each,
+and skips the runs whose file is already complete. The table reads each file's /evals: at the
+first evaluation with test accuracy ≥ the target, the parallel steps, and the bytes up + down
+summed over the K devices (the per-device means × K), plus the control bytes from /steps.
+
+    python benchmarks/fda_repro.py --devices 4 8 --target 0.85            # run, then print the table
+    python benchmarks/fda_repro.py --devices 4 --table-only               # table of the runs so far
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = ROOT / "benchmarks" / "configs" / "fda" / "grid.yaml"
+
+
+@dataclass
+class Run:
+    partition: str
+    devices: int
+    method: str
+    point: str  # the grid value, e.g. "theta=2.0", or "" for a method without a grid
+    overrides: list[str]
+
+    @property
+    def name(self) -> str:
+        return "-".join(filter(None, [self.partition, f"k{self.devices}", self.method, self.point]))
+
+
+def expand(grid: dict, devices: list[int], partitions: list[str], methods: list[str] | None) -> list[Run]:
+    runs = []
+    for partition, k in itertools.product(partitions, devices):
+        for method, spec in grid["methods"].items():
+            if methods and method not in methods:
+                continue
+            axes = spec.get("grid", {})
+            for values in itertools.product(*axes.values()):
+                point = [f"{key}={value}" for key, value in zip(axes, values)]
+                label = ",".join(p.split(".", 1)[1] for p in point)
+                runs.append(Run(partition, k, method, label, [*grid["partitions"][partition], *spec["set"], *point]))
+    return runs
+
+
+def completed(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        return f.attrs.get("status") == "completed"
+
+
+def execute(run: Run, base: Path, out: Path, extra: list[str]) -> None:
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    sets = [*run.overrides, *extra, f"output.name={run.name}.h5"]
+    cmd = [mpiexec, "-n", str(run.devices), sys.executable, "-m", "edgempi", "run", str(base), "--out", str(out),
+           "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip().splitlines()[-1:]})"
+    print(f"{run.name}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def reached(path: Path, devices: int, target: float) -> dict[str, float]:
+    """Parallel steps and bytes (all devices) at the first evaluation with test_acc ≥ target."""
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        ev = {k: f["evals"][k][:] for k in ("step", "bytes_up", "bytes_down", "test_acc")}
+        steps, ctrl = f["steps"]["step"][:], f["steps"]["ctrl_bytes"][:]
+        syncs = len(f["syncs"]["step"]) if "syncs" in f else 0
+    row = {"best_acc": float(ev["test_acc"].max()), "final_acc": float(ev["test_acc"][-1]), "syncs_total": syncs}
+    hit = np.flatnonzero(ev["test_acc"] >= target)
+    if len(hit):
+        i = hit[0]
+        step = ev["step"][i]
+        row.update(step=float(step), model_bytes=float(ev["bytes_up"][i] + ev["bytes_down"][i]) * devices,
+                   ctrl_bytes=float(np.interp(step, np.concatenate([[0], steps]), np.concatenate([[0], ctrl])))
+                   * devices)
+    return row
+
+
+def fmt_bytes(b: float) -> str:
+    return f"{b / 1e6:,.1f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB"
+
+
+def table(runs: list[Run], out: Path, target: float) -> str:
+    """Markdown: every run, then the cheapest grid point per method with the ratios of the issue."""
+    lines = [f"Target test accuracy {target:.0%}; bytes = up + down summed over all devices "
+             "(model = weight/gradient exchanges, ctrl = FDA state / violation counts).", "",
+             "| partition | K | method | point | steps to target | model bytes | ctrl bytes | total | best acc |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    best: dict[tuple[str, int, str], tuple[float, float, str]] = {}
+    for run in runs:
+        path = out / f"{run.name}.h5"
+        if not completed(path):
+            continue
+        r = reached(path, run.devices, target)
+        if "step" in r:
+            total = r["model_bytes"] + r["ctrl_bytes"]
+            cells = [f"{int(r['step'])}", fmt_bytes(r["model_bytes"]), fmt_bytes(r["ctrl_bytes"]), fmt_bytes(total)]
+            key = (run.partition, run.devices, run.method)
+            if key not in best or total < best[key][0]:
+                best[key] = (total, r["step"], run.point)
+        else:
+            cells = ["not reached", "", "", ""]
+        lines.append(f"| {run.partition} | {run.devices} | {run.method} | {run.point or '-'} | {' | '.join(cells)} "
+                     f"| {r['best_acc']:.4f} |")
+    lines += ["", "Cheapest grid point per method (bytes to the target), and how many times fewer bytes "
+              "than the cheapest `fedavg` period and than `large_batch`:", "",
+              "| partition | K | method | point | steps | total bytes | × fewer than fedavg | × fewer than large_batch |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (partition, k, method), (total, step, point) in sorted(best.items(), key=lambda kv: (kv[0][:2], kv[1][0])):
+        fedavg = min((v[0] for (p, kk, m), v in best.items() if (p, kk) == (partition, k) and m.startswith("fedavg")),
+                     default=None)
+        sync = best.get((partition, k, "large_batch"))
+        ratio = [f"{ref / total:.1f}" if ref else "-" for ref in (fedavg, sync[0] if sync else None)]
+        lines.append(f"| {partition} | {k} | {method} | {point or '-'} | {int(step)} | {fmt_bytes(total)} "
+                     f"| {ratio[0]} | {ratio[1]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", type=Path, default=GRID)
+    p.add_argument("--devices", type=int, nargs="+", help="device counts (default: the grid's)")
+    p.add_argument("--partitions", nargs="+", default=["iid"], help="partitions of the grid to run")
+    p.add_argument("--methods", nargs="+", help="methods of the grid to run (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "fda")
+    p.add_argument("--target", type=float, default=0.85, help="test accuracy to reach")
+    p.add_argument("--table-only", action="store_true", help="do not run, tabulate the files present")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    args = p.parse_args()
+
+    grid = yaml.safe_load(args.grid.read_text())
+    runs = expand(grid, args.devices or grid["devices"], args.partitions, args.methods)
+    base = args.grid.parent / grid["base"]
+    if args.dry_run:
+        print("\n".join(f"{r.name}: mpiexec -n {r.devices} edgempi run {base} --set {' --set '.join(r.overrides)}"
+                        for r in runs))
+        return
+    if not args.table_only:
+        for run in runs:
+            if not completed(args.out / f"{run.name}.h5"):
+                execute(run, base, args.out, args.set)
+    print(table(runs, args.out, args.target))
+
+
+if __name__ == "__main__":
+    main()
