@@ -55,12 +55,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
+    from edgempi.checkpoint import Interrupted
     from edgempi.runner import SetupError, results_path, run
 
     comm = Comm()
     path = results_path(cfg, Path(args.config).stem)
     try:
-        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet)
+        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
+    except Interrupted as exc:
+        if comm.rank == 0:
+            print(f"edgempi: {exc}", file=sys.stderr)
+        return 143
     except (ConfigError, SetupError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
@@ -88,7 +93,10 @@ def parser() -> argparse.ArgumentParser:
 
     run = with_config("run", "train one configuration and write its HDF5 results file")
     run.add_argument("--out", metavar="DIR", help="directory for the results file (output.dir)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run of this results file from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = with_config("validate", "check a config without running it")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,16 +27,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without mpi4py i
 
 @dataclass
 class Ledger:
-    """Cumulative traffic of this device, as a central server would see it."""
+    """Cumulative traffic and time of this device, as a central server would see them.
+
+    The simulated clock works per exchange: each exchange closes a *segment* holding this
+    device's (speed-scaled) compute since the previous exchange plus its own transfer time on
+    its modelled link; the exchange takes as long as the slowest device's segment, which
+    :meth:`Comm.sim_time` finds with one reduction over all pending segments.
+    """
 
     rounds: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     ctrl_bytes: int = 0
     comm_s: float = 0.0
-    sim_comm_s: float = 0.0
+    compute_s: float = 0.0
+    sim_s: float = 0.0
+    pending_compute_s: float = 0.0
+    segments: list[float] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -90,9 +99,30 @@ class Comm:
         self._time(up, down, start)
 
     def _time(self, up: int, down: int, start: float) -> None:
-        self.ledger.comm_s += time.perf_counter() - start
-        if self.link is not None:
-            self.ledger.sim_comm_s += self.link.transfer_s(up, down)
+        ledger = self.ledger
+        ledger.comm_s += time.perf_counter() - start
+        transfer = self.link.transfer_s(up, down) if self.link is not None else 0.0
+        ledger.segments.append(ledger.pending_compute_s + transfer)
+        ledger.pending_compute_s = 0.0
+
+    # -- the simulated edge clock ------------------------------------------------------
+    def add_compute(self, seconds: float) -> None:
+        """Local work of this device, measured; the modelled device takes ``speed`` times longer."""
+        self.ledger.compute_s += seconds
+        self.ledger.pending_compute_s += seconds * (self.link.compute_factor if self.link else 1.0)
+
+    def sim_time(self) -> float:
+        """Simulated seconds so far: the sum over exchanges of the slowest device's segment.
+
+        Collective (every rank has closed the same exchanges): one MAX reduction of the
+        pending segments plus the compute since the last exchange; not counted as traffic.
+        """
+        ledger = self.ledger
+        values = np.array([*ledger.segments, ledger.pending_compute_s], dtype=np.float64)
+        slowest = self._reduce(values, "max")
+        ledger.sim_s += float(slowest[:-1].sum())
+        ledger.segments.clear()
+        return ledger.sim_s + float(slowest[-1])
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
     def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:

@@ -85,12 +85,21 @@ class NetworkConfig:
     up_mbps: float | None = None
     down_mbps: float | None = None
     latency_ms: float | None = None
+    spread: float = 0.0
+    compute_factor: float = 1.0
+    compute_spread: float = 0.0
 
 
 @dataclass
 class OutputConfig:
     dir: str = "results"
     name: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    every_minutes: float = 0.0
 
 
 @dataclass
@@ -103,6 +112,7 @@ class RunConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -282,6 +292,13 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(n, key)
         _check(value is None or value > 0, f"network.{key}", "must be > 0")
     _check(n.latency_ms is None or n.latency_ms >= 0, "network.latency_ms", "must be >= 0")
+    _check(n.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
+    _check(n.compute_factor > 0, "network.compute_factor", "must be > 0")
+    _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
+    _check(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
+    _check(cfg.checkpoint.every_steps % t.log_every == 0, "checkpoint.every_steps",
+           f"must be a multiple of train.log_every ({t.log_every}): checkpoints are taken at /steps rows")
+    _check(cfg.checkpoint.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0 (0 = off)")
     _check(cfg.output.name is None or (cfg.output.name and "/" not in cfg.output.name),
            "output.name", "must be a file name without a directory")
 

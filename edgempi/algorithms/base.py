@@ -38,3 +38,10 @@ class Policy:
     def after_step(self, step: int) -> dict[str, Any] | None:
         """After the optimizer step: the place to exchange weights; returns a sync record."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of this policy (reference models, memories)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; stateless policies have nothing to restore."""
