@@ -1,7 +1,7 @@
 """Training-time augmentation on whole batches, and the per-dataset normalisation constants.
 
 The loader draws batches from in-memory tensors, so augmentation runs on a batch [N, C, H, W] at
-once: one gather builds every sample's crop and flip, with no Python loop over samples, and the
+once: two gathers (rows, then columns) build every sample's crop and flip, with no Python loop over samples, and the
 random draws come from the device's own torch.Generator so runs repeat exactly.
 """
 from __future__ import annotations
@@ -42,7 +42,6 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, fli
     if flip:
         mirrored = torch.randint(0, 2, (n, 1), generator=generator).bool()
         cols = torch.where(mirrored, w - 1 - cols, cols)
-    rows = dy + torch.arange(h)
-    cols = dx + cols
-    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
-                  rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    rows = (dy + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 2 * padding)
+    cols = (dx + cols).view(n, 1, 1, w).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
