@@ -87,7 +87,7 @@ def _quantity(labels: np.ndarray, devices: int, rng: np.random.Generator, min_sa
         raise ValueError(f"{KEY}.law: unknown law {law!r} (choose from lognormal, powerlaw)")
     spare = len(labels) - devices * min_samples
     if spare < 0:
-        raise ValueError(f"{KEY}.min_samples: {devices} devices × {min_samples} exceeds the "
+        raise ValueError(f"data.partition: {devices} devices × min_samples={min_samples} exceeds the "
                          f"{len(labels)} samples")
     ideal = spare * weights / weights.sum()
     sizes = np.floor(ideal).astype(np.int64)
@@ -189,7 +189,7 @@ def partition(labels: np.ndarray, /, devices: int, scheme: str, seed: int, min_s
     if not isinstance(devices, (int, np.integer)) or devices < 1:
         raise ValueError(f"data.partition: devices must be an integer >= 1 (got {devices!r})")
     if not isinstance(min_samples, (int, np.integer)) or min_samples < 0:
-        raise ValueError(f"{KEY}.min_samples: must be an integer >= 0 (got {min_samples!r})")
+        raise ValueError(f"data.partition: min_samples must be an integer >= 0 (got {min_samples!r})")
     rng = np.random.default_rng(np.random.SeedSequence(seed))
     if "labels" in kw:  # the builders' first argument is the label array
         kw["chosen_labels"] = kw.pop("labels")
