@@ -78,6 +78,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from edgempi import data
+    from edgempi.train import load_dataset, make_partition
+
+    try:
+        dataset = load_dataset(cfg)
+        table = data.counts(dataset.train_y.numpy(), make_partition(cfg, dataset, args.devices), dataset.num_classes)
+    except (ValueError, data.DataError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{cfg.data.name}, partition {cfg.data.partition} {cfg.data.partition_args() or ''}, "
+          f"{args.devices} devices, seed {cfg.seed}")
+    print(data.format_counts(table))
+    if args.plot:
+        data.plot_counts(table, args.plot)
+        print(args.plot)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgempi", description="Distributed training methods for edge devices, "
                                 "compared on MPI. Run under mpiexec/srun: every rank is one device.")
@@ -102,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
     val = with_config("validate", "check a config without running it")
     val.add_argument("--ranks", type=int, help="also check that the method fits this many ranks")
     val.set_defaults(func=cmd_validate)
+    part = with_config("partition", "show how the training set is split across devices (samples per class)")
+    part.add_argument("--devices", type=int, required=True, help="number of devices (the run's ranks)")
+    part.add_argument("--plot", metavar="FILE.png", help="also draw a devices × classes heat map")
+    part.set_defaults(func=cmd_partition)
     return p
 
 

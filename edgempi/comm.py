@@ -92,6 +92,17 @@ class Comm:
         self._count(data.nbytes, down, start)
         return parts
 
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small tensor over devices (SyncBN statistics): its bytes count, not a round."""
+        start = time.perf_counter()
+        out = torch.empty_like(values)
+        self.mpi.Allreduce(numpy_view(values.contiguous()), numpy_view(out), op=MPI.SUM)
+        nbytes = values.numel() * values.element_size()
+        self.ledger.bytes_up += nbytes
+        self.ledger.bytes_down += nbytes
+        self._time(nbytes, nbytes, start)
+        return out
+
     def _count(self, up: int, down: int, start: float) -> None:
         self.ledger.rounds += 1
         self.ledger.bytes_up += up

@@ -37,8 +37,23 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     partition: str = "iid"
+    alpha: float | None = None  # dirichlet concentration
+    shards_per_device: int | None = None  # shards
+    skew: float | None = None  # quantity: sigma (lognormal) or exponent (powerlaw)
+    law: str | None = None  # quantity: lognormal | powerlaw
+    p: float | None = None  # sorted_fraction
+    labels: list[int] | None = None  # concentrated: the labels that sit on few devices
+    on_devices: int | None = None  # concentrated
+    min_samples: int | None = None  # per device; default one local batch
+    augment: bool | None = None  # random crop + flip; default on for cifar10
     synthetic_train: int = 6000
     synthetic_test: int = 1000
+
+    def partition_args(self) -> dict[str, object]:
+        """The partition parameters that were set (each scheme refuses those it does not take)."""
+        from edgempi.data.partition import PARAMETERS
+
+        return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -72,6 +87,8 @@ class AlgorithmConfig:
     local_steps: int | None = None
     local_epochs: float | None = None
     average_buffers: bool = True
+    sync_bn: bool = False
+    eval_stats: str = "average"
 
 
 @dataclass
@@ -248,11 +265,17 @@ def _one_of(value: str, options: Iterable[str], key: str) -> None:
 def validate(cfg: RunConfig) -> None:
     """Check values and their combinations; world size is checked by :func:`validate_world`."""
     from edgempi import algorithms, models  # registries know their names; imported late: no cycle
+    from edgempi.data.partition import SCHEMES, scheme_parameters
     from edgempi.network import PRESETS
 
     _check(cfg.seed >= 0, "seed", "must be >= 0")
     _one_of(cfg.data.name, DATASETS, "data.name")
-    _one_of(cfg.data.partition, ("iid",), "data.partition")
+    _one_of(cfg.data.partition, SCHEMES, "data.partition")
+    takes = scheme_parameters(cfg.data.partition)
+    for key in cfg.data.partition_args():
+        _check(key in takes, f"data.{key}", f"not used by partition {cfg.data.partition!r} "
+               f"(it takes: {', '.join(takes) or 'nothing'})")
+    _check(cfg.data.min_samples is None or cfg.data.min_samples > 0, "data.min_samples", "must be > 0")
     _check(cfg.data.synthetic_train > 0, "data.synthetic_train", "must be > 0")
     _check(cfg.data.synthetic_test > 0, "data.synthetic_test", "must be > 0")
     _one_of(cfg.model.name, models.names(), "model.name")
@@ -284,6 +307,8 @@ def validate(cfg: RunConfig) -> None:
                "fedavg needs exactly one of algorithm.local_steps and algorithm.local_epochs")
     _check(a.local_steps is None or a.local_steps > 0, "algorithm.local_steps", "must be > 0")
     _check(a.local_epochs is None or a.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
+    _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
+    _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")
     _one_of(cfg.compression.name, ("none",), "compression.name")
 
     n = cfg.network

@@ -32,6 +32,15 @@ def results_path(cfg: RunConfig, label: str) -> Path:
     return Path(cfg.output.dir) / name
 
 
+def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
+    """What the evaluations of the file score, in words (stored as an attribute)."""
+    if not models_differ:
+        return "shared model"
+    if cfg.algorithm.eval_stats == "local":
+        return "average weights, each device's own BatchNorm statistics"
+    return "average weights and BatchNorm statistics"
+
+
 def agree(comm: Comm, error: str | None) -> None:
     """Raise the same SetupError on every rank if any rank failed (lowest rank's message)."""
     errors = [e for e in comm.allgather_object(error) if e]
@@ -76,7 +85,7 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
             trainer.recorder = Recorder.resume(path, trainer.step)
         else:
             attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
-                     "devices": comm.size, "evaluated_model": "average" if trainer.policy.models_differ else "shared"}
+                     "devices": comm.size, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
             trainer.recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
                                         overwrite=True if resume else overwrite)
     checkpointer = Checkpointer(cfg, comm, folder)

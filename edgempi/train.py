@@ -21,6 +21,7 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shard
 from edgempi.flat import FlatModel
+from edgempi.models.syncbn import convert_sync_bn
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 
 
@@ -73,10 +74,8 @@ class Setup:
 def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Setup:
     """Data partition, this device's loader, model and optimizer: no communication."""
     seeds = Seeds.from_seed(cfg.seed, comm.size)
-    if dataset is None:
-        dataset = data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
-                            synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
-    parts = data.partition(dataset.train_y.numpy(), comm.size, cfg.data.partition, seeds.partition)
+    dataset = dataset or load_dataset(cfg)
+    parts = make_partition(cfg, dataset, comm.size)
     loader = device_loader(cfg, dataset, parts, seeds, comm.rank)
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
@@ -85,16 +84,31 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     torch.manual_seed(seeds.init)
     model = models.create(cfg.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           input_size=dataset.input_size, norm=cfg.model.norm)
+    if cfg.algorithm.sync_bn:
+        convert_sync_bn(model, comm)
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat))
+
+
+def load_dataset(cfg: RunConfig) -> data.Dataset:
+    return data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
+                     synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
+
+
+def make_partition(cfg: RunConfig, dataset: data.Dataset, devices: int) -> list[np.ndarray]:
+    """Every device's training indices: a function of the config and the device count only."""
+    return data.partition(dataset.train_y.numpy(), devices, cfg.data.partition,
+                          Seeds.from_seed(cfg.seed, devices).partition,
+                          min_samples=cfg.data.min_samples or cfg.train.batch_size, **cfg.data.partition_args())
 
 
 def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray], seeds: Seeds,
                   device: int) -> data.DeviceLoader:
     """The batches device ``device`` draws: its shard, in the order of its own seed."""
     shard = torch.from_numpy(parts[device])
+    augment = cfg.data.augment if cfg.data.augment is not None else dataset.name == "cifar10"
     return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
-                             seeds.devices[device], dataset.mean, dataset.std)
+                             seeds.devices[device], dataset.mean, dataset.std, augment)
 
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
@@ -195,7 +209,8 @@ class Trainer:
 
     def record_eval(self, step: int) -> None:
         test_loss, test_acc = evaluate(self.flat, self.comm, self.test_x, self.test_y, self.loader.normalize,
-                                       average=self.policy.models_differ)
+                                       average=self.policy.models_differ,
+                                       average_buffers=self.cfg.algorithm.eval_stats == "average")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)

@@ -11,6 +11,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from edgempi.data.augment import crop_flip
+
 
 def stream_seed(*keys: int) -> int:
     """A 63-bit seed for a torch.Generator from a tuple of integers (device seed, epoch, ...)."""
@@ -21,11 +23,11 @@ class DeviceLoader:
     """Epochs over a shard in a fresh order each; the last incomplete batch is dropped."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False) -> None:
         if len(x) < batch_size:
             raise ValueError(f"train.batch_size: a device holds {len(x)} samples, fewer than one batch "
                              f"of {batch_size}")
-        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.x, self.y, self.batch_size, self.seed, self.augment = x, y, batch_size, seed, augment
         self.order = lru_cache(maxsize=2)(self._order)
         self.scale = (1.0 / 255) / torch.tensor(std).view(1, -1, 1, 1)
         self.shift = -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1)
@@ -44,7 +46,10 @@ class DeviceLoader:
         """The (normalised images, labels) this device trains on at ``step``."""
         epoch, i = divmod(step, self.steps_per_epoch)
         idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-        return self.normalize(self.x[idx]), self.y[idx]
+        x = self.x[idx]
+        if self.augment:
+            x = crop_flip(x, torch.Generator().manual_seed(stream_seed(self.seed, epoch, i, 1)))
+        return self.normalize(x), self.y[idx]
 
 
 class ConcatLoader:
