@@ -48,8 +48,17 @@ class Compressor(ABC):
         """
 
     @abstractmethod
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        """Overwrite ``out`` with the dense fp32 vector the payload stands for.
+
+        Writing into a buffer the caller keeps avoids a fresh vector per exchange, whose
+        page faults cost as much as the decoding itself at ResNet size.
+        """
+
     def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
-        """The dense fp32 vector of ``numel`` elements that the payload stands for."""
+        out = torch.empty(numel, dtype=torch.float32)
+        self.decompress_into(payload, out)
+        return out
 
     def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
         """``out += alpha · decompress(payload)``; sparse payloads override it to skip the dense copy."""

@@ -55,8 +55,9 @@ class NoCompression(Compressor):
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         return (x,)
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
-        return payload[0]
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        if payload[0].data_ptr() != out.data_ptr():
+            out.copy_(payload[0])
 
 
 class FP16(Compressor):
@@ -68,8 +69,11 @@ class FP16(Compressor):
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         return (x.half(),)
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
-        return payload[0].float()
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        out.copy_(payload[0])
+
+    def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
+        out.add_(payload[0], alpha=alpha)
 
 
 class TopK(Compressor):
@@ -131,10 +135,8 @@ class TopK(Compressor):
             idx = np.sort(idx[np.argpartition(mag[idx], idx.size - k)[idx.size - k:]])
         return idx
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
-        out = torch.zeros(numel, dtype=torch.float32)
-        self.add_to_(out, payload)
-        return out
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        self.add_to_(out.zero_(), payload)
 
     def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
         values, idx = payload
@@ -174,10 +176,8 @@ class RandomK(Compressor):
         values = x[self.chosen(x.numel(), step)]
         return (values.mul_(self.scale(x.numel())),)
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
-        out = torch.zeros(numel, dtype=torch.float32)
-        self.add_to_(out, payload)
-        return out
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        self.add_to_(out.zero_(), payload)
 
     def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
         """Uses the indices of the latest :meth:`compress` (the exchange decompresses in the same step)."""
@@ -212,10 +212,13 @@ class QSGD(Compressor):
         levels = scaled.mul_(torch.sign(buckets)).to(torch.int8).view(-1)[:x.numel()]
         return levels, norms
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
         levels, norms = payload
-        out = self._buckets(levels.float()).mul_((norms / self.levels).unsqueeze(1))
-        return out.view(-1)[:numel]
+        step = norms / self.levels
+        full = out.numel() // self.bucket_size
+        out.copy_(levels)
+        out[:full * self.bucket_size].view(full, self.bucket_size).mul_(step[:full].unsqueeze(1))
+        out[full * self.bucket_size:].mul_(step[full:])  # the last, shorter bucket (if any)
 
 
 class SignSGD(Compressor):
@@ -227,7 +230,7 @@ class SignSGD(Compressor):
         bits = np.packbits(x.detach().numpy() >= 0)
         return torch.from_numpy(bits), scale
 
-    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
         bits, scale = payload
-        signs = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel))
-        return signs.float().mul_(2 * scale).sub_(scale)
+        out.copy_(torch.from_numpy(np.unpackbits(bits.numpy(), count=out.numel())))
+        out.mul_(2 * scale).sub_(scale)

@@ -116,16 +116,14 @@ class GradientExchange:
         if c.collective:
             sent, mean = c.reduce_mean(acc, step, self._allreduce_sum_, devices)
             self.memory.update_(acc, c, sent)
-            flat.copy_(c.decompress(mean, self.numel))
+            c.decompress_into(mean, flat)
             return
         payload = c.compress(acc, step, epoch)
         self.memory.update_(acc, c, payload)
         if c.summable:
             (buf,) = payload
             self._allreduce_sum_(buf.div_(devices), True)
-            mean_vec = c.decompress(payload, self.numel)
-            if mean_vec.data_ptr() != flat.data_ptr():
-                flat.copy_(mean_vec)
+            c.decompress_into(payload, flat)
             return
         gathered = self.comm.allgather_parts(payload, down_bytes=self.dense_down)
         flat.zero_()

@@ -92,6 +92,14 @@ def test_qsgd_is_unbiased() -> None:
     assert (mean - x).abs().le(5 * sigma).all()
 
 
+def test_qsgd_error_is_within_one_level_per_bucket_with_a_short_last_bucket() -> None:
+    x, bucket, levels = vector(1000), 64, 127
+    y = roundtrip("qsgd", x, levels=levels, bucket_size=bucket)
+    norms = torch.linalg.vector_norm(torch.nn.functional.pad(x, (0, 24)).view(-1, bucket), dim=1)
+    assert (y - x).abs().le(norms.repeat_interleave(bucket)[:1000] / levels + 1e-6).all()
+    assert not torch.equal(y, x)
+
+
 def test_signsgd_sends_scaled_signs() -> None:
     x = vector(13)
     y = roundtrip("signsgd", x)
