@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .base import Compressor, Payload
 
@@ -37,12 +36,12 @@ class _Scratch:
     """Reused work buffers: fresh 45 MB tensors cost more in page faults than the work itself."""
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple[str, int], np.ndarray] = {}
+        self._bufs: dict[tuple[str, int], torch.Tensor] = {}
 
-    def get(self, name: str, numel: int, dtype: type) -> np.ndarray:
+    def get(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         buf = self._bufs.get((name, numel))
         if buf is None:
-            buf = self._bufs[(name, numel)] = np.empty(numel, dtype=dtype)
+            buf = self._bufs[(name, numel)] = torch.empty(numel, dtype=dtype)
         return buf
 
 
@@ -122,14 +121,14 @@ class TopK(Compressor):
     def select(self, xn: np.ndarray, k: int) -> np.ndarray:
         """Sorted indices of (about, never more than) the k largest magnitudes."""
         numel = xn.size
-        mag = np.abs(xn, out=self.scratch.get("mag", numel, np.float32))
+        mag = np.abs(xn, out=self.scratch.get("mag", numel).numpy())
         samples = max(math.ceil(self.sample_ratio * numel), math.ceil(self.min_sample_hits * numel / k))
         hits = math.ceil(self.oversample * k * samples / numel)
         if hits >= samples or samples >= numel // 2:  # small vector: the exact selection is cheap
             return np.sort(np.argpartition(mag, numel - k)[numel - k:])
         sample = mag[self.rng.integers(0, numel, samples)]
         threshold = np.partition(sample, samples - hits)[samples - hits]
-        passed = np.greater_equal(mag, threshold, out=self.scratch.get("mask", numel, np.bool_))
+        passed = np.greater_equal(mag, threshold, out=self.scratch.get("mask", numel, torch.bool).numpy())
         idx = np.flatnonzero(passed)
         if idx.size > k:  # re-threshold: the exact top-k of the few candidates
             idx = np.sort(idx[np.argpartition(mag[idx], idx.size - k)[idx.size - k:]])
@@ -199,18 +198,27 @@ class QSGD(Compressor):
         self.levels = int(levels)
         self.bucket_size = int(bucket_size)
         self.gen = torch.Generator().manual_seed(seed)
+        self.scratch = _Scratch()
 
     def _buckets(self, x: torch.Tensor) -> torch.Tensor:
-        pad = -x.numel() % self.bucket_size
-        return (F.pad(x, (0, pad)) if pad else x).view(-1, self.bucket_size)
+        """``x`` as rows of one bucket each, the last zero-padded (in a kept buffer) if short."""
+        padded = math.ceil(x.numel() / self.bucket_size) * self.bucket_size
+        if padded != x.numel():
+            buf = self.scratch.get("padded", padded)
+            buf[:x.numel()].copy_(x)
+            buf[x.numel():].zero_()
+            x = buf
+        return x.view(-1, self.bucket_size)
 
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         buckets = self._buckets(x)
         norms = torch.linalg.vector_norm(buckets, dim=1)
-        scaled = buckets.abs().mul_((self.levels / torch.where(norms > 0, norms, 1.0)).unsqueeze(1))
-        scaled.add_(torch.rand(scaled.shape, generator=self.gen)).floor_().clamp_(max=self.levels)
-        levels = scaled.mul_(torch.sign(buckets)).to(torch.int8).view(-1)[:x.numel()]
-        return levels, norms
+        scaled = torch.abs(buckets, out=self.scratch.get("scaled", buckets.numel()).view_as(buckets))
+        scaled.mul_((self.levels / torch.where(norms > 0, norms, 1.0)).unsqueeze(1))
+        noise = torch.rand(buckets.shape, generator=self.gen,
+                           out=self.scratch.get("noise", buckets.numel()).view_as(buckets))
+        scaled.add_(noise).floor_().clamp_(max=self.levels).copysign_(buckets)
+        return scaled.view(-1)[:x.numel()].to(torch.int8), norms
 
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
         levels, norms = payload
@@ -225,9 +233,13 @@ class SignSGD(Compressor):
     """EF-signSGD (Karimireddy et al. 2019): ‖x‖₁/d · sign(x), meant to run with error
     feedback. Payload: the sign bits packed 8 to a byte plus one fp32 scale (zero counts as +)."""
 
+    def __init__(self) -> None:
+        self.scratch = _Scratch()
+
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
-        scale = (x.abs().sum() / x.numel()).reshape(1)
-        bits = np.packbits(x.detach().numpy() >= 0)
+        scale = (torch.linalg.vector_norm(x, ord=1) / x.numel()).reshape(1)
+        positive = self.scratch.get("positive", x.numel(), torch.bool).numpy()
+        bits = np.packbits(np.greater_equal(x.detach().numpy(), 0, out=positive))
         return torch.from_numpy(bits), scale
 
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
