@@ -66,7 +66,8 @@ class GradientExchange:
     def __init__(self, compressor: Compressor, comm: Comm, numel: int, error_feedback: bool = False,
                  momentum: float = 0.0, clip_norm: float = 0.0, dense_downlink: bool = False) -> None:
         self.check_options(clip_norm)
-        _require(0.0 <= momentum < 1.0, "momentum", f"the optimizer momentum must be in [0, 1), got {momentum}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"the optimizer momentum handed to the exchange must be in [0, 1), got {momentum}")
         self.compressor = compressor
         self.comm = comm
         self.numel = numel
