@@ -81,30 +81,47 @@ class Comm:
         Upload is this device's payload; download defaults to what the server would relay
         (the other devices' payloads) unless the caller states the size of a dense reply.
         """
-        start = time.perf_counter()
         data = np.ascontiguousarray(payload).view(np.uint8).ravel()
-        sizes = np.array(self.mpi.allgather(data.nbytes), dtype=np.int64)
+        return [parts[0] for parts in self.allgather_parts([data], down_bytes)]
+
+    # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
+    def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
+        """Sum a summable payload (fp32, fp16 ...) over devices in place.
+
+        Counts the payload's own bytes up and, unless stated, down; ``rounds`` is 0 for the
+        later collectives of an exchange that needs several (PowerSGD's second factor).
+        """
+        start = time.perf_counter()
+        arr = numpy_view(buf)
+        self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        self._count(arr.nbytes, arr.nbytes if down_bytes is None else down_bytes, start, rounds)
+
+    def allgather_parts(self, parts: Sequence[np.ndarray | torch.Tensor],
+                        down_bytes: int | None = None) -> list[list[np.ndarray]]:
+        """Gather every device's payload of typed parts (values, indices, norms ...): one round,
+        one Allgatherv. Every device passes the same number of parts with the same dtypes; the
+        sizes may differ. Returns, per device, its parts with their dtypes.
+
+        The part sizes travel first as framing (a few integers), not counted as payload.
+        """
+        start = time.perf_counter()
+        arrays = [numpy_view(p) if isinstance(p, torch.Tensor) else np.ascontiguousarray(p) for p in parts]
+        data = np.concatenate([a.view(np.uint8).ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
+        part_sizes = np.array(self.mpi.allgather([a.nbytes for a in arrays]), dtype=np.int64)
+        sizes = part_sizes.sum(axis=1)
         out = np.empty(int(sizes.sum()), dtype=np.uint8)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.mpi.Allgatherv(data, [out, sizes, offsets, MPI.BYTE])
-        parts = [out[o:o + s] for o, s in zip(offsets, sizes)]
+        gathered = []
+        for offset, row in zip(offsets, part_sizes):
+            ends = offset + np.cumsum(row)
+            gathered.append([_typed(out[end - size:end], a.dtype) for end, size, a in zip(ends, row, arrays)])
         down = int(sizes.sum() - data.nbytes) if down_bytes is None else down_bytes
         self._count(data.nbytes, down, start)
-        return parts
+        return gathered
 
-    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a small tensor over devices (SyncBN statistics): its bytes count, not a round."""
-        start = time.perf_counter()
-        out = torch.empty_like(values)
-        self.mpi.Allreduce(numpy_view(values.contiguous()), numpy_view(out), op=MPI.SUM)
-        nbytes = values.numel() * values.element_size()
-        self.ledger.bytes_up += nbytes
-        self.ledger.bytes_down += nbytes
-        self._time(nbytes, nbytes, start)
-        return out
-
-    def _count(self, up: int, down: int, start: float) -> None:
-        self.ledger.rounds += 1
+    def _count(self, up: int, down: int, start: float, rounds: int = 1) -> None:
+        self.ledger.rounds += rounds
         self.ledger.bytes_up += up
         self.ledger.bytes_down += down
         self._time(up, down, start)
@@ -191,6 +208,11 @@ class Comm:
         sys.stderr.flush()
         if self.size > 1:
             self.mpi.Abort(code)
+
+
+def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Bytes as an array of ``dtype``; copied only if they sit at an address the dtype cannot use."""
+    return (chunk if chunk.ctypes.data % dtype.itemsize == 0 else chunk.copy()).view(dtype)
 
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}

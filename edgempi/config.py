@@ -94,6 +94,14 @@ class AlgorithmConfig:
 @dataclass
 class CompressionConfig:
     name: str = "none"
+    ratio: float = 0.01  # topk / randomk: fraction of elements kept
+    warmup_epochs: int = 0  # topk: DGC density warm-up (0 = off)
+    sample_ratio: float = 0.01  # topk: sample for the threshold
+    levels: int = 127  # qsgd
+    bucket_size: int = 512  # qsgd
+    rank: int = 4  # powersgd
+    error_feedback: bool = True
+    clip_norm: float = 0.0  # DGC local gradient clipping (0 = off)
 
 
 @dataclass
@@ -262,9 +270,18 @@ def _one_of(value: str, options: Iterable[str], key: str) -> None:
     _check(value in options, key, f"unknown value {value!r} (choose from {', '.join(options)})")
 
 
+def _delegated(check: Any, *args: Any) -> None:
+    """Run a module's own validation, whose ValueErrors read ``section.key: reason``."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise ConfigError(key, reason or str(exc)) from exc
+
+
 def validate(cfg: RunConfig) -> None:
     """Check values and their combinations; world size is checked by :func:`validate_world`."""
-    from edgempi import algorithms, models  # registries know their names; imported late: no cycle
+    from edgempi import algorithms, compression, models  # registries know their names; imported late
     from edgempi.data.partition import SCHEMES, scheme_parameters
     from edgempi.network import PRESETS
 
@@ -309,7 +326,9 @@ def validate(cfg: RunConfig) -> None:
     _check(a.local_epochs is None or a.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
     _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
     _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")
-    _one_of(cfg.compression.name, ("none",), "compression.name")
+    _delegated(compression.validate, cfg.compression.__dict__)
+    _check(cfg.compression.name == "none" or a.name in ("large_batch", "fedavg"), "compression.name",
+           f"{a.name} does not compress (large_batch compresses gradients, fedavg updates)")
 
     n = cfg.network
     _one_of(n.preset, PRESETS, "network.preset")

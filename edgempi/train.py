@@ -188,7 +188,8 @@ class Trainer:
         self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
         self.recorder = recorder or NullRecorder()
         self.loader = loader or setup.loader
-        self.policy = algorithms.create(algorithms.Context(setup.cfg, comm, setup.flat, setup.steps_per_epoch))
+        self.policy = algorithms.create(algorithms.Context(setup.cfg, comm, setup.flat, setup.steps_per_epoch,
+                                                           setup.optimizer))
         part = test_shard(len(setup.dataset.test_y), comm)
         self.test_x, self.test_y = setup.dataset.test_x[part], setup.dataset.test_y[part]
         self.outcome = Outcome(setup.flat.storage)

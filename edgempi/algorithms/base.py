@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.flat import FlatModel
@@ -17,6 +19,7 @@ class Context:
     comm: Comm
     flat: FlatModel
     steps_per_epoch: int
+    optimizer: torch.optim.Optimizer | None = None
 
 
 class Policy:

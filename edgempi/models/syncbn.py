@@ -16,6 +16,12 @@ from torch import nn
 from edgempi.comm import Comm
 
 
+def _summed(comm: Comm, local: torch.Tensor) -> torch.Tensor:
+    """Per-channel sums over all devices; counted as bytes, not as a model round."""
+    comm.allreduce_sum_(local, rounds=0)
+    return local
+
+
 class _SyncBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, module: "SyncBatchNorm"
@@ -23,7 +29,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         dims = [0, *range(2, x.dim())]
         channels = x.shape[1]
         local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_tensor([x.numel() / channels])])
-        total = module.comm.allreduce_sum(local)
+        total = _summed(module.comm, local)
         count = total[-1]
         mean = total[:channels] / count
         var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)
@@ -45,7 +51,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         dims, channels = ctx.dims, xhat.shape[1]
         shape = [1, channels] + [1] * (xhat.dim() - 2)
         sum_dy, sum_dy_xhat = grad.sum(dims), (grad * xhat).sum(dims)
-        total = ctx.module.comm.allreduce_sum(torch.cat([sum_dy, sum_dy_xhat]))
+        total = _summed(ctx.module.comm, torch.cat([sum_dy, sum_dy_xhat]))
         mean_dy, mean_dy_xhat = total[:channels] / ctx.count, total[channels:] / ctx.count
         grad_x = (weight * invstd).view(shape) * (grad - mean_dy.view(shape) - xhat * mean_dy_xhat.view(shape))
         return grad_x, sum_dy_xhat, sum_dy, None
