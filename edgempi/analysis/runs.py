@@ -140,7 +140,7 @@ def _stored_eof(path: Path) -> int | None:
     return None
 
 
-def _open(path: Path) -> h5py.File:
+def open_results(path: Path) -> h5py.File:
     """Open a finished file, or a file a job is writing (or was writing when it was killed).
 
     A plain open checks the file whole; it refuses a file whose writer is (or was) in SWMR
@@ -161,7 +161,7 @@ def read_run(path: str | Path) -> Run:
     """Read one results file; raises RunReadError with a one-line reason."""
     path = Path(path)
     try:
-        with _open(path) as f:
+        with open_results(path) as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             if attrs.get("schema") != SCHEMA:
                 found = attrs.get("schema")
