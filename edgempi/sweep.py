@@ -252,7 +252,7 @@ class CommLike(Protocol):
     rank: int
     size: int
 
-    def allgather_object(self, obj: Any) -> list[Any]: ...
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
 
 
 def run_task(sweep: Sweep, index: int, run_config: RunConfig, comm: CommLike, retry: bool = False,
@@ -265,7 +265,7 @@ def run_task(sweep: Sweep, index: int, run_config: RunConfig, comm: CommLike, re
     removed by rank 0 first.
     """
     verdict = _verdict(sweep, index, comm.size, retry, out) if comm.rank == 0 else None
-    verdict = comm.allgather_object(verdict)[0]
+    verdict = comm.broadcast_object(verdict, root=0)
     if isinstance(verdict, SweepError):
         raise SweepError(str(verdict))
     if verdict.action == "run":
@@ -307,6 +307,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what.add_argument("--array", action="store_true",
                       help="print the sbatch --array value (with --ranks: only points needing that many ranks)")
     what.add_argument("--list", action="store_true", help="list points: index, status, ranks, id, overrides")
+    what.add_argument("--results-dir", action="store_true", help="print the folder of this sweep's results files")
     what.add_argument("--task", type=int, metavar="N", help="run point N (SLURM_ARRAY_TASK_ID) under MPI")
     p.add_argument("--ranks", type=int, metavar="R", help="with --array: only points of world size R")
     p.add_argument("--retry", action="store_true", help="with --task: rerun a failed or stale running point")
@@ -321,6 +322,8 @@ def command(args: argparse.Namespace, run_config: RunConfig, start_comm: Callabl
         print(len(sweep.points))
     elif args.array:
         print(array_spec(sweep.points, args.ranks))
+    elif args.results_dir:
+        print(sweep.results_dir(args.out))
     elif args.list:
         results = sweep.results_dir(args.out)
         for p in sweep.points:
