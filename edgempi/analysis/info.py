@@ -7,7 +7,7 @@ import numpy as np
 
 from edgempi.analysis.compare import fmt_value
 from edgempi.analysis.report import human_bytes
-from edgempi.analysis.runs import AXES, Run, axis, read_run
+from edgempi.analysis.runs import AXES, Run, RunReadError, axis, read_run
 
 # Last-row fields shown per table: (column or axis, label, format).
 LAST = {"steps": (("step", "step", "{:.0f}"), ("epoch", "epoch", "{:.2f}"), ("train_loss", "train_loss", "{:.4f}"),
@@ -32,7 +32,10 @@ def _last(run: Run, table: str) -> str:
 
 def info(path: str | Path) -> str:
     """Config summary, status, size and last metrics of one file; ValueError if unreadable."""
-    run = read_run(path)
+    try:
+        run = read_run(path)
+    except RunReadError as exc:
+        raise RunReadError(f"{path}: {exc}") from exc
     a = run.attrs
     c = run.config
     lines = [f"{run.path}: {run.status} ({human_bytes(run.size)})",
