@@ -109,7 +109,7 @@ cmd_up() {
     write_conf
     # The controller restores the node's last state from its state files, so "idle" alone
     # could be stale: also wait until it has heard from the slurmd started here.
-    local started ready=0 deadline=$((SECONDS + TIMEOUT)) state=""
+    local d started ready=0 begun=$SECONDS deadline=$((SECONDS + TIMEOUT)) state=""
     started=$(date +%Y-%m-%dT%H:%M:%S)
     slurmctld -f "$CONF" || die "slurmctld failed to start; see $DIR/log/slurmctld.log"
     slurmd -f "$CONF" || die "slurmd failed to start; see $DIR/log/slurmd.log"
@@ -123,6 +123,12 @@ cmd_up() {
             down* | drain*) SLURM_CONF=$CONF scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true ;;
         esac
         sleep 0.5
+        for d in "${DAEMONS[@]}"; do  # a daemon that died (port taken, bad config): say why now
+            if ((SECONDS - begun > 3)) && ! alive "$DIR/run/$d.pid"; then
+                stop_daemons
+                die "$d exited: $(tail -n 1 "$DIR/log/$d.log" 2>/dev/null)"
+            fi
+        done
     done
     ((ready)) || die "node $NODE is '${state:-unreachable}' after ${TIMEOUT}s; logs in $DIR/log/"
     echo "local-cluster: up in $DIR (node $NODE, $CPUS CPUs, port $PORT)" >&2
