@@ -245,7 +245,7 @@ def decide(sweep: Sweep, index: int, world_size: int, retry: bool = False, out: 
     return Decision("run", point, path, status, f"point {index} ({point.id}): {' '.join(point.overrides)}")
 
 
-RunConfig = Callable[[Any, Sequence[str], Path], Any]
+RunFn = Callable[[Any, Sequence[str], Path], Any]
 
 
 class CommLike(Protocol):
@@ -255,7 +255,7 @@ class CommLike(Protocol):
     def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
 
 
-def run_task(sweep: Sweep, index: int, run_config: RunConfig, comm: CommLike, retry: bool = False,
+def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry: bool = False,
              out: str | Path = "results") -> Decision:
     """Decide on rank 0, share the verdict with every rank, and run the point if it should run.
 
@@ -315,7 +315,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="results root; files go to DIR/<sweep name>/<point id>.h5 (default: results)")
 
 
-def command(args: argparse.Namespace, run_config: RunConfig, start_comm: Callable[[], CommLike]) -> int:
+def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[], CommLike]) -> int:
     """``edgempi sweep``; raises SweepError for bad input (print it, exit 2). MPI starts only for --task."""
     sweep = load(args.sweep)
     if args.count:
