@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -35,7 +36,7 @@ import yaml
 from edgempi.analysis.runs import RunReadError, open_results
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
-STATUSES = ("missing", "running", "completed", "failed")
+STATUSES = ("missing", "running", "interrupted", "completed", "failed")
 ID_TEXT = 60  # characters of the readable part of a point id
 
 
@@ -211,7 +212,7 @@ def expected_ranks(point: Point, environ: Mapping[str, str] = os.environ) -> int
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # run | skip
+    action: str  # run | resume | skip
     point: Point
     path: Path
     status: str
@@ -239,13 +240,15 @@ def decide(sweep: Sweep, index: int, world_size: int, retry: bool = False, out: 
     status = point_status(path.parent, point)
     if status == "completed":
         return Decision("skip", point, path, status, f"point {index} ({point.id}) already completed: {path}")
-    if status in ("running", "failed") and not retry:
+    if status in ("running", "interrupted") and (path.with_suffix(".ckpt") / "meta.json").exists() and not retry:
+        return Decision("resume", point, path, status, f"point {index} ({point.id}): resuming from its checkpoint")
+    if status in ("running", "interrupted", "failed") and not retry:
         why = "may still be running in another job, or was killed" if status == "running" else "failed"
         raise SweepError(f"--task {index}: {path} is a {status} leftover ({why}); pass --retry to run it again")
     return Decision("run", point, path, status, f"point {index} ({point.id}): {' '.join(point.overrides)}")
 
 
-RunFn = Callable[[Any, Sequence[str], Path], Any]
+RunFn = Callable[..., Any]  # (base config, overrides, out_file, resume=False)
 
 
 class CommLike(Protocol):
@@ -271,7 +274,10 @@ def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry:
     if verdict.action == "run":
         if comm.rank == 0 and verdict.status != "missing":
             verdict.path.unlink(missing_ok=True)
+            shutil.rmtree(verdict.path.with_suffix(".ckpt"), ignore_errors=True)
         run_config(copy.deepcopy(sweep.base), list(verdict.point.overrides), verdict.path)
+    elif verdict.action == "resume":
+        run_config(copy.deepcopy(sweep.base), list(verdict.point.overrides), verdict.path, resume=True)
     return verdict
 
 

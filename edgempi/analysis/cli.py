@@ -45,7 +45,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     _paths(p)
-    p.add_argument("--target", type=float, required=True, metavar="ACC",
+    p.add_argument("--target-acc", "--target", dest="target", type=float, required=True, metavar="ACC",
                    help="target test accuracy, a fraction or a percentage (0.8 or 80)")
     p.add_argument("--baseline", metavar="KEY=VALUE",
                    help="runs to compare bytes with, e.g. algorithm.name=large_batch")
