@@ -147,18 +147,32 @@ def write_sweep(tmp_path: Path, ranks: int) -> Path:
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_sweep_array_runs_each_point_with_its_world_size(cluster: Cluster, tmp_path: Path, launcher: str) -> None:
-    (tmp_path / "stub.py").write_text(STUB)
-    sweep = write_sweep(tmp_path, ranks=2)
+def test_sweep_array_trains_every_point_and_reports(cluster: Cluster, tmp_path: Path, launcher: str) -> None:
+    """The real thing: edgempi trains 3 points as a 2-rank job array; report reads them all."""
+    base = {"seed": 1, "data": {"name": "synthetic", "synthetic_train": 400, "synthetic_test": 100},
+            "model": {"name": "lenet5"}, "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "lr": 0.05}}
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "tiny", "base": base, "ranks": 2,
+                                     "grid": {"algorithm.name": ["large_batch", "fedavg"]},
+                                     "zip": {"algorithm.local_steps": [5]}, "seeds": [1, 2]}))
+    count = subprocess.run([sys.executable, "-m", "edgempi", "sweep", str(sweep), "--count"], capture_output=True,
+                           text=True, env=cluster.env, timeout=60)
+    assert count.stdout.strip() == "4", count.stderr
     cluster.up()
-    cluster.env.update(EDGEMPI=f"{sys.executable} {tmp_path / 'stub.py'}", EDGEMPI_LAUNCHER=launcher)
-    job = cluster.slurm("sbatch", "--parsable", "--array=0-1", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
+    cluster.env.update(EDGEMPI=f"{sys.executable} -m edgempi", EDGEMPI_LAUNCHER=launcher)
+    job = cluster.slurm("sbatch", "--parsable", "--array=0-3", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
                         str(sweep)).strip()
-    assert cluster.wait(job) == {"0": "COMPLETED", "1": "COMPLETED"}
-    marks = sorted(p.read_text() for p in (tmp_path / "results" / "arr").glob("*.txt"))
-    assert marks == ["2 train.lr=0.1\n", "2 train.lr=0.2\n"]
-    logs = sorted((tmp_path / "results" / "arr" / "logs").glob(f"{job}_*.log"))
-    assert [p.name for p in logs] == [f"{job}_0.log", f"{job}_1.log"]
+    states = cluster.wait(job, timeout=400)
+    logs = tmp_path / "results" / "tiny" / "logs"
+    assert states == {str(i): "COMPLETED" for i in range(4)}, [p.read_text()[-2000:] for p in logs.glob("*.log")]
+    files = sorted((tmp_path / "results" / "tiny").glob("*.h5"))
+    assert len(files) == 4
+    report = subprocess.run([sys.executable, "-m", "edgempi", "report", str(tmp_path / "results" / "tiny"),
+                             "--target-acc", "0.05", "--format", "csv"], capture_output=True, text=True,
+                            env=cluster.env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    rows = [r for r in report.stdout.strip().splitlines()[1:] if r]
+    assert len(rows) == 4 and sum("fedavg" in r for r in rows) == 2 and all("completed" in r for r in rows)
 
 
 def test_sweep_task_with_wrong_world_size_fails(cluster: Cluster, tmp_path: Path) -> None:
