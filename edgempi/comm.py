@@ -79,6 +79,54 @@ class Comm:
         self._count(data.nbytes, down, start)
         return parts
 
+    # -- spatial partitioning: sums, tiles and halos ----------------------------------
+    def allreduce_sum_(self, buf: torch.Tensor, is_round: bool = True) -> None:
+        """Sum a flat buffer over all devices in place.
+
+        The weight gradients of spatially partitioned layers are a round; small sums inside
+        a step (BatchNorm statistics, input-gradient halos) pass ``is_round=False`` and count
+        only their bytes.
+        """
+        start = time.perf_counter()
+        arr = numpy_view(buf)
+        self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        self._count_bytes(arr.nbytes, arr.nbytes, start, is_round)
+
+    def alltoallv_(self, send: torch.Tensor, send_counts: Sequence[int],
+                   recv: torch.Tensor, recv_counts: Sequence[int]) -> None:
+        """Send ``send_counts[q]`` consecutive elements of ``send`` to each device q and fill
+        ``recv`` in rank order: one call moves every tile and halo of a group boundary.
+
+        Bytes count what leaves and enters this device; its part to itself is a local copy.
+        """
+        start = time.perf_counter()
+        s_arr, r_arr = numpy_view(send), numpy_view(recv)
+        s_counts, r_counts = np.asarray(send_counts, np.int64), np.asarray(recv_counts, np.int64)
+        s_displs = np.concatenate([[0], np.cumsum(s_counts)[:-1]])
+        r_displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        self.mpi.Alltoallv([s_arr, (s_counts, s_displs)], [r_arr, (r_counts, r_displs)])
+        item = s_arr.itemsize
+        self._count_bytes(int(s_counts.sum() - s_counts[self.rank]) * item,
+                          int(r_counts.sum() - r_counts[self.rank]) * item, start, False)
+
+    def allgatherv_(self, send: torch.Tensor, recv: torch.Tensor, counts: Sequence[int]) -> None:
+        """Gather every device's block (``counts[r]`` elements) into ``recv`` in rank order."""
+        start = time.perf_counter()
+        r_counts = np.asarray(counts, np.int64)
+        displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        s_arr = numpy_view(send)
+        self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
+        self._count_bytes(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize,
+                          start, False)
+
+    def _count_bytes(self, up: int, down: int, start: float, is_round: bool) -> None:
+        if is_round:
+            self._count(up, down, start)
+            return
+        self.ledger.bytes_up += up
+        self.ledger.bytes_down += down
+        self.ledger.comm_s += time.perf_counter() - start
+
     def _count(self, up: int, down: int, start: float) -> None:
         self.ledger.rounds += 1
         self.ledger.bytes_up += up
