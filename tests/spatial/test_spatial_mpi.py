@@ -93,3 +93,22 @@ def test_wrong_group_size_is_refused_before_any_collective() -> None:
     world = Comm()
     with pytest.raises(ValueError, match=r"parallel\.grid: \[1, 3\] needs 3 ranks per group, the group has 4"):
         SpatialModel(mixed_front(), tail(), world, (1, 3), GROUPINGS["fused"], SIZE)
+
+
+@pytest.mark.mpi(min_size=4)
+def test_flat_model_reduces_the_front_in_place() -> None:
+    """With ``FlatModel``, the front is the leading slice of its gradient buffer."""
+    from edgempi.flat import FlatModel
+
+    world = Comm()
+    torch.manual_seed(0)
+    models = [SpatialModel(mixed_front(), tail(), world, (2, 2), GROUPINGS["three"], SIZE) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    flat = FlatModel(models[1])
+    x = torch.randn(2, 2, *SIZE)
+    for m in models:
+        m(x).square().sum().backward()
+    models[0].allreduce_grads_()
+    models[1].allreduce_grads_(flat.grads)
+    diff = _max_diff([p.grad for p in models[0].parameters()], [p.grad for p in models[1].parameters()])
+    assert world.reduce_metrics([diff], op="max")[0] < 1e-6
