@@ -51,33 +51,72 @@ def is_windowed(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
 
 
-class _Allreduce(torch.autograd.Function):
-    """Sum over the group; its gradient is the sum of every rank's gradient (as SyncBatchNorm)."""
+class _OwnedNorm(torch.autograd.Function):
+    """x̂ = (x − μ)/σ over a rank's region, with μ, σ² over the positions each rank owns.
+
+    Forward reduces (Σx, Σx²) over owned positions, backward (Σg, Σg·x̂) over each rank's whole
+    region, one reduction each (the SyncBatchNorm scheme, with ownership). Only x̂ and 1/σ are
+    saved: composing this from autograd ops would keep three maps per layer instead of one.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm) -> torch.Tensor:  # type: ignore[override]
-        ctx.comm = comm
-        out = x.detach().clone()
-        comm.allreduce_sum_(out, is_round=False)
-        return out
+    def forward(ctx, x: torch.Tensor, comm: Comm, own: tuple[slice, slice], dims: tuple[int, ...],
+                count: int, eps: float):  # type: ignore[override]
+        owned = x[..., own[0], own[1]]
+        sums = torch.cat([owned.sum(dims), owned.square().sum(dims)])
+        comm.allreduce_sum_(sums, is_round=False)
+        mean, square = (sums / count).chunk(2)
+        var = square - mean * mean
+        invstd = torch.rsqrt(var + eps)
+        shape = _stat_shape(x, dims)
+        xhat = (x - mean.view(shape)) * invstd.view(shape)
+        ctx.save_for_backward(xhat, invstd)
+        ctx.args = comm, own, dims, count
+        ctx.mark_non_differentiable(mean, var)
+        return xhat, mean, var
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        out = grad.contiguous().clone()
-        ctx.comm.allreduce_sum_(out, is_round=False)
-        return out, None
+    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+        xhat, invstd = ctx.saved_tensors
+        comm, own, dims, count = ctx.args
+        sums = torch.cat([grad.sum(dims), (grad * xhat).sum(dims)])
+        comm.allreduce_sum_(sums, is_round=False)
+        shape = _stat_shape(xhat, dims)
+        total, dot = (v.view(shape) for v in sums.chunk(2))
+        scale = invstd.view(shape)
+        dx = grad * scale
+        dx[..., own[0], own[1]] -= scale / count * (total + xhat[..., own[0], own[1]] * dot)
+        return dx, None, None, None, None, None
+
+
+def _stat_shape(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(1 if d in dims else n for d, n in enumerate(x.shape))
 
 
 @dataclass(frozen=True)
 class Step:
     """One layer on one rank: the slice it reads, the border padding, and (for norms) the
-    owned slice and the number of positions of the whole map."""
+    owned slice and the number of positions of the whole map.
+
+    Padding equal on both sides of an axis is left to the layer itself (no padded copy to keep
+    for backward); otherwise that axis is padded explicitly (``pad``: left, right, top, bottom).
+    """
 
     module: nn.Module
     take: tuple[slice, slice]
     pad: tuple[int, int, int, int]
     own: tuple[slice, slice]
     positions: int
+    padding: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def at_borders(cls, module: nn.Module, take: tuple[slice, slice], rows: tuple[int, int],
+                   cols: tuple[int, int], own: tuple[slice, slice], positions: int) -> "Step":
+        """A step padding ``rows`` (top, bottom) and ``cols`` (left, right) at true borders."""
+        sym = [a == b for a, b in (rows, cols)]
+        pad = (0, 0) if sym[1] else cols, (0, 0) if sym[0] else rows
+        padding = rows[0] if sym[0] else 0, cols[0] if sym[1] else 0
+        return cls(module, take, (*pad[0], *pad[1]), own, positions, padding)
 
     def __call__(self, x: torch.Tensor, comm: Comm) -> torch.Tensor:
         m = self.module
@@ -87,11 +126,11 @@ class Step:
         if any(self.pad):
             x = F.pad(x, self.pad, value=float("-inf") if isinstance(m, nn.MaxPool2d) else 0.0)
         if isinstance(m, nn.Conv2d):
-            return F.conv2d(x, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
+            return F.conv2d(x, m.weight, m.bias, m.stride, self.padding, m.dilation, m.groups)
         if isinstance(m, nn.MaxPool2d):
-            return F.max_pool2d(x, m.kernel_size, m.stride, 0, m.dilation)
+            return F.max_pool2d(x, m.kernel_size, m.stride, self.padding, m.dilation)
         if isinstance(m, nn.AvgPool2d):
-            return F.avg_pool2d(x, m.kernel_size, m.stride, 0, divisor_override=m.divisor_override)
+            return F.avg_pool2d(x, m.kernel_size, m.stride, self.padding, divisor_override=m.divisor_override)
         return m(x)
 
     def _norm(self, x: torch.Tensor, comm: Comm) -> torch.Tensor:
@@ -101,16 +140,13 @@ class Step:
         if isinstance(m, nn.BatchNorm2d):
             if not (m.training or m.running_mean is None):
                 return m(x)
-            shape, dims, count = (1, c, 1, 1), (0, 2, 3), b * self.positions
+            dims, count = (0, 2, 3), b * self.positions
             xs = x
         else:
-            shape, dims, count = (b, m.num_groups, 1, 1, 1), (2, 3, 4), c // m.num_groups * self.positions
+            dims, count = (2, 3, 4), c // m.num_groups * self.positions
             xs = x.reshape(b, m.num_groups, c // m.num_groups, h, w)
-        owned = xs[..., self.own[0], self.own[1]]
-        sums = _Allreduce.apply(torch.cat([owned.sum(dims), (owned * owned).sum(dims)]), comm)
-        mean, square = (sums / count).chunk(2)
-        var = square - mean * mean
-        y = ((xs - mean.view(shape)) * torch.rsqrt(var.view(shape) + m.eps)).reshape(b, c, h, w)
+        xhat, mean, var = _OwnedNorm.apply(xs, comm, self.own, dims, count, m.eps)
+        y = xhat.reshape(b, c, h, w)
         if isinstance(m, nn.BatchNorm2d) and m.training and m.track_running_stats:
             _update_running(m, mean.detach(), var.detach() * count / max(count - 1, 1))
         if m.affine:

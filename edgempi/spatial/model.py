@@ -145,10 +145,10 @@ class SpatialModel(nn.Module):
         out = []
         for j in range(plan.last - plan.first + 1):
             (r0, r1), (c0, c1) = rows.take[i][j], cols.take[c][j]
-            (top, bottom), (left, right) = rows.pads[i][j], cols.pads[c][j]
-            out.append(Step(self.front[plan.first + j], (slice(r0, r1 + 1), slice(c0, c1 + 1)),
-                            (left, right, top, bottom), _local(plan.box("own", me, j), plan.box("need", me, j)),
-                            rows.sizes[j] * cols.sizes[j]))
+            out.append(Step.at_borders(self.front[plan.first + j], (slice(r0, r1 + 1), slice(c0, c1 + 1)),
+                                       rows.pads[i][j], cols.pads[c][j],
+                                       _local(plan.box("own", me, j), plan.box("need", me, j)),
+                                       rows.sizes[j] * cols.sizes[j]))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
