@@ -105,6 +105,20 @@ class _SumGrad(torch.autograd.Function):
         return out, None
 
 
+def spatial_groups(world: Comm, grid: tuple[int, int]) -> tuple[Comm, Comm]:
+    """Spatial groups combined with data parallelism across them.
+
+    Returns (group, peers): ranks ``k·P … k·P + P − 1`` form spatial group k (they feed the same
+    batch), and the ranks holding the same tile in every group form the peers, which average
+    the whole gradient like ``large_batch`` after ``allreduce_grads_`` summed it in the group.
+    BatchNorm statistics then cover one group's batch, as in data-parallel training.
+    """
+    ranks = int(grid[0]) * int(grid[1])
+    if ranks < 1 or world.size % ranks:
+        raise ValueError(f"parallel.grid: {list(grid)} needs a multiple of {ranks} ranks, the job has {world.size}")
+    return world.split(world.rank // ranks), world.split(world.rank % ranks)
+
+
 class SpatialModel(nn.Module):
     """``tail(front(x))`` with ``front``'s layers partitioned over an R×C grid of ``comm``'s ranks.
 

@@ -203,8 +203,9 @@ def measure_profile(front: nn.Sequential, tail: nn.Module, batch: int, in_channe
 
 def measure_link(comm: Comm, nbytes: int = 1 << 22, repeats: int = 5) -> Link:
     """Latency and bandwidth of this group's links, from an 8-byte and an ``nbytes`` Alltoallv
-    between neighbours (rank r sends to r + 1): what a halo exchange sees. Set-up traffic, so
-    the ledger is left as it was."""
+    between neighbours (rank r sends to r + 1): what a halo exchange sees. The bandwidth counts
+    the whole large transfer (latency included) so that noise cannot make it absurd. Set-up
+    traffic, so the ledger is left as it was."""
     def seconds(n: int) -> float:
         counts = [0] * comm.size
         counts[(comm.rank + 1) % comm.size] = n
@@ -222,4 +223,4 @@ def measure_link(comm: Comm, nbytes: int = 1 << 22, repeats: int = 5) -> Link:
     ledger = dataclasses.replace(comm.ledger)
     small, large = seconds(8), seconds(nbytes)
     comm.ledger = ledger
-    return Link(bandwidth=nbytes / max(large - small, 1e-9), latency=small)
+    return Link(bandwidth=nbytes / large, latency=small)

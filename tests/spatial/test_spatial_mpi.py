@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from edgempi.comm import Comm
-from edgempi.spatial import SpatialModel
+from edgempi.spatial import SpatialModel, spatial_groups
 from fronts import GROUPINGS, SIZE, mixed_front, tail
 
 TOL = 1e-8
@@ -112,3 +112,24 @@ def test_flat_model_reduces_the_front_in_place() -> None:
     models[1].allreduce_grads_(flat.grads)
     diff = _max_diff([p.grad for p in models[0].parameters()], [p.grad for p in models[1].parameters()])
     assert world.reduce_metrics([diff], op="max")[0] < 1e-6
+
+
+@pytest.mark.mpi(min_size=4)
+def test_data_parallel_across_two_spatial_groups() -> None:
+    """Two 1×2 groups on different halves of a batch, gradients averaged across them, equal
+    one device on the whole batch (norm in eval mode: group-local statistics are by design)."""
+    world = Comm()
+    group, peers = spatial_groups(world, (1, 2))
+    torch.manual_seed(0)
+    front, head = mixed_front().double(), tail().double()
+    ref = nn.Sequential(copy.deepcopy(front), copy.deepcopy(head)).eval()
+    model = SpatialModel(front, head, group, (1, 2), GROUPINGS["three"], SIZE).eval()
+    x, target = torch.randn(4, 2, *SIZE, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    half = slice(2 * (world.rank // 2), 2 * (world.rank // 2) + 2)
+    nn.functional.mse_loss(model(x[half]), target[half]).backward()
+    nn.functional.mse_loss(ref(x), target).backward()
+    model.allreduce_grads_()
+    flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    peers.allreduce_mean_(flat)
+    diff = float((flat - torch.cat([p.grad.reshape(-1) for p in ref.parameters()])).abs().max())
+    assert world.reduce_metrics([diff], op="max")[0] < TOL
