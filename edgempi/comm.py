@@ -166,6 +166,13 @@ class Comm:
     def barrier(self) -> None:
         self.mpi.Barrier()
 
+    def idle_barrier(self, poll_s: float = 1e-3) -> None:
+        """A barrier that sleeps while it waits, so idle ranks leave shared cores to the one
+        that works (a benchmark's single-device peer); MPI's own wait spins."""
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
+
     def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         out = np.empty_like(arr)
         self.mpi.Allreduce(arr, out, op=_OPS[op])
