@@ -51,23 +51,30 @@ def is_windowed(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
 
 
-class _OwnedNorm(torch.autograd.Function):
-    """x̂ = (x − μ)/σ over a rank's region, with μ, σ² over the positions each rank owns.
+def _owned_stats(owned: torch.Tensor, dims: tuple[int, ...], count: int, eps: float,
+                 comm: Comm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, biased variance and 1/σ over every rank's owned positions: one reduction of
+    (Σx, Σx²)."""
+    sums = torch.cat([owned.sum(dims), (owned * owned).sum(dims)])
+    comm.allreduce_sum_(sums, is_round=False)
+    mean, square = (sums / count).chunk(2)
+    var = square - mean * mean
+    return mean, var, torch.rsqrt(var + eps)
 
-    Forward reduces (Σx, Σx²) over owned positions, backward (Σg, Σg·x̂) over each rank's whole
-    region, one reduction each (the SyncBatchNorm scheme, with ownership). Only x̂ and 1/σ are
-    saved: composing this from autograd ops would keep three maps per layer instead of one.
+
+class _OwnedNorm(torch.autograd.Function):
+    """x̂ = (x − μ)/σ over a rank's region, with μ, σ² over the positions each rank owns
+    (``dims`` are reduced: BatchNorm per channel, GroupNorm per sample and group).
+
+    The SyncBatchNorm scheme with ownership: forward reduces (Σx, Σx²) over owned positions,
+    backward (Σg, Σg·x̂) over each rank's region, one reduction each. Only x̂ and 1/σ are
+    saved; composed from autograd ops it would keep three maps per layer instead of one.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, comm: Comm, own: tuple[slice, slice], dims: tuple[int, ...],
                 count: int, eps: float):  # type: ignore[override]
-        owned = x[..., own[0], own[1]]
-        sums = torch.cat([owned.sum(dims), owned.square().sum(dims)])
-        comm.allreduce_sum_(sums, is_round=False)
-        mean, square = (sums / count).chunk(2)
-        var = square - mean * mean
-        invstd = torch.rsqrt(var + eps)
+        mean, var, invstd = _owned_stats(x[..., own[0], own[1]], dims, count, eps, comm)
         shape = _stat_shape(x, dims)
         xhat = (x - mean.view(shape)) * invstd.view(shape)
         ctx.save_for_backward(xhat, invstd)
@@ -134,24 +141,21 @@ class Step:
         return m(x)
 
     def _norm(self, x: torch.Tensor, comm: Comm) -> torch.Tensor:
-        """Batch/group statistics over owned positions, one reduction (sum and sum of squares)."""
+        """Batch/group statistics over owned positions, one reduction each way."""
         m = self.module
         b, c, h, w = x.shape
         if isinstance(m, nn.BatchNorm2d):
             if not (m.training or m.running_mean is None):
                 return m(x)
-            dims, count = (0, 2, 3), b * self.positions
-            xs = x
+            xs, dims, count = x, (0, 2, 3), b * self.positions
         else:
-            dims, count = (2, 3, 4), c // m.num_groups * self.positions
             xs = x.reshape(b, m.num_groups, c // m.num_groups, h, w)
+            dims, count = (2, 3, 4), c // m.num_groups * self.positions
         xhat, mean, var = _OwnedNorm.apply(xs, comm, self.own, dims, count, m.eps)
-        y = xhat.reshape(b, c, h, w)
         if isinstance(m, nn.BatchNorm2d) and m.training and m.track_running_stats:
-            _update_running(m, mean.detach(), var.detach() * count / max(count - 1, 1))
-        if m.affine:
-            y = y * m.weight.view(1, c, 1, 1) + m.bias.view(1, c, 1, 1)
-        return y
+            _update_running(m, mean, var * count / max(count - 1, 1))
+        y = xhat.reshape(b, c, h, w)
+        return y * m.weight.view(1, c, 1, 1) + m.bias.view(1, c, 1, 1) if m.affine else y
 
 
 def _update_running(m: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
