@@ -120,6 +120,33 @@ class Comm:
         self._count(data.nbytes, down, start)
         return gathered
 
+    # -- spatial partitioning: tiles and halos (bytes, not rounds) --------------------
+    def alltoallv_(self, send: torch.Tensor, send_counts: Sequence[int],
+                   recv: torch.Tensor, recv_counts: Sequence[int]) -> None:
+        """Send ``send_counts[q]`` consecutive elements of ``send`` to each device q and fill
+        ``recv`` in rank order: one call moves every tile and halo of a group boundary.
+
+        Bytes count what leaves and enters this device; its part to itself is a local copy.
+        """
+        start = time.perf_counter()
+        s_arr, r_arr = numpy_view(send), numpy_view(recv)
+        s_counts, r_counts = np.asarray(send_counts, np.int64), np.asarray(recv_counts, np.int64)
+        s_displs = np.concatenate([[0], np.cumsum(s_counts)[:-1]])
+        r_displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        self.mpi.Alltoallv([s_arr, (s_counts, s_displs)], [r_arr, (r_counts, r_displs)])
+        item = s_arr.itemsize
+        self._count(int(s_counts.sum() - s_counts[self.rank]) * item,
+                    int(r_counts.sum() - r_counts[self.rank]) * item, start, rounds=0)
+
+    def allgatherv_(self, send: torch.Tensor, recv: torch.Tensor, counts: Sequence[int]) -> None:
+        """Gather every device's block (``counts[r]`` elements) into ``recv`` in rank order."""
+        start = time.perf_counter()
+        r_counts = np.asarray(counts, np.int64)
+        displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        s_arr = numpy_view(send)
+        self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
+        self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
+
     def _count(self, up: int, down: int, start: float, rounds: int = 1) -> None:
         self.ledger.rounds += rounds
         self.ledger.bytes_up += up
@@ -184,6 +211,13 @@ class Comm:
 
     def barrier(self) -> None:
         self.mpi.Barrier()
+
+    def idle_barrier(self, poll_s: float = 1e-3) -> None:
+        """A barrier that sleeps while it waits, so idle ranks leave shared cores to the one
+        that works (a benchmark's single-device peer); MPI's own wait spins."""
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
 
     def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         out = np.empty_like(arr)
