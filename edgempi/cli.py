@@ -8,10 +8,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import yaml
 
 from edgempi import __version__
-from edgempi.config import ConfigError, RunConfig, load
+from edgempi.config import ConfigError, RunConfig, from_dict, load
+
+if TYPE_CHECKING:
+    from edgempi.comm import Comm
 
 
 class CliError(Exception):
@@ -52,24 +57,93 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+def _train(work: Callable[["Comm"], Path | None]) -> int:
+    """Run ``work`` on every rank with the failure rules: refusals are one line and exit 2;
+    a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job."""
+    from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
-    from edgempi.runner import SetupError, results_path, run
+    from edgempi.runner import SetupError
+    from edgempi.sweep import SweepError
 
     comm = Comm()
-    path = results_path(cfg, Path(args.config).stem)
     try:
-        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet)
-    except (ConfigError, SetupError) as exc:
+        path = work(comm)
+    except Interrupted as exc:
+        if comm.rank == 0:
+            print(f"edgempi: {exc}", file=sys.stderr)
+        return 143
+    except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
     except Exception as exc:  # any rank: say which, then take the whole job down
         print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.abort(1)
         return 1
-    if comm.rank == 0:
+    if comm.rank == 0 and path is not None:
         print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from edgempi.runner import results_path, run
+
+    path = results_path(cfg, Path(args.config).stem)
+
+    def work(comm: "Comm") -> Path:
+        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
+        return path
+
+    return _train(work)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from edgempi import sweep
+
+    if args.task is None:  # listing and counting need no MPI
+        try:
+            return sweep.command(args, run_config=None, start_comm=None)
+        except sweep.SweepError as exc:
+            raise CliError(str(exc)) from exc
+
+    def task(comm: "Comm") -> None:
+        from edgempi.runner import run
+
+        def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:
+            raw = base if isinstance(base, dict) else yaml.safe_load(Path(base).read_text(encoding="utf-8")) or {}
+            cfg = from_dict(raw, [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"])
+            run(cfg, comm, out_file, progress=False, resume=resume)
+
+        sweep.command(args, run_point, lambda: comm)
+
+    return _train(task)
+
+
+def _analysis(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    return call
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from edgempi import data
+    from edgempi.train import load_dataset, make_partition
+
+    try:
+        dataset = load_dataset(cfg)
+        table = data.counts(dataset.train_y.numpy(), make_partition(cfg, dataset, args.devices), dataset.num_classes)
+    except (ValueError, data.DataError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{cfg.data.name}, partition {cfg.data.partition} {cfg.data.partition_args() or ''}, "
+          f"{args.devices} devices, seed {cfg.seed}")
+    print(data.format_counts(table))
+    if args.plot:
+        data.plot_counts(table, args.plot)
+        print(args.plot)
     return 0
 
 
@@ -88,12 +162,33 @@ def parser() -> argparse.ArgumentParser:
 
     run = with_config("run", "train one configuration and write its HDF5 results file")
     run.add_argument("--out", metavar="DIR", help="directory for the results file (output.dir)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run of this results file from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = with_config("validate", "check a config without running it")
     val.add_argument("--ranks", type=int, help="also check that the method fits this many ranks")
     val.set_defaults(func=cmd_validate)
+    part = with_config("partition", "show how the training set is split across devices (samples per class)")
+    part.add_argument("--devices", type=int, required=True, help="number of devices (the run's ranks)")
+    part.add_argument("--plot", metavar="FILE.png", help="also draw a devices × classes heat map")
+    part.set_defaults(func=cmd_partition)
+
+    from edgempi import sweep
+    from edgempi.analysis import cli as analysis_cli
+
+    sw = sub.add_parser("sweep", help="list, count or run the points of a sweep (one per Slurm array task)",
+                        description="list, count or run the points of a sweep (one per Slurm array task)")
+    sweep.add_arguments(sw)
+    sw.set_defaults(func=cmd_sweep)
+    for name, help_text in (("plot", "plot metrics of runs against steps, epochs, rounds, bytes or time"),
+                            ("report", "table of what each run or group costs to reach a target accuracy"),
+                            ("info", "config summary, status and last metrics of a results file")):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        getattr(analysis_cli, f"add_{name}_arguments")(sp)
+        sp.set_defaults(func=_analysis(getattr(analysis_cli, f"cmd_{name}")))
     return p
 
 

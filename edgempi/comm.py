@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,16 +27,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without mpi4py i
 
 @dataclass
 class Ledger:
-    """Cumulative traffic of this device, as a central server would see it."""
+    """Cumulative traffic and time of this device, as a central server would see them.
+
+    The simulated clock works per exchange: each exchange closes a *segment* holding this
+    device's (speed-scaled) compute since the previous exchange plus its own transfer time on
+    its modelled link; the exchange takes as long as the slowest device's segment, which
+    :meth:`Comm.sim_time` finds with one reduction over all pending segments.
+    """
 
     rounds: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     ctrl_bytes: int = 0
     comm_s: float = 0.0
-    sim_comm_s: float = 0.0
+    compute_s: float = 0.0
+    sim_s: float = 0.0
+    pending_compute_s: float = 0.0
+    segments: list[float] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -72,27 +81,103 @@ class Comm:
         Upload is this device's payload; download defaults to what the server would relay
         (the other devices' payloads) unless the caller states the size of a dense reply.
         """
-        start = time.perf_counter()
         data = np.ascontiguousarray(payload).view(np.uint8).ravel()
-        sizes = np.array(self.mpi.allgather(data.nbytes), dtype=np.int64)
+        return [parts[0] for parts in self.allgather_parts([data], down_bytes)]
+
+    # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
+    def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
+        """Sum a summable payload (fp32, fp16 ...) over devices in place.
+
+        Counts the payload's own bytes up and, unless stated, down; ``rounds`` is 0 for the
+        later collectives of an exchange that needs several (PowerSGD's second factor).
+        """
+        start = time.perf_counter()
+        arr = numpy_view(buf)
+        self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        self._count(arr.nbytes, arr.nbytes if down_bytes is None else down_bytes, start, rounds)
+
+    def allgather_parts(self, parts: Sequence[np.ndarray | torch.Tensor],
+                        down_bytes: int | None = None) -> list[list[np.ndarray]]:
+        """Gather every device's payload of typed parts (values, indices, norms ...): one round,
+        one Allgatherv. Every device passes the same number of parts with the same dtypes; the
+        sizes may differ. Returns, per device, its parts with their dtypes.
+
+        The part sizes travel first as framing (a few integers), not counted as payload.
+        """
+        start = time.perf_counter()
+        arrays = [numpy_view(p) if isinstance(p, torch.Tensor) else np.ascontiguousarray(p) for p in parts]
+        data = np.concatenate([a.view(np.uint8).ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
+        part_sizes = np.array(self.mpi.allgather([a.nbytes for a in arrays]), dtype=np.int64)
+        sizes = part_sizes.sum(axis=1)
         out = np.empty(int(sizes.sum()), dtype=np.uint8)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.mpi.Allgatherv(data, [out, sizes, offsets, MPI.BYTE])
-        parts = [out[o:o + s] for o, s in zip(offsets, sizes)]
+        gathered = []
+        for offset, row in zip(offsets, part_sizes):
+            ends = offset + np.cumsum(row)
+            gathered.append([_typed(out[end - size:end], a.dtype) for end, size, a in zip(ends, row, arrays)])
         down = int(sizes.sum() - data.nbytes) if down_bytes is None else down_bytes
         self._count(data.nbytes, down, start)
-        return parts
+        return gathered
 
-    def _count(self, up: int, down: int, start: float) -> None:
-        self.ledger.rounds += 1
+    # -- spatial partitioning: tiles and halos (bytes, not rounds) --------------------
+    def alltoallv_(self, send: torch.Tensor, send_counts: Sequence[int],
+                   recv: torch.Tensor, recv_counts: Sequence[int]) -> None:
+        """Send ``send_counts[q]`` consecutive elements of ``send`` to each device q and fill
+        ``recv`` in rank order: one call moves every tile and halo of a group boundary.
+
+        Bytes count what leaves and enters this device; its part to itself is a local copy.
+        """
+        start = time.perf_counter()
+        s_arr, r_arr = numpy_view(send), numpy_view(recv)
+        s_counts, r_counts = np.asarray(send_counts, np.int64), np.asarray(recv_counts, np.int64)
+        s_displs = np.concatenate([[0], np.cumsum(s_counts)[:-1]])
+        r_displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        self.mpi.Alltoallv([s_arr, (s_counts, s_displs)], [r_arr, (r_counts, r_displs)])
+        item = s_arr.itemsize
+        self._count(int(s_counts.sum() - s_counts[self.rank]) * item,
+                    int(r_counts.sum() - r_counts[self.rank]) * item, start, rounds=0)
+
+    def allgatherv_(self, send: torch.Tensor, recv: torch.Tensor, counts: Sequence[int]) -> None:
+        """Gather every device's block (``counts[r]`` elements) into ``recv`` in rank order."""
+        start = time.perf_counter()
+        r_counts = np.asarray(counts, np.int64)
+        displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
+        s_arr = numpy_view(send)
+        self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
+        self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
+
+    def _count(self, up: int, down: int, start: float, rounds: int = 1) -> None:
+        self.ledger.rounds += rounds
         self.ledger.bytes_up += up
         self.ledger.bytes_down += down
         self._time(up, down, start)
 
     def _time(self, up: int, down: int, start: float) -> None:
-        self.ledger.comm_s += time.perf_counter() - start
-        if self.link is not None:
-            self.ledger.sim_comm_s += self.link.transfer_s(up, down)
+        ledger = self.ledger
+        ledger.comm_s += time.perf_counter() - start
+        transfer = self.link.transfer_s(up, down) if self.link is not None else 0.0
+        ledger.segments.append(ledger.pending_compute_s + transfer)
+        ledger.pending_compute_s = 0.0
+
+    # -- the simulated edge clock ------------------------------------------------------
+    def add_compute(self, seconds: float) -> None:
+        """Local work of this device, measured; the modelled device takes ``speed`` times longer."""
+        self.ledger.compute_s += seconds
+        self.ledger.pending_compute_s += seconds * (self.link.compute_factor if self.link else 1.0)
+
+    def sim_time(self) -> float:
+        """Simulated seconds so far: the sum over exchanges of the slowest device's segment.
+
+        Collective (every rank has closed the same exchanges): one MAX reduction of the
+        pending segments plus the compute since the last exchange; not counted as traffic.
+        """
+        ledger = self.ledger
+        values = np.array([*ledger.segments, ledger.pending_compute_s], dtype=np.float64)
+        slowest = self._reduce(values, "max")
+        ledger.sim_s += float(slowest[:-1].sum())
+        ledger.segments.clear()
+        return ledger.sim_s + float(slowest[-1])
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
     def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
@@ -127,6 +212,13 @@ class Comm:
     def barrier(self) -> None:
         self.mpi.Barrier()
 
+    def idle_barrier(self, poll_s: float = 1e-3) -> None:
+        """A barrier that sleeps while it waits, so idle ranks leave shared cores to the one
+        that works (a benchmark's single-device peer); MPI's own wait spins."""
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
+
     def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         out = np.empty_like(arr)
         self.mpi.Allreduce(arr, out, op=_OPS[op])
@@ -150,6 +242,11 @@ class Comm:
         sys.stderr.flush()
         if self.size > 1:
             self.mpi.Abort(code)
+
+
+def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Bytes as an array of ``dtype``; copied only if they sit at an address the dtype cannot use."""
+    return (chunk if chunk.ctypes.data % dtype.itemsize == 0 else chunk.copy()).view(dtype)
 
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}

@@ -39,8 +39,23 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     partition: str = "iid"
+    alpha: float | None = None  # dirichlet concentration
+    shards_per_device: int | None = None  # shards
+    skew: float | None = None  # quantity: sigma (lognormal) or exponent (powerlaw)
+    law: str | None = None  # quantity: lognormal | powerlaw
+    p: float | None = None  # sorted_fraction
+    labels: list[int] | None = None  # concentrated: the labels that sit on few devices
+    on_devices: int | None = None  # concentrated
+    min_samples: int | None = None  # per device; default one local batch
+    augment: bool | None = None  # random crop + flip; default on for cifar10
     synthetic_train: int = 6000
     synthetic_test: int = 1000
+
+    def partition_args(self) -> dict[str, object]:
+        """The partition parameters that were set (each scheme refuses those it does not take)."""
+        from edgempi.data.partition import PARAMETERS
+
+        return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
 
 
 @dataclass
@@ -81,11 +96,21 @@ class AlgorithmConfig:
     theta_per_param: float = 3.0e-5  # in the range the FDA authors fitted: 2.7e-5 … 4.9e-5
     sketch_depth: int = 5
     sketch_width: int = 250
+    sync_bn: bool = False
+    eval_stats: str = "average"
 
 
 @dataclass
 class CompressionConfig:
     name: str = "none"
+    ratio: float = 0.01  # topk / randomk: fraction of elements kept
+    warmup_epochs: int = 0  # topk: DGC density warm-up (0 = off)
+    sample_ratio: float = 0.01  # topk: sample for the threshold
+    levels: int = 127  # qsgd
+    bucket_size: int = 512  # qsgd
+    rank: int = 4  # powersgd
+    error_feedback: bool = True
+    clip_norm: float = 0.0  # DGC local gradient clipping (0 = off)
 
 
 @dataclass
@@ -94,12 +119,21 @@ class NetworkConfig:
     up_mbps: float | None = None
     down_mbps: float | None = None
     latency_ms: float | None = None
+    spread: float = 0.0
+    compute_factor: float = 1.0
+    compute_spread: float = 0.0
 
 
 @dataclass
 class OutputConfig:
     dir: str = "results"
     name: str | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    every_minutes: float = 0.0
 
 
 @dataclass
@@ -112,6 +146,7 @@ class RunConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,14 +284,29 @@ def _one_of(value: str, options: Iterable[str], key: str) -> None:
     _check(value in options, key, f"unknown value {value!r} (choose from {', '.join(options)})")
 
 
+def _delegated(check: Any, *args: Any) -> None:
+    """Run a module's own validation, whose ValueErrors read ``section.key: reason``."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise ConfigError(key, reason or str(exc)) from exc
+
+
 def validate(cfg: RunConfig) -> None:
     """Check values and their combinations; world size is checked by :func:`validate_world`."""
-    from edgempi import algorithms, models  # registries know their names; imported late: no cycle
+    from edgempi import algorithms, compression, models  # registries know their names; imported late
+    from edgempi.data.partition import SCHEMES, scheme_parameters
     from edgempi.network import PRESETS
 
     _check(cfg.seed >= 0, "seed", "must be >= 0")
     _one_of(cfg.data.name, DATASETS, "data.name")
-    _one_of(cfg.data.partition, ("iid",), "data.partition")
+    _one_of(cfg.data.partition, SCHEMES, "data.partition")
+    takes = scheme_parameters(cfg.data.partition)
+    for key in cfg.data.partition_args():
+        _check(key in takes, f"data.{key}", f"not used by partition {cfg.data.partition!r} "
+               f"(it takes: {', '.join(takes) or 'nothing'})")
+    _check(cfg.data.min_samples is None or cfg.data.min_samples > 0, "data.min_samples", "must be > 0")
     _check(cfg.data.synthetic_train > 0, "data.synthetic_train", "must be > 0")
     _check(cfg.data.synthetic_test > 0, "data.synthetic_test", "must be > 0")
     _one_of(cfg.model.name, models.names(), "model.name")
@@ -297,7 +347,11 @@ def validate(cfg: RunConfig) -> None:
     _check(a.theta_per_param >= 0, "algorithm.theta_per_param", "must be >= 0")
     _check(a.sketch_depth > 0, "algorithm.sketch_depth", "must be > 0")
     _check(a.sketch_width > 0, "algorithm.sketch_width", "must be > 0")
-    _one_of(cfg.compression.name, ("none",), "compression.name")
+    _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
+    _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")
+    _delegated(compression.validate, cfg.compression.__dict__)
+    _check(cfg.compression.name == "none" or a.name in ("large_batch", "fedavg"), "compression.name",
+           f"{a.name} does not compress (large_batch compresses gradients, fedavg updates)")
 
     n = cfg.network
     _one_of(n.preset, PRESETS, "network.preset")
@@ -305,6 +359,13 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(n, key)
         _check(value is None or value > 0, f"network.{key}", "must be > 0")
     _check(n.latency_ms is None or n.latency_ms >= 0, "network.latency_ms", "must be >= 0")
+    _check(n.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
+    _check(n.compute_factor > 0, "network.compute_factor", "must be > 0")
+    _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
+    _check(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
+    _check(cfg.checkpoint.every_steps % t.log_every == 0, "checkpoint.every_steps",
+           f"must be a multiple of train.log_every ({t.log_every}): checkpoints are taken at /steps rows")
+    _check(cfg.checkpoint.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0 (0 = off)")
     _check(cfg.output.name is None or (cfg.output.name and "/" not in cfg.output.name),
            "output.name", "must be a file name without a directory")
 

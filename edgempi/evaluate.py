@@ -16,15 +16,17 @@ def test_shard(n: int, comm: Comm) -> slice:
 
 @torch.no_grad()
 def evaluate(flat: FlatModel, comm: Comm, x: torch.Tensor, y: torch.Tensor, normalize, average: bool,
-             batch_size: int = 1000) -> tuple[float, float]:
+             average_buffers: bool = True, batch_size: int = 1000) -> tuple[float, float]:
     """(test loss, test accuracy) of the model, or of the devices' average model if ``average``.
 
-    The average includes BatchNorm statistics. Averaging is measurement, not the method's
-    traffic, so it is not counted in the ledger; each device's own model is restored after.
+    The average includes BatchNorm statistics unless ``average_buffers`` is false, in which
+    case each device scores its test shard with the averaged weights and its own statistics.
+    Averaging is measurement, not the method's traffic, so it is not counted in the ledger;
+    each device's own model is restored after.
     """
     saved = flat.storage.clone() if average else None
     if average:
-        comm.average_uncounted_(flat.storage)
+        comm.average_uncounted_(flat.exchanged(average_buffers))
     model = flat.model
     was_training = model.training
     model.eval()

@@ -48,6 +48,8 @@ class FlatModel:
         for p, view in zip(trainable, _flatten_into([torch.zeros_like(p) for p in trainable], self.grads)):
             p.grad = view
         self.params.grad = self.grads
+        self.shapes = [tuple(p.shape) for p in trainable]
+        self.buffer_shapes = [tuple(b.shape) for b in float_buffers]
         for (m, name), view in zip(owners, _flatten_into(float_buffers, self.buffers)):
             setattr(m, name, view)
 

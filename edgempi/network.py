@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from edgempi.config import NetworkConfig
 
@@ -22,9 +24,12 @@ PRESETS: dict[str, tuple[float, float, float]] = {
 
 @dataclass(frozen=True)
 class Link:
+    """One device's modelled link, and how much slower than this machine it computes."""
+
     up_bytes_per_s: float
     down_bytes_per_s: float
     latency_s: float
+    compute_factor: float = 1.0
 
     def transfer_s(self, up: int, down: int) -> float:
         """Time for one exchange: upload then download, each paying the latency once."""
@@ -33,9 +38,17 @@ class Link:
         return 2 * self.latency_s + up / self.up_bytes_per_s + down / self.down_bytes_per_s
 
 
-def link_from_config(cfg: NetworkConfig) -> Link:
+def device_link(cfg: NetworkConfig, seed: int, device: int, devices: int) -> Link:
+    """The link of one device: the preset (or custom values), with seeded per-device spread.
+
+    ``spread`` and ``compute_spread`` are the sigmas of log-normal factors drawn per device,
+    from a stream that depends only on the seed, so every rank can compute every device's link.
+    """
     up, down, latency = PRESETS[cfg.preset]
     up = cfg.up_mbps if cfg.up_mbps is not None else up
     down = cfg.down_mbps if cfg.down_mbps is not None else down
     latency = cfg.latency_ms if cfg.latency_ms is not None else latency
-    return Link(up * 1e6 / 8, down * 1e6 / 8, latency / 1e3)
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(devices)[device])
+    bandwidth, compute = np.exp(rng.normal(0.0, [cfg.spread, cfg.compute_spread]))
+    return Link(up * bandwidth * 1e6 / 8, down * bandwidth * 1e6 / 8, latency / 1e3,
+                cfg.compute_factor * compute)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -75,6 +76,40 @@ class Recorder:
         self.file.swmr_mode = True
         self.file.flush()
 
+    @classmethod
+    def resume(cls, path: Path, step: int) -> "Recorder":
+        """Reopen a run's file to continue after ``step``: rows recorded later are dropped, so
+        the history stays one continuous sequence, as if the run had never stopped.
+
+        A writer killed in SWMR mode leaves flags that forbid reopening for writing, so the
+        file is rewritten (read as SWMR, copied, renamed over) rather than edited in place.
+        """
+        path = Path(path)
+        tmp = path.with_suffix(".resume.tmp")
+        with open_for_reading(path) as old, h5py.File(tmp, "w", libver="latest") as new:
+            new.attrs.update(dict(old.attrs))
+            new.attrs.update({"status": "running", "resumed": now()})
+            for key in ("finished", "error"):
+                if key in new.attrs:
+                    del new.attrs[key]
+            columns = {}
+            for table in ("steps", "evals", "syncs"):
+                steps = old[table]["step"][()]
+                keep = int(np.searchsorted(steps, step, side="right"))
+                group = new.create_group(table)
+                for col, ds in old[table].items():
+                    group.create_dataset(col, data=ds[:keep], maxshape=(None,), chunks=(256,))
+                columns[table] = tuple(old[table])
+            for name in ("partition",):
+                if name in old:
+                    old.copy(old[name], new, name)
+        os.replace(tmp, path)
+        self = cls.__new__(cls)
+        self.path, self.columns = path, columns
+        self.file = h5py.File(path, "r+", libver="latest")
+        self.file.swmr_mode = True
+        return self
+
     def append(self, table: str, row: Mapping[str, float]) -> None:
         """Append one row (missing columns are NaN) and flush it to disk."""
         group = self.file[table]
@@ -98,6 +133,29 @@ class Recorder:
 
 class NullRecorder:
     """What ranks other than 0 hold: the same calls, no file."""
+
+    @classmethod
+    def resume(cls, path: Path, step: int) -> "Recorder":
+        """Reopen a run's file to continue after ``step``: rows recorded later are dropped, so
+        the history stays one continuous sequence, as if the run had never stopped."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.file = h5py.File(self.path, "r+", libver="latest")
+        self.columns = {}
+        for table in ("steps", "evals", "syncs"):
+            group = self.file[table]
+            keep = int(np.searchsorted(group["step"][()], step, side="right"))
+            for ds in group.values():
+                ds.resize((keep,))
+            self.columns[table] = tuple(group)
+        self.file.attrs["status"] = "running"
+        self.file.attrs["resumed"] = now()
+        for key in ("finished", "error"):
+            if key in self.file.attrs:
+                del self.file.attrs[key]
+        self.file.swmr_mode = True
+        self.file.flush()
+        return self
 
     def append(self, table: str, row: Mapping[str, float]) -> None:
         pass

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from edgempi import algorithms
 from edgempi import config as config_mod
+from edgempi.checkpoint import Checkpointer, Interrupted, checkpoint_dir, load_rank_state, read_meta
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.network import link_from_config
-from edgempi.record import NullRecorder, Recorder
-from edgempi.train import Outcome, Seeds, build, tables, threads_per_rank, train
+from edgempi.network import device_link
+from edgempi.record import Recorder
+from edgempi.train import Outcome, Seeds, Trainer, build, tables, threads_per_rank
 
 
 class SetupError(RuntimeError):
@@ -32,6 +32,15 @@ def results_path(cfg: RunConfig, label: str) -> Path:
     return Path(cfg.output.dir) / name
 
 
+def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
+    """What the evaluations of the file score, in words (stored as an attribute)."""
+    if not models_differ:
+        return "shared model"
+    if cfg.algorithm.eval_stats == "local":
+        return "average weights, each device's own BatchNorm statistics"
+    return "average weights and BatchNorm statistics"
+
+
 def agree(comm: Comm, error: str | None) -> None:
     """Raise the same SetupError on every rank if any rank failed (lowest rank's message)."""
     errors = [e for e in comm.allgather_object(error) if e]
@@ -39,37 +48,57 @@ def agree(comm: Comm, error: str | None) -> None:
         raise SetupError(errors[0])
 
 
-def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progress: bool = True) -> Outcome:
-    """Train and write ``path`` (rank 0); raises SetupError before anything is written."""
+def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progress: bool = True,
+        resume: bool = False) -> Outcome:
+    """Train and write ``path`` (rank 0); raises SetupError before anything is written.
+
+    With ``resume``, continue from the checkpoint beside ``path`` if there is one (a run
+    that stopped before its first checkpoint starts again from step 0 in the same file).
+    """
     import torch
 
     config_mod.validate_world(cfg, comm.size)
-    comm.link = link_from_config(cfg.network)
     torch.set_num_threads(threads_per_rank(cfg, comm))
-    setup, error = None, None
+    folder = checkpoint_dir(path)
+    setup, state, error = None, None, None
     try:
         setup = build(cfg, comm)
+        seeds = Seeds.from_seed(cfg.seed, comm.size)
+        comm.link = device_link(cfg.network, seeds.network, comm.rank, comm.size)
+        meta = read_meta(folder, cfg, comm.size) if resume else None
+        state = load_rank_state(folder, comm.rank, meta["step"]) if meta else None
     except (ValueError, OSError, RuntimeError) as exc:
         error = str(exc)
     agree(comm, error)
-    if comm.rank == 0 and path.exists() and not overwrite:
-        error = f"{path} exists; pass --overwrite to replace it or --set output.name=NEW"
+    if comm.rank == 0:
+        if resume and not path.exists():
+            error = f"{path} does not exist: nothing to resume (run without --resume)"
+        elif path.exists() and not (overwrite or resume):
+            error = f"{path} exists; pass --overwrite to replace it, --resume to continue it, or --set output.name=NEW"
     agree(comm, error)
 
-    recorder: Recorder | NullRecorder = NullRecorder()
+    trainer = Trainer(setup, comm, progress=progress)
+    if state is not None:
+        trainer.load_state_dict(state)
     if comm.rank == 0:
-        attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
-                 "devices": comm.size,
-                 "evaluated_model": "average" if algorithms.POLICIES[cfg.algorithm.name].models_differ else "shared"}
-        recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
-                            overwrite=overwrite)
+        if state is not None:
+            trainer.recorder = Recorder.resume(path, trainer.step)
+        else:
+            attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
+                     "devices": comm.size, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
+            trainer.recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
+                                        overwrite=True if resume else overwrite)
+    checkpointer = Checkpointer(cfg, comm, folder)
     try:
-        outcome = train(setup, comm, recorder, progress=progress)
-    except BaseException as exc:
-        recorder.close("failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        outcome = trainer.run(checkpointer)
+    except Interrupted as exc:
+        trainer.recorder.close("interrupted", str(exc))
         raise
-    recorder.close("completed")
+    except BaseException as exc:
+        trainer.recorder.close("failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    trainer.recorder.close("completed")
     return outcome
 
 
-__all__ = ["SetupError", "Seeds", "agree", "results_path", "run"]
+__all__ = ["SetupError", "agree", "results_path", "run"]

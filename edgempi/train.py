@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,12 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shard
 from edgempi.flat import FlatModel
+from edgempi.models.syncbn import convert_sync_bn
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
+
+
+if TYPE_CHECKING:
+    from edgempi.checkpoint import Checkpointer
 
 
 class TrainingError(RuntimeError):
@@ -30,20 +35,22 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Seeds:
-    """Independent streams from one seed (``SeedSequence.spawn``): partition, model init, devices."""
+    """Independent streams from one seed (``SeedSequence.spawn``): partition, model init,
+    each device's data order, and the network draws."""
 
     partition: int
     init: int
     devices: list[int]
+    network: int
 
     @classmethod
     def from_seed(cls, seed: int, devices: int) -> "Seeds":
-        part, init, dev = np.random.SeedSequence(seed).spawn(3)
+        part, init, dev, net = np.random.SeedSequence(seed).spawn(4)
 
         def draw(ss: np.random.SeedSequence) -> int:
             return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
-        return cls(draw(part), draw(init), [draw(child) for child in dev.spawn(devices)])
+        return cls(draw(part), draw(init), [draw(child) for child in dev.spawn(devices)], draw(net))
 
 
 @dataclass
@@ -53,7 +60,7 @@ class Setup:
     cfg: RunConfig
     dataset: data.Dataset
     parts: list[np.ndarray]
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    loader: data.DeviceLoader
     steps_per_epoch: int
     total_steps: int
     flat: FlatModel
@@ -67,10 +74,8 @@ class Setup:
 def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Setup:
     """Data partition, this device's loader, model and optimizer: no communication."""
     seeds = Seeds.from_seed(cfg.seed, comm.size)
-    if dataset is None:
-        dataset = data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
-                            synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
-    parts = data.partition(dataset.train_y.numpy(), comm.size, cfg.data.partition, seeds.partition)
+    dataset = dataset or load_dataset(cfg)
+    parts = make_partition(cfg, dataset, comm.size)
     loader = device_loader(cfg, dataset, parts, seeds, comm.rank)
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
@@ -79,16 +84,31 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     torch.manual_seed(seeds.init)
     model = models.create(cfg.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           input_size=dataset.input_size, norm=cfg.model.norm)
+    if cfg.algorithm.sync_bn:
+        convert_sync_bn(model, comm)
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat))
+
+
+def load_dataset(cfg: RunConfig) -> data.Dataset:
+    return data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
+                     synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
+
+
+def make_partition(cfg: RunConfig, dataset: data.Dataset, devices: int) -> list[np.ndarray]:
+    """Every device's training indices: a function of the config and the device count only."""
+    return data.partition(dataset.train_y.numpy(), devices, cfg.data.partition,
+                          Seeds.from_seed(cfg.seed, devices).partition,
+                          min_samples=cfg.data.min_samples or cfg.train.batch_size, **cfg.data.partition_args())
 
 
 def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray], seeds: Seeds,
                   device: int) -> data.DeviceLoader:
     """The batches device ``device`` draws: its shard, in the order of its own seed."""
     shard = torch.from_numpy(parts[device])
+    augment = cfg.data.augment if cfg.data.augment is not None else dataset.name == "cifar10"
     return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
-                             seeds.devices[device], dataset.mean, dataset.std)
+                             seeds.devices[device], dataset.mean, dataset.std, augment)
 
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
@@ -160,74 +180,123 @@ class Progress:
             self.bar.close()
 
 
-def train(setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
-          loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None, progress: bool = False) -> Outcome:
-    """Run the configured method to the end; rank 0 records, every rank computes."""
-    cfg, flat = setup.cfg, setup.flat
-    recorder = recorder or NullRecorder()
-    policy = algorithms.create(algorithms.Context(cfg, comm, flat, setup.steps_per_epoch))
-    comm.broadcast_(flat.storage)  # one starting model, whatever each rank's RNG did
-    model, optimizer, total = flat.model, setup.optimizer, setup.total_steps
-    test_part = test_shard(len(setup.dataset.test_y), comm)
-    test_x, test_y = setup.dataset.test_x[test_part], setup.dataset.test_y[test_part]
-    normalize = setup.loader.normalize
-    eval_every = cfg.train.eval_every or setup.steps_per_epoch
-    outcome = Outcome(flat.storage)
-    bar = Progress(progress and comm.rank == 0, total)
-    start = time.perf_counter()
-    compute_s, loss_sum, loss_count = 0.0, 0.0, 0
+class Trainer:
+    """The loop and the little state it carries between steps (what a checkpoint saves)."""
 
-    def counters(step: int) -> dict[str, float]:
-        ledger = comm.ledger
-        means = comm.reduce_metrics([ledger.rounds, ledger.bytes_up, ledger.bytes_down, ledger.ctrl_bytes,
-                                     compute_s, ledger.comm_s]) / comm.size
-        (sim_s,) = comm.reduce_metrics([compute_s + ledger.sim_comm_s], op="max")
+    def __init__(self, setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
+                 loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
+        self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
+        self.recorder = recorder or NullRecorder()
+        self.loader = loader or setup.loader
+        self.policy = algorithms.create(algorithms.Context(setup.cfg, comm, setup.flat, setup.steps_per_epoch,
+                                                           setup.optimizer))
+        part = test_shard(len(setup.dataset.test_y), comm)
+        self.test_x, self.test_y = setup.dataset.test_x[part], setup.dataset.test_y[part]
+        self.outcome = Outcome(setup.flat.storage)
+        self.progress = progress and comm.rank == 0
+        self.step = 0
+        self.wall_before = 0.0  # wall seconds of earlier sessions of a resumed run
+        self.loss_sum, self.loss_count = 0.0, 0
+        comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
+
+    # -- what a row holds ------------------------------------------------------------------
+    def counters(self, step: int) -> dict[str, float]:
+        """Cumulative per-device means of the ledger, and the clocks (collective)."""
+        ledger, comm = self.comm.ledger, self.comm
         keys = ("rounds", "bytes_up", "bytes_down", "ctrl_bytes", "compute_s", "comm_s")
-        return {"step": step, "epoch": step / setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
-                "wall_s": time.perf_counter() - start, "sim_s": sim_s}
+        means = comm.reduce_metrics([getattr(ledger, k) for k in keys]) / comm.size
+        return {"step": step, "epoch": step / self.setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
+                "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
 
-    def record_eval(step: int) -> None:
-        test_loss, test_acc = evaluate(flat, comm, test_x, test_y, normalize, average=policy.models_differ)
-        row = {**counters(step), "test_loss": test_loss, "test_acc": test_acc}
-        recorder.append("evals", row)
-        outcome.evals.append(row)
-        bar.evaluated(row, total)
+    def record_eval(self, step: int) -> None:
+        test_loss, test_acc = evaluate(self.flat, self.comm, self.test_x, self.test_y, self.loader.normalize,
+                                       average=self.policy.models_differ,
+                                       average_buffers=self.cfg.algorithm.eval_stats == "average")
+        row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
+        self.recorder.append("evals", row)
+        self.outcome.evals.append(row)
+        self.bar.evaluated(row, self.setup.total_steps)
 
-    record_eval(0)
-    model.train()
-    batches = iter(loader or setup.loader)
-    for step in range(total):
-        tick = time.perf_counter()
-        comm_before = comm.ledger.comm_s
+    def record_steps(self, step: int) -> None:
+        """A /steps row; the loss is reduced here, so every rank sees a NaN at the same step."""
+        loss_sum, count = self.comm.reduce_metrics([self.loss_sum, self.loss_count])
+        loss = loss_sum / count
+        if not math.isfinite(loss):
+            raise TrainingError(f"the training loss became {loss} by step {step}; lower train.lr")
+        row = {**self.counters(step), "train_loss": loss, "lr": self.setup.optimizer.param_groups[0]["lr"]}
+        self.recorder.append("steps", row)
+        self.outcome.steps.append(row)
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    # -- one step --------------------------------------------------------------------------
+    def train_step(self, step: int) -> float:
+        cfg, flat, optimizer, comm = self.cfg, self.flat, self.setup.optimizer, self.comm
+        tick, comm_before = time.perf_counter(), comm.ledger.comm_s
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, setup.steps_per_epoch, total)
-        x, y = next(batches)
+            group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
+        x, y = self.loader.batch(step)
         flat.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(flat.model(x), y)
         loss.backward()
-        policy.after_backward(step)
+        self.policy.after_backward(step)
         optimizer.step()
-        sync = policy.after_step(step)
-        compute_s += time.perf_counter() - tick - (comm.ledger.comm_s - comm_before)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"the training loss became {loss_value} at step {step}; lower train.lr")
-        loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+        sync = self.policy.after_step(step)
+        comm.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before))
         if sync is not None:
-            recorder.append("syncs", sync)
-            outcome.syncs.append(sync)
-        done = step + 1
-        if done % cfg.train.log_every == 0 or done == total:
-            losses = comm.reduce_metrics([loss_sum, loss_count])
-            row = {**counters(done), "train_loss": losses[0] / losses[1], "lr": optimizer.param_groups[0]["lr"]}
-            recorder.append("steps", row)
-            outcome.steps.append(row)
-            loss_sum, loss_count = 0.0, 0
-        if done % eval_every == 0 or done == total:
-            record_eval(done)
-        bar.step(loss_value)
-    bar.close()
-    return outcome
+            self.recorder.append("syncs", sync)
+            self.outcome.syncs.append(sync)
+        value = loss.item()
+        self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
+        return value
+
+    def run(self, checkpoint: "Checkpointer | None" = None) -> Outcome:
+        """Train from ``self.step`` to the end; rank 0 records, every rank computes."""
+        total, cfg = self.setup.total_steps, self.cfg
+        eval_every = cfg.train.eval_every or self.setup.steps_per_epoch
+        self.bar = Progress(self.progress, total)
+        self.started = time.perf_counter()
+        if self.step == 0:
+            self.record_eval(0)
+        self.flat.model.train()
+        while self.step < total:
+            loss = self.train_step(self.step)
+            self.step += 1
+            done = self.step
+            if done % cfg.train.log_every == 0 or done == total:
+                self.record_steps(done)
+                if done % eval_every == 0 or done == total:
+                    self.record_eval(done)
+                if checkpoint is not None and done < total:
+                    checkpoint.maybe_save(self)
+            elif done % eval_every == 0:
+                self.record_eval(done)
+            self.bar.step(loss)
+        self.bar.close()
+        return self.outcome
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that makes the next step of this device what it would have been."""
+        return {"step": self.step, "storage": self.flat.storage.clone(),
+                "optimizer": self.setup.optimizer.state_dict(), "policy": self.policy.state_dict(),
+                "ledger": self.comm.ledger.as_dict(), "torch_rng": torch.get_rng_state(),
+                "wall_s": self.wall_before + time.perf_counter() - self.started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.flat.storage.copy_(state["storage"])
+        self.setup.optimizer.load_state_dict(state["optimizer"])
+        self.policy.load_state_dict(state["policy"])
+        for key, value in state["ledger"].items():
+            setattr(self.comm.ledger, key, value)
+        torch.set_rng_state(state["torch_rng"])
+        self.wall_before = state["wall_s"]
+
+
+def train(setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
+          loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> Outcome:
+    """Run the configured method from the start to the end."""
+    return Trainer(setup, comm, recorder, loader, progress).run()
 
 
 def tables(setup: Setup) -> dict[str, tuple[str, ...]]:

@@ -76,8 +76,10 @@ def test_iid_partition_is_disjoint_equal_and_seeded():
 def test_loader_epochs_cover_the_shard_once():
     x = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
     loader = data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,))
-    it = iter(loader)
-    epoch = torch.cat([next(it)[1] for _ in range(loader.steps_per_epoch)])
+    epoch = torch.cat([loader.batch(step)[1] for step in range(loader.steps_per_epoch)])
     assert loader.steps_per_epoch == 3 and len(set(epoch.tolist())) == 18
-    xb, yb = next(iter(data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,))))
+    next_epoch = torch.cat([loader.batch(step)[1] for step in range(3, 6)])
+    assert not torch.equal(epoch, next_epoch)
+    xb, yb = data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,)).batch(4)
     assert torch.equal(xb.view(-1), yb.float())  # normalisation (x/255 - 0) / (1/255) gives x back
+    assert torch.equal(yb, loader.batch(4)[1])  # a batch depends on (seed, step) only

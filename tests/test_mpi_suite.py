@@ -1,4 +1,5 @@
-"""Runs the collective tests in tests/mpi under ``mpiexec -n 4``, so one pytest command runs all.
+"""Runs every collective test (marked ``mpi``) under ``mpiexec -n 4``, so one pytest command runs all;
+in the serial run pytest-mpi skips them.
 
 A hang in a collective test would otherwise stall the whole suite; here it fails on a timeout
 with the inner output attached.
@@ -13,8 +14,8 @@ from helpers import ROOT, child_env, mpiexec
 
 
 def test_collective_suite_on_four_ranks():
-    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
-           str(Path(ROOT, "tests", "mpi"))]
+    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "pytest", "--with-mpi", "-m", "mpi", "-q",
+           str(Path(ROOT, "tests"))]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=child_env(), cwd=ROOT)
     except subprocess.TimeoutExpired as exc:

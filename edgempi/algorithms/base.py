@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.flat import FlatModel
@@ -17,6 +19,7 @@ class Context:
     comm: Comm
     flat: FlatModel
     steps_per_epoch: int
+    optimizer: torch.optim.Optimizer | None = None
 
 
 class Policy:
@@ -38,3 +41,10 @@ class Policy:
     def after_step(self, step: int) -> dict[str, Any] | None:
         """After the optimizer step: the place to exchange weights; returns a sync record."""
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep of this policy (reference models, memories)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; stateless policies have nothing to restore."""

@@ -1,7 +1,24 @@
-"""Synchronous data-parallel SGD: every step, the devices' gradients averaged by one Allreduce."""
-from edgempi.algorithms.base import Policy
+"""Synchronous data-parallel SGD: every step, the devices' gradients averaged by one Allreduce
+(or by the configured compressed exchange, with its error feedback)."""
+from typing import Any
+
+from edgempi.algorithms.base import Context, Policy
+from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 
 
 class LargeBatch(Policy):
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.exchange = make_exchange(ctx)
+
     def after_backward(self, step: int) -> None:
-        self.ctx.comm.allreduce_mean_(self.ctx.flat.grads)
+        if self.exchange is None:
+            self.ctx.comm.allreduce_mean_(self.ctx.flat.grads)
+        else:
+            self.exchange.exchange_mean_(self.ctx.flat.grads, step, step / self.ctx.steps_per_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"exchange": exchange_state(self.exchange)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_exchange_state(self.exchange, state["exchange"])

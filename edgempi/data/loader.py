@@ -1,25 +1,34 @@
 """Batches of one device's shard, drawn in a seeded order from in-memory tensors.
 
-No DataLoader workers: an index-gather from a tensor is far cheaper than the model step,
-and a per-device torch.Generator makes the order reproducible and rank-independent.
+No DataLoader workers: an index-gather from a tensor is far cheaper than the model step.
+The batch of step t is a pure function of (device seed, t), so a resumed run draws exactly
+the batches an uninterrupted one would, with no loader state to save.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from functools import lru_cache
 
+import numpy as np
 import torch
+
+from edgempi.data.augment import crop_flip
+
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed for a torch.Generator from a tuple of integers (device seed, epoch, ...)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 class DeviceLoader:
-    """Endless epochs over a shard; drops the last incomplete batch so all devices step alike."""
+    """Epochs over a shard in a fresh order each; the last incomplete batch is dropped."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False) -> None:
         if len(x) < batch_size:
             raise ValueError(f"train.batch_size: a device holds {len(x)} samples, fewer than one batch "
                              f"of {batch_size}")
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
+        self.x, self.y, self.batch_size, self.seed, self.augment = x, y, batch_size, seed, augment
+        self.order = lru_cache(maxsize=2)(self._order)
         self.scale = (1.0 / 255) / torch.tensor(std).view(1, -1, 1, 1)
         self.shift = -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1)
 
@@ -30,13 +39,17 @@ class DeviceLoader:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        b = self.batch_size
-        while True:
-            order = torch.randperm(len(self.x), generator=self.gen)
-            for i in range(self.steps_per_epoch):
-                idx = order[i * b:(i + 1) * b]
-                yield self.normalize(self.x[idx]), self.y[idx]
+    def _order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (normalised images, labels) this device trains on at ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        x = self.x[idx]
+        if self.augment:
+            x = crop_flip(x, torch.Generator().manual_seed(stream_seed(self.seed, epoch, i, 1)))
+        return self.normalize(x), self.y[idx]
 
 
 class ConcatLoader:
@@ -44,8 +57,8 @@ class ConcatLoader:
 
     def __init__(self, loaders: list[DeviceLoader]) -> None:
         self.loaders = loaders
-        self.steps_per_epoch = min(l.steps_per_epoch for l in loaders)
+        self.normalize = loaders[0].normalize
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batches in zip(*self.loaders):
-            yield torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = [loader.batch(step) for loader in self.loaders]
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgempi.data.augment import normalization
+
 
 class DataError(RuntimeError):
     """The data set is missing or unreadable; printed as one line."""
@@ -38,13 +40,11 @@ class Dataset:
         return self.train_x.shape[-1]
 
 
-# name → (folder names to look for under a root, torchvision class name, mean, std)
+# name → (folder names to look for under a root, torchvision class name)
 _IDX = {
-    "fashion-mnist": (("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."), "FashionMNIST",
-                      (0.2860,), (0.3530,)),
-    "mnist": (("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,)),
+    "fashion-mnist": (("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."), "FashionMNIST"),
+    "mnist": (("mnist", "MNIST/raw", "MNIST", "."), "MNIST"),
 }
-_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -82,7 +82,7 @@ def _find_idx_folder(name: str, roots: list[Path]) -> Path | None:
 def _load_idx(name: str, root: str | None, download: bool) -> Dataset:
     roots = search_roots(root)
     folder = _find_idx_folder(name, roots)
-    folders, tv_class, mean, std = _IDX[name]
+    folders, tv_class = _IDX[name]
     if folder is None and download:
         import torchvision
 
@@ -105,7 +105,7 @@ def _load_idx(name: str, root: str | None, download: bool) -> Dataset:
     train_x, train_y, test_x, test_y = (part(f) for f in _IDX_FILES)
     return Dataset(name, torch.from_numpy(train_x.copy()).unsqueeze(1), torch.from_numpy(train_y.astype(np.int64)),
                    torch.from_numpy(test_x.copy()).unsqueeze(1), torch.from_numpy(test_y.astype(np.int64)),
-                   10, mean, std)
+                   10, *normalization(name))
 
 
 def _load_cifar10(root: str | None, download: bool) -> Dataset:
@@ -128,7 +128,7 @@ def _load_cifar10(root: str | None, download: bool) -> Dataset:
         x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         return x, torch.as_tensor(ds.targets, dtype=torch.int64)
 
-    return Dataset("cifar10", *tensors(train), *tensors(test), 10, _CIFAR_MEAN, _CIFAR_STD)
+    return Dataset("cifar10", *tensors(train), *tensors(test), 10, *normalization("cifar10"))
 
 
 def synthetic(seed: int, n_train: int, n_test: int, num_classes: int = 10, side: int = 28) -> Dataset:

@@ -7,13 +7,15 @@ from torch import nn
 
 from edgempi.models.lenet import lenet5
 from edgempi.models.resnet import resnet18
-
-NORMS = ("batch", "group", "none")
+from edgempi.models.zoo import NORMS, densenet121, fda_cnn, mlp
 
 # name → (builder, default norm)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "lenet5": (lenet5, "none"),
     "resnet18": (resnet18, "batch"),
+    "fda_cnn": (fda_cnn, "none"),
+    "densenet121": (densenet121, "batch"),
+    "mlp": (mlp, "none"),
 }
 
 

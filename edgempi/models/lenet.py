@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgempi.models.norm import norm2d
+from edgempi.models.zoo import norm_layer
 
 
 def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, norm: str = "none") -> nn.Module:
@@ -13,8 +13,8 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, no
     if side < 1:
         raise ValueError(f"lenet5 needs inputs of at least 28×28, got {input_size}×{input_size}")
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=pad), norm2d(norm, 6), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), norm2d(norm, 16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 6, 5, padding=pad), norm_layer(norm, 6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), norm_layer(norm, 16), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(16 * side * side, 120), nn.ReLU(),
         nn.Linear(120, 84), nn.ReLU(),

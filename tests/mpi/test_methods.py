@@ -118,3 +118,15 @@ def test_evaluation_reduces_over_the_whole_test_set():
     acc = np.array([r["test_acc"] for r in outcome.evals])
     assert len(acc) == 2 and np.all((acc >= 0) & (acc <= 1))
     assert len(set(comm.allgather_object(acc.tobytes()))) == 1
+
+
+def test_sync_bn_large_batch_equals_centralized_with_k_times_the_batch():
+    comm = Comm()
+    common = ["train.steps=12", "model.norm=batch"]
+    _, outcome, _ = run([*common, "algorithm.sync_bn=true"], comm)
+    reference = centralized_twin([*common, "algorithm.name=centralized", f"train.batch_size={8 * comm.size}"],
+                                 comm.size)
+    assert torch.allclose(outcome.storage, reference, rtol=1e-4, atol=1e-5), \
+        float((outcome.storage - reference).abs().max())
+    _, local_bn, _ = run(common, comm)  # per-device statistics: a different training
+    assert not torch.allclose(local_bn.storage, reference, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,72 @@
+"""``edgempi plot|report|info``: arguments and handlers, wired into the CLI by edgempi/cli.py.
+
+Handlers return an exit code and raise ValueError (one line, naming the option) for bad
+input; the CLI prints it and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgempi.analysis.info import info
+from edgempi.analysis.plot import METRICS, plot
+from edgempi.analysis.report import report
+from edgempi.analysis.runs import AXES, Run, load_runs
+
+
+def _paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="results files, or folders searched for *.h5")
+    p.add_argument("--group-by", metavar="KEY[,KEY]",
+                   help="one line/row per value of these config keys, averaged over the rest (e.g. seeds)")
+
+
+def _runs(paths: list[str]) -> list[Run]:
+    runs = load_runs(paths)
+    if not runs:
+        raise ValueError(f"no readable results files in {' '.join(paths)}")
+    return runs
+
+
+def add_plot_arguments(p: argparse.ArgumentParser) -> None:
+    _paths(p)
+    p.add_argument("--x", default="step", choices=list(AXES), help="x axis (default: step)")
+    p.add_argument("--y", default="test_acc", choices=list(METRICS), help="metric (default: test_acc)")
+    p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=None,
+                   help="log x axis (default: only for --x bytes)")
+    p.add_argument("--title", help="figure title")
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="figure file: .png, .pdf or .svg")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    print(plot(_runs(args.paths), args.x, args.y, group_by=args.group_by, logx=args.logx, out=args.out,
+               title=args.title))
+    return 0
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    _paths(p)
+    p.add_argument("--target-acc", "--target", dest="target", type=float, required=True, metavar="ACC",
+                   help="target test accuracy, a fraction or a percentage (0.8 or 80)")
+    p.add_argument("--baseline", metavar="KEY=VALUE",
+                   help="runs to compare bytes with, e.g. algorithm.name=large_batch")
+    p.add_argument("--format", dest="fmt", default="md", choices=("md", "csv"), help="table format (default: md)")
+    p.add_argument("--out", "-o", metavar="FILE", help="write the table here instead of stdout")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    text = report(_runs(args.paths), args.target, baseline=args.baseline, fmt=args.fmt, group_by=args.group_by)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(args.out)
+    else:
+        print(text, end="")
+    return 0
+
+
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="results files")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print("\n".join(info(f) for f in args.files), end="")
+    return 0

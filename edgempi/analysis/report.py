@@ -1,0 +1,216 @@
+"""The comparison table: accuracy reached, and what it cost to first reach a target accuracy.
+
+This is the Edgify "communication rounds to 80%" table generalised: for each run (or group
+of runs, e.g. seeds of one setting) the epochs, rounds, bytes and time — measured wall time
+and simulated edge-network time — at the first evaluation at or above the target, and how
+many times fewer bytes that took than a baseline method.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from edgempi.analysis.compare import (differing_keys, fmt_value, group, group_keys, matches, parse_selector,
+                                      short_names)
+from edgempi.analysis.runs import Run, axis
+
+# Axes reported at the first evaluation reaching the target: (axis, csv column, markdown header).
+COST = (("epoch", "epochs", "epochs"), ("round", "rounds", "rounds"), ("bytes", "bytes", "bytes"),
+        ("time", "wall_s", "wall s"), ("simtime", "sim_s", "sim s"))
+
+
+def target_fraction(target_acc: float) -> float:
+    """Accuracy is stored as a fraction; a target above 1 is read as a percentage (80 → 0.8)."""
+    target = float(target_acc)
+    if target > 1:
+        target /= 100
+    if not 0 < target <= 1:
+        raise ValueError(f"target accuracy: must be in (0, 1] or a percentage in (1, 100], got {target_acc!r}")
+    return target
+
+
+def to_target(run: Run, target: float) -> dict[str, float] | None:
+    """Costs at the first evaluation with test_acc >= target, or None if the run never got there."""
+    acc = np.asarray(run.evals.get("test_acc", ()), dtype=float)
+    hits = np.flatnonzero(acc >= target)
+    if not hits.size:
+        return None
+    row = int(hits[0])
+    return {name: float(axis(run.evals, name)[row]) for name, _, _ in COST}
+
+
+def _acc(run: Run, how: str) -> float:
+    acc = np.asarray(run.evals.get("test_acc", ()), dtype=float)
+    acc = acc[np.isfinite(acc)]
+    if not acc.size:
+        return float("nan")
+    return float(acc[-1] if how == "final" else acc.max())
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class Row:
+    """One line of the table; cost is the mean over the member runs that reached the target."""
+
+    name: str
+    runs: list[Run]
+    params: dict[str, Any]
+    final: float
+    best: float
+    reached: int
+    cost: dict[str, float] | None
+    reduction: float | None = None
+
+
+def _row(name: str, runs: list[Run], params: dict[str, Any], target: float) -> Row:
+    reached = [c for c in (to_target(r, target) for r in runs) if c is not None]
+    cost = {k: _mean(c[k] for c in reached) for k, _, _ in COST} if reached else None
+    return Row(name, runs, params, _mean(_acc(r, "final") for r in runs), _mean(_acc(r, "best") for r in runs),
+               len(reached), cost)
+
+
+def rows(runs: Sequence[Run], target: float, group_by: str | Sequence[str] | None = None) -> tuple[list[Row], list[str]]:
+    """Table rows, and the config keys shown because they differ (besides the method)."""
+    keys = group_keys(group_by)
+    if keys:
+        groups = group(runs, keys)
+        varying = differing_keys(runs)
+        shown = [k for k in varying if all(len({fmt_value(r.value(k)) for r in g}) == 1 for _, g in groups)]
+        for k in keys:
+            if k not in shown:
+                shown.append(k)
+    else:
+        groups = [((r.name,), [r]) for r in runs]
+        shown = differing_keys(runs)
+    shown = [k for k in shown if k != "algorithm.name"]
+    out = []
+    for values, members in groups:
+        name = ", ".join(fmt_value(v) for v in values) if keys else members[0].name
+        out.append(_row(name, members, {k: members[0].value(k) for k in shown}, target))
+    return out, shown
+
+
+def _baseline(runs: Sequence[Run], baseline: str, target: float) -> float | None:
+    """Mean bytes to target of the runs the selector picks; None if none of them reached it."""
+    key, value = parse_selector(baseline, "baseline")
+    chosen = [r for r in runs if matches(r, key, value)]
+    if not chosen:
+        seen = sorted({fmt_value(r.value(key)) for r in runs})
+        raise ValueError(f"baseline: no run has {key}={fmt_value(value)} (values seen: {', '.join(seen)})")
+    costs = [c["bytes"] for c in (to_target(r, target) for r in chosen) if c is not None]
+    return float(np.mean(costs)) if costs else None
+
+
+def _method(row: Row) -> str:
+    methods = sorted({str(r.config.get("algorithm.name") or r.attrs.get("algorithm", "?")) for r in row.runs})
+    return "/".join(methods)
+
+
+def human_bytes(n: float) -> str:
+    units = ("B", "kB", "MB", "GB", "TB")
+    i = 0
+    while abs(n) >= 1000 and i < len(units) - 1:
+        n /= 1000
+        i += 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.3g} {units[i]}"
+
+
+def _md_cost(name: str, value: float) -> str:
+    if name == "bytes":
+        return human_bytes(value)
+    if name == "round":
+        return f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+    return f"{value:.2f}" if name == "epoch" else f"{value:.1f}"
+
+
+def _pct(value: float) -> str:
+    return "—" if not np.isfinite(value) else f"{100 * value:.2f}%"
+
+
+def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, fmt: str = "md",
+           group_by: str | Sequence[str] | None = None) -> str:
+    """The comparison table as Markdown (``md``) or CSV (``csv``).
+
+    ``target_acc`` is a fraction or a percentage; ``baseline`` is ``KEY=VALUE`` selecting the
+    runs whose mean bytes to target the others are compared with (``bytes vs baseline`` =
+    baseline bytes / run bytes, so 10× means ten times less traffic).
+    """
+    if fmt not in ("md", "csv"):
+        raise ValueError(f"format: unknown value {fmt!r} (choose from md, csv)")
+    runs = list(runs)
+    if not runs:
+        raise ValueError("report: no runs to report")
+    target = target_fraction(target_acc)
+    table, shown = rows(runs, target, group_by)
+    base = _baseline(runs, baseline, target) if baseline else None
+    for row in table:
+        if base is not None and row.cost is not None and row.cost["bytes"] > 0:
+            row.reduction = base / row.cost["bytes"]
+    grouped = bool(group_keys(group_by))
+    return (_csv if fmt == "csv" else _markdown)(table, shown, target, baseline, base, grouped)
+
+
+def _reached(row: Row, grouped: bool) -> str:
+    if not row.reached:
+        return "not reached"
+    return f"{row.reached}/{len(row.runs)}" if grouped else "yes"
+
+
+def _markdown(table: list[Row], shown: list[str], target: float, baseline: str | None, base: float | None,
+              grouped: bool) -> str:
+    pct = f"{100 * target:g}%"
+    names = short_names(shown)
+    header = ["group" if grouped else "run", "method", *(names[k] for k in shown)]
+    header += ["runs"] if grouped else ["status"]
+    header += ["final acc", "best acc", f"reached {pct}", *(f"{h} to {pct}" for _, _, h in COST)]
+    if baseline:
+        header.append("bytes vs baseline")
+    lines = []
+    for row in table:
+        cells = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown)]
+        cells.append(str(len(row.runs)) if grouped else row.runs[0].status)
+        cells += [_pct(row.final), _pct(row.best), _reached(row, grouped)]
+        cells += [_md_cost(a, row.cost[a]) if row.cost else "—" for a, _, _ in COST]
+        if baseline:
+            cells.append(f"{row.reduction:.3g}×" if row.reduction is not None else "—")
+        lines.append(cells)
+    text = [f"Target test accuracy {pct}: costs at the first evaluation reaching it"
+            + (" (mean over the runs of a group that reached it)." if grouped else ".")]
+    if baseline:
+        text.append(f"Baseline {baseline}: " + (f"{human_bytes(base)} to {pct}." if base is not None
+                                                 else f"never reached {pct}, so no byte ratio."))
+    text += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    text += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines]
+    return "\n".join(text) + "\n"
+
+
+def _csv(table: list[Row], shown: list[str], target: float, baseline: str | None, base: float | None,
+         grouped: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["group" if grouped else "run", "method", *shown, "runs" if grouped else "status", "target",
+              "final_acc", "best_acc", "reached", *(f"{c}_to_target" for _, c, _ in COST)]
+    if baseline:
+        header.append("bytes_reduction")
+    writer.writerow(header)
+    for row in table:
+        cells: list[Any] = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown),
+                            len(row.runs) if grouped else row.runs[0].status, target,
+                            _num(row.final), _num(row.best), _reached(row, grouped)]
+        cells += [_num(row.cost[a]) if row.cost else "" for a, _, _ in COST]
+        if baseline:
+            cells.append(_num(row.reduction) if row.reduction is not None else "")
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+def _num(value: float) -> str:
+    return "" if not np.isfinite(value) else f"{value:.10g}"

@@ -1,0 +1,251 @@
+"""Read results files into per-run tables, also files a job is still writing.
+
+A results directory collects files of many ages, from crashed jobs, from other tools and
+from runs still in progress, so reading is forgiving: a file that is not a readable
+``edgempi/1`` results file is skipped with one line on stderr and the rest are still read.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+import yaml
+
+SCHEMA = "edgempi/1"
+TABLES = ("steps", "evals", "syncs")
+# The x axes of plots and the "to target" columns of reports, as sums of table columns.
+AXES = {"step": ("step",), "epoch": ("epoch",), "round": ("rounds",), "bytes": ("bytes_up", "bytes_down"),
+        "time": ("wall_s",), "simtime": ("sim_s",)}
+
+
+class RunReadError(ValueError):
+    """A file that cannot be read as an edgempi results file (the message says why)."""
+
+
+@dataclass
+class Run:
+    """One run: its root attributes, flattened config and one dict of columns per table.
+
+    ``config`` maps dotted keys (``train.lr``, ``algorithm.name``) to values, so runs of a
+    sweep can be grouped and told apart by any key; lists become tuples so values hash.
+    """
+
+    path: Path
+    attrs: dict[str, Any]
+    config: dict[str, Any]
+    tables: dict[str, dict[str, np.ndarray]]
+    partition: np.ndarray | None = None
+    size: int = 0
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def steps(self) -> dict[str, np.ndarray]:
+        return self.tables["steps"]
+
+    @property
+    def evals(self) -> dict[str, np.ndarray]:
+        return self.tables["evals"]
+
+    @property
+    def syncs(self) -> dict[str, np.ndarray]:
+        return self.tables["syncs"]
+
+    def value(self, key: str) -> Any:
+        """A config key, or a root attribute (``world_size``, ``status``) if no config key has that name."""
+        if key in self.config:
+            return self.config[key]
+        return self.attrs.get(key)
+
+
+def axis(table: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """Values of axis ``name`` (see AXES) for every row of ``table``; NaN where a column is absent."""
+    if name not in AXES:
+        raise ValueError(f"unknown axis {name!r} (choose from {', '.join(AXES)})")
+    n = min((len(v) for v in table.values()), default=0)
+    return sum((np.asarray(table.get(c, np.full(n, np.nan)), dtype=float)[:n] for c in AXES[name]),
+               np.zeros(n))
+
+
+def _read_table(group: h5py.Group) -> dict[str, np.ndarray]:
+    """The table's rows, cut to the length every column has reached.
+
+    The writer appends column by column and flushes once per row, so a reader of a running
+    file can see some columns one row ahead of the others.
+    """
+    data = {}
+    for name, ds in group.items():
+        if isinstance(ds, h5py.Dataset) and ds.ndim == 1:
+            ds.refresh()
+            data[name] = ds[()]
+    n = min((len(v) for v in data.values()), default=0)
+    return {name: values[:n] for name, values in data.items()}
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}``; lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, list):
+            flat[dotted] = tuple(value)
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _stored_eof(path: Path) -> int | None:
+    """End-of-file address a version 2/3 superblock records (None if there is no such superblock).
+
+    HDF5 skips its truncation check in SWMR read mode, because a writer may be growing the
+    file, and then retries reads past the end for ever; so the check is made here first.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        base = 0
+        while base + 48 <= size:  # the superblock sits at 0, 512, 1024, 2048, ... (after a user block)
+            fh.seek(base)
+            head = fh.read(48)
+            if head[:8] == SIGNATURE:
+                version, width = head[8], head[9]
+                if version < 2 or width not in (4, 8):
+                    return None
+                start = 12 + 2 * width  # after version, widths, flags, base and extension addresses
+                return base + int.from_bytes(head[start:start + width], "little")
+            base = 512 if base == 0 else base * 2
+    return None
+
+
+def open_results(path: Path) -> h5py.File:
+    """Open a finished file, or a file a job is writing (or was writing when it was killed).
+
+    A plain open checks the file whole; it refuses a file whose writer is (or was) in SWMR
+    mode, and only that file is opened for SWMR reading, after its length is checked.
+    """
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise
+    eof = _stored_eof(path)
+    if eof is not None and path.stat().st_size < eof:
+        raise RunReadError(f"truncated: {path.stat().st_size} bytes, its superblock says {eof}")
+    return h5py.File(path, "r", libver="latest", swmr=True)
+
+
+def read_run(path: str | Path) -> Run:
+    """Read one results file; raises RunReadError with a one-line reason."""
+    path = Path(path)
+    try:
+        with open_results(path) as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            if attrs.get("schema") != SCHEMA:
+                found = attrs.get("schema")
+                raise RunReadError(f"not an edgempi results file (schema {found!r}, expected {SCHEMA!r})")
+            try:
+                raw = yaml.safe_load(attrs.get("config") or "") or {}
+            except yaml.YAMLError as exc:
+                raise RunReadError("its config attribute is not valid YAML") from exc
+            if not isinstance(raw, dict):
+                raise RunReadError("its config attribute is not a mapping")
+            tables = {t: _read_table(f[t]) if isinstance(f.get(t), h5py.Group) else {} for t in TABLES}
+            counts = f.get("partition/counts")
+            partition = counts[()] if isinstance(counts, h5py.Dataset) else None
+    except RunReadError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunReadError(f"unreadable HDF5 ({reason})") from exc
+    if isinstance(attrs.get("versions"), str):
+        try:
+            attrs["versions"] = json.loads(attrs["versions"])
+        except json.JSONDecodeError:
+            pass
+    return Run(path=path, attrs=attrs, config=flatten(raw), tables=tables, partition=partition,
+               size=path.stat().st_size)
+
+
+def find_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files given, plus every ``*.h5`` below the directories given, in a stable order."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*.h5") if q.is_file()))
+        else:
+            found.append(p)
+    return list(dict.fromkeys(found))
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
+    """Every readable run among ``paths`` (files, or directories searched for ``*.h5``).
+
+    Anything unreadable (missing, truncated, foreign) is skipped with a one-line warning on
+    stderr, so one bad file never hides the others.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    runs = []
+    for path in find_files(paths):
+        try:
+            runs.append(read_run(path))
+        except RunReadError as exc:
+            print(f"edgempi: skipping {path}: {exc}", file=sys.stderr)
+    return runs
+
+
+def _repeat(value: Any, n: int) -> np.ndarray:
+    """n copies of one value in an object array (a tuple stays one cell, not a row)."""
+    cell = np.empty(1, dtype=object)
+    cell[0] = value
+    return cell.repeat(n)
+
+
+def tidy(runs: Iterable[Run], table: str = "evals") -> dict[str, np.ndarray]:
+    """One long table over all runs: the table's rows, each with its run's file and config keys.
+
+    Columns a run lacks are NaN (numbers) or None (config values); config columns are object
+    arrays because a key may hold strings, numbers or None.
+    """
+    runs = list(runs)
+    lengths = [min((len(v) for v in r.tables[table].values()), default=0) for r in runs]
+    total = sum(lengths)
+    data_keys = sorted({k for r in runs for k in r.tables[table]})
+    config_keys = sorted({k for r in runs for k in r.config})
+    out: dict[str, np.ndarray] = {"run": np.empty(total, dtype=object)}
+    out.update({k: np.full(total, np.nan) for k in data_keys})
+    out.update({k: np.full(total, None, dtype=object) for k in config_keys if k not in out})
+    start = 0
+    for run, n in zip(runs, lengths):
+        rows = slice(start, start + n)
+        out["run"][rows] = str(run.path)
+        for k, values in run.tables[table].items():
+            out[k][rows] = values[:n]
+        for k in config_keys:
+            if k not in data_keys:
+                out[k][rows] = _repeat(run.config.get(k), n)
+        start += n
+    return out

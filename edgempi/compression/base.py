@@ -1,0 +1,77 @@
+"""The compressor interface shared by every scheme, in the three-piece split of GRACE.
+
+A compressor turns a flat fp32 vector into a payload (a tuple of tensors: values, indices,
+norms, packed bits, factors) and back. It never talks to MPI and never keeps error-feedback
+state: the memory (:mod:`.memory`) and the exchange (:mod:`.exchange`) are separate pieces.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+Payload = tuple[torch.Tensor, ...]
+#: ``allreduce_sum_(buf, first)``: sum ``buf`` over devices in place; ``first`` is False for
+#: the later collectives of one exchange, so the ledger counts one round per exchange.
+AllreduceSum = Callable[[torch.Tensor, bool], None]
+
+
+def payload_bytes(payload: Sequence[torch.Tensor]) -> int:
+    """What the payload costs on the wire: the bytes of its tensors, nothing else."""
+    return sum(t.numel() * t.element_size() for t in payload)
+
+
+class Compressor(ABC):
+    """Lossy (or lossless) encoding of one flat fp32 vector.
+
+    ``summable``: the payloads of all devices can be summed element by element and the sum
+    decompresses to the sum of what each device sent, so the exchange is one Allreduce. Such
+    a compressor must make the same choices on every device (its seed is shared); the others
+    get a seed of their own per device and are exchanged by Allgather.
+    """
+
+    summable: ClassVar[bool] = False
+    #: decompress(compress(x)) == x: error feedback would only ever hold zeros.
+    lossless: ClassVar[bool] = False
+    #: the payload is (values, int32 indices): what momentum-factor masking needs.
+    sparse: ClassVar[bool] = False
+    #: compression itself needs the devices' sums mid-way (PowerSGD): it runs its
+    #: collectives through :meth:`reduce_mean` instead of compress → exchange → decompress.
+    collective: ClassVar[bool] = False
+
+    @abstractmethod
+    def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
+        """Encode ``x``. ``step`` seeds per-step shared choices, ``epoch`` drives warm-up.
+
+        The payload may share memory with ``x``; callers that change one must not read the other.
+        """
+
+    @abstractmethod
+    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
+        """Overwrite ``out`` with the dense fp32 vector the payload stands for.
+
+        Writing into a buffer the caller keeps avoids a fresh vector per exchange, whose
+        page faults cost as much as the decoding itself at ResNet size.
+        """
+
+    def decompress(self, payload: Payload, numel: int) -> torch.Tensor:
+        out = torch.empty(numel, dtype=torch.float32)
+        self.decompress_into(payload, out)
+        return out
+
+    def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
+        """``out += alpha · decompress(payload)``; sparse payloads override it to skip the dense copy."""
+        out.add_(self.decompress(payload, out.numel()), alpha=alpha)
+
+    def sent_indices(self, payload: Payload) -> torch.Tensor:
+        """For ``sparse`` compressors: the int32 indices of the kept elements."""
+        if not self.sparse:
+            raise TypeError(f"{type(self).__name__} payloads carry no indices")
+        return payload[1]
+
+    def reduce_mean(self, x: torch.Tensor, step: int, allreduce_sum_: AllreduceSum,
+                    devices: int) -> tuple[Payload, Payload]:
+        """For ``collective`` compressors: run the collectives and return two payloads: what
+        this device is credited with having sent (for error feedback) and the all-device mean."""
+        raise NotImplementedError(f"{type(self).__name__} is not a collective compressor")

@@ -1,0 +1,342 @@
+"""Sweeps: a base config times a grid of overrides, run one point per task (Slurm job arrays).
+
+A sweep YAML::
+
+    name: edgify                      # results go to <out>/<name>/<point id>.h5
+    base: ../configs/quickstart.yaml  # a config path (relative to this file, else to the cwd) or a mapping
+    grid:                             # cartesian product, first key slowest
+      algorithm.name: [fedavg, large_batch]
+      train.lr: [0.1, 0.05]
+      ranks: [4, 8]                   # world size per point may be a grid key ...
+    zip:                              # varied together: equal-length lists
+      algorithm.local_steps: [1, 10]
+      train.batch_size: [32, 64]
+    seeds: [0, 1, 2]                  # innermost: each point once per seed (override seed=S)
+    ranks: 4                          # ... or one world size for every point
+
+A point's id is made from its override values only (never from its position), so adding a
+value to a grid keeps the ids — and therefore the results files — of the points already
+run, and a re-submitted array skips what is done.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import yaml
+
+from edgempi.analysis.runs import RunReadError, open_results
+
+KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
+STATUSES = ("missing", "running", "interrupted", "completed", "failed")
+ID_TEXT = 60  # characters of the readable part of a point id
+
+
+class SweepError(ValueError):
+    """A bad sweep file or a task that must not run; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of the sweep: ``overrides`` are ``key=value`` texts for ``--set``."""
+
+    index: int
+    id: str
+    overrides: tuple[str, ...]
+    ranks: int | None = None
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    base: str | dict[str, Any]  # a config path, or the config itself
+    points: list[Point] = field(default_factory=list)
+
+    def results_dir(self, out: str | Path = "results") -> Path:
+        return Path(out) / self.name
+
+    def results_file(self, point: Point, out: str | Path = "results") -> Path:
+        return self.results_dir(out) / f"{point.id}.h5"
+
+
+def yaml_value(value: Any) -> str:
+    """A value as YAML text that reads back as the same value (``0.1``, ``fedavg``, ``[1, 2]``, ``null``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def point_id(overrides: Sequence[str], ranks: int | None) -> str:
+    """Readable part from the values (``name-fedavg_lr-0.1_seed-1_ranks-4``) plus a hash of all of them.
+
+    Both parts use the keys in sorted order (seed and ranks last), so reordering the keys of
+    the sweep file keeps the ids.
+    """
+    items = sorted((o.split("=", 1) for o in overrides), key=lambda kv: (kv[0] == "seed", kv[0]))
+    items += [["ranks", str(ranks)]] if ranks is not None else []
+    last = [k.rsplit(".", 1)[-1] for k, _ in items]
+    parts = [f"{short if last.count(short) == 1 else key}-{value}" for (key, value), short in zip(items, last)]
+    readable = re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(parts)).strip("-._")[:ID_TEXT].rstrip("-._")
+    canonical = "\n".join(sorted(overrides)) + (f"\nranks={ranks}" if ranks is not None else "")
+    digest = hashlib.sha1(canonical.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise SweepError(f"{key}: expected a non-empty list, got {value!r}")
+    return value
+
+
+def _ranks(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SweepError(f"{key}: expected a positive integer (the world size), got {value!r}")
+    return value
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise SweepError(f"{key}: expected a mapping of dotted config keys to lists")
+    return value
+
+
+def load(path: str | Path) -> Sweep:
+    """Read and expand a sweep file; SweepError names the offending key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SweepError(f"{path}: cannot read sweep file ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise SweepError(f"{path}: not valid YAML") from exc
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise SweepError(f"{unknown[0]}: unknown sweep key (known: {', '.join(KEYS)})")
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SweepError(f"name: expected a file-name-safe string (letters, digits, . _ -), got {name!r}")
+    base = raw.get("base")
+    if isinstance(base, str):
+        candidates = [path.parent / base, Path(base)]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SweepError(f"base: no config file {base!r} next to {path} or in the working directory")
+        base = str(found)
+    elif isinstance(base, dict):
+        base = copy.deepcopy(base)
+    else:
+        raise SweepError(f"base: expected a config path or an inline config mapping, got {base!r}")
+
+    grid = {k: _list(v, f"grid.{k}") for k, v in _mapping(raw.get("grid"), "grid").items()}
+    zipped = {k: _list(v, f"zip.{k}") for k, v in _mapping(raw.get("zip"), "zip").items()}
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise SweepError("zip: lists differ in length (" + ", ".join(f"{k} has {n}" for k, n in lengths.items()) + ")")
+    both = sorted(set(grid) & set(zipped))
+    if both:
+        raise SweepError(f"zip.{both[0]}: also in grid; a key is varied in one place only")
+    seeds = _list(raw["seeds"], "seeds") if raw.get("seeds") is not None else [None]
+    if seeds != [None] and "seed" in set(grid) | set(zipped):
+        raise SweepError("seeds: seed is also varied in grid/zip; use one of them")
+    if "ranks" in grid and raw.get("ranks") is not None:
+        raise SweepError("ranks: given both as a grid key and at the top level; use one of them")
+    if "ranks" in zipped:
+        raise SweepError("zip.ranks: vary ranks in grid, or set it once at the top level")
+    for i, r in enumerate(grid.get("ranks", [])):
+        _ranks(r, f"grid.ranks[{i}]")
+    fixed_ranks = _ranks(raw.get("ranks"), "ranks")
+
+    zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] or [{}]
+    points: list[Point] = []
+    seen: dict[str, int] = {}
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        ranks = values.pop("ranks", fixed_ranks)
+        for zip_row in zip_rows:
+            for seed in seeds:
+                chosen = {**values, **zip_row, **({"seed": seed} if seed is not None else {})}
+                overrides = tuple(f"{k}={yaml_value(v)}" for k, v in chosen.items())
+                pid = point_id(overrides, ranks)
+                if pid in seen:
+                    raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same ({', '.join(overrides)}); "
+                                     "remove the repeated value")
+                seen[pid] = len(points)
+                points.append(Point(len(points), pid, overrides, ranks))
+    return Sweep(name=name, path=path, base=base, points=points)
+
+
+def expand(sweep_path: str | Path) -> list[Point]:
+    """The sweep's points in task order (index = ``SLURM_ARRAY_TASK_ID``)."""
+    return load(sweep_path).points
+
+
+def point_status(results_dir: str | Path, point: Point) -> str:
+    """missing | running | completed | failed, from the root ``status`` of the point's file.
+
+    A file that cannot be read (truncated, foreign) counts as failed: it needs ``--retry``.
+    """
+    path = Path(results_dir) / f"{point.id}.h5"
+    if not path.exists():
+        return "missing"
+    try:
+        with open_results(path) as f:
+            status = f.attrs.get("status")
+    except (RunReadError, OSError):
+        return "failed"
+    status = status.decode() if isinstance(status, bytes) else status
+    return status if status in STATUSES else "failed"
+
+
+def expected_ranks(point: Point, environ: Mapping[str, str] = os.environ) -> int | None:
+    """The world size a task must find: the point's ranks, else what Slurm was asked for (-n)."""
+    if point.ranks is not None:
+        return point.ranks
+    ntasks = environ.get("SLURM_NTASKS", "")
+    return int(ntasks) if ntasks.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # run | resume | skip
+    point: Point
+    path: Path
+    status: str
+    message: str
+
+
+def decide(sweep: Sweep, index: int, world_size: int, retry: bool = False, out: str | Path = "results",
+           environ: Mapping[str, str] = os.environ) -> Decision:
+    """What ``--task index`` should do; SweepError (one line) when it must not run.
+
+    The world size is checked first: a launcher that started N single-rank copies
+    (``srun --mpi=none``) must fail loudly rather than skip or train N times on one device.
+    """
+    n = len(sweep.points)
+    if not 0 <= index < n:
+        raise SweepError(f"--task {index}: the sweep {sweep.name} has {n} points (0-{n - 1})")
+    point = sweep.points[index]
+    expected = expected_ranks(point, environ)
+    if expected is not None and world_size != expected:
+        hint = (" (MPI did not start: check srun --mpi=pmi2 / mpiexec, not N single-rank copies)"
+                if world_size == 1 else "")
+        raise SweepError(f"--task {index}: point {point.id} needs {expected} ranks but the job has "
+                         f"{world_size}{hint}")
+    path = sweep.results_file(point, out)
+    status = point_status(path.parent, point)
+    if status == "completed":
+        return Decision("skip", point, path, status, f"point {index} ({point.id}) already completed: {path}")
+    if status in ("running", "interrupted") and (path.with_suffix(".ckpt") / "meta.json").exists() and not retry:
+        return Decision("resume", point, path, status, f"point {index} ({point.id}): resuming from its checkpoint")
+    if status in ("running", "interrupted", "failed") and not retry:
+        why = "may still be running in another job, or was killed" if status == "running" else "failed"
+        raise SweepError(f"--task {index}: {path} is a {status} leftover ({why}); pass --retry to run it again")
+    return Decision("run", point, path, status, f"point {index} ({point.id}): {' '.join(point.overrides)}")
+
+
+RunFn = Callable[..., Any]  # (base config, overrides, out_file, resume=False)
+
+
+class CommLike(Protocol):
+    rank: int
+    size: int
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
+
+
+def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry: bool = False,
+             out: str | Path = "results") -> Decision:
+    """Decide on rank 0, share the verdict with every rank, and run the point if it should run.
+
+    One rank decides because the file can change between ranks' reads (another job finishing),
+    and ranks that disagree on whether to train would leave some waiting in a collective.
+    ``run_config(config_path_or_mapping, overrides, out_file)`` trains; a retried leftover is
+    removed by rank 0 first.
+    """
+    verdict = _verdict(sweep, index, comm.size, retry, out) if comm.rank == 0 else None
+    verdict = comm.broadcast_object(verdict, root=0)
+    if isinstance(verdict, SweepError):
+        raise SweepError(str(verdict))
+    if verdict.action == "run":
+        if comm.rank == 0 and verdict.status != "missing":
+            verdict.path.unlink(missing_ok=True)
+            shutil.rmtree(verdict.path.with_suffix(".ckpt"), ignore_errors=True)
+        run_config(copy.deepcopy(sweep.base), list(verdict.point.overrides), verdict.path)
+    elif verdict.action == "resume":
+        run_config(copy.deepcopy(sweep.base), list(verdict.point.overrides), verdict.path, resume=True)
+    return verdict
+
+
+def _verdict(sweep: Sweep, index: int, world_size: int, retry: bool, out: str | Path) -> Decision | SweepError:
+    try:
+        return decide(sweep, index, world_size, retry, out)
+    except SweepError as exc:
+        return exc
+
+
+def array_spec(points: Sequence[Point], ranks: int | None = None) -> str:
+    """The ``sbatch --array`` value for all points, or those that need ``ranks`` ranks (``0-3,8``)."""
+    idx = [p.index for p in points if ranks is None or p.ranks == ranks]
+    if not idx:
+        raise SweepError(f"--ranks {ranks}: no point of the sweep needs {ranks} ranks")
+    spans: list[str] = []
+    start = prev = idx[0]
+    for i in [*idx[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        spans.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(spans)
+
+
+# -- command line (wired into ``edgempi sweep`` by cli.py) ---------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep YAML (base + grid/zip/seeds + name [+ ranks])")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--count", action="store_true", help="print the number of points")
+    what.add_argument("--array", action="store_true",
+                      help="print the sbatch --array value (with --ranks: only points needing that many ranks)")
+    what.add_argument("--list", action="store_true", help="list points: index, status, ranks, id, overrides")
+    what.add_argument("--results-dir", action="store_true", help="print the folder of this sweep's results files")
+    what.add_argument("--task", type=int, metavar="N", help="run point N (SLURM_ARRAY_TASK_ID) under MPI")
+    p.add_argument("--ranks", type=int, metavar="R", help="with --array: only points of world size R")
+    p.add_argument("--retry", action="store_true", help="with --task: rerun a failed or stale running point")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="results root; files go to DIR/<sweep name>/<point id>.h5 (default: results)")
+
+
+def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[], CommLike]) -> int:
+    """``edgempi sweep``; raises SweepError for bad input (print it, exit 2). MPI starts only for --task."""
+    sweep = load(args.sweep)
+    if args.count:
+        print(len(sweep.points))
+    elif args.array:
+        print(array_spec(sweep.points, args.ranks))
+    elif args.results_dir:
+        print(sweep.results_dir(args.out))
+    elif args.list:
+        results = sweep.results_dir(args.out)
+        for p in sweep.points:
+            print(f"{p.index}\t{point_status(results, p)}\t{p.ranks or '-'}\t{p.id}\t{' '.join(p.overrides)}")
+    else:
+        comm = start_comm()
+        decision = run_task(sweep, args.task, run_config, comm, args.retry, args.out)
+        if comm.rank == 0:
+            print(decision.message if decision.action == "skip" else decision.path)
+    return 0

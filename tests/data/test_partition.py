@@ -1,0 +1,133 @@
+"""Partition schemes: disjoint, deterministic, and shaped by their parameters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgempi.data.partition import DIRICHLET_TRIES, SCHEMES, counts, format_counts, partition, plot_counts
+
+LABELS = np.random.default_rng(0).integers(0, 10, 6000)
+DEVICES = 10
+PARAMS = {
+    "iid": {},
+    "dirichlet": {"alpha": 0.5},
+    "shards": {"shards_per_device": 2},
+    "quantity": {"skew": 1.0},
+    "sorted_fraction": {"p": 0.5},
+    "concentrated": {"labels": [3], "on_devices": 2},
+}
+COVERS_ALL = {"dirichlet", "quantity"}  # the others drop the remainder to keep sizes equal
+
+
+def table(scheme: str, **kw: object) -> np.ndarray:
+    return counts(LABELS, partition(LABELS, DEVICES, scheme, 7, min_samples=32, **kw), 10)
+
+
+def test_every_scheme_is_tested():
+    assert set(PARAMS) == set(SCHEMES)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_disjoint_sorted_deterministic_and_seeded(scheme):
+    parts = partition(LABELS, DEVICES, scheme, 7, min_samples=32, **PARAMS[scheme])
+    joined = np.concatenate(parts)
+    assert len(parts) == DEVICES and len(np.unique(joined)) == len(joined)
+    assert all(np.array_equal(p, np.sort(p)) and len(p) >= 32 for p in parts)
+    assert len(joined) == (len(LABELS) if scheme in COVERS_ALL else len(LABELS) // DEVICES * DEVICES)
+    again = partition(LABELS, DEVICES, scheme, 7, min_samples=32, **PARAMS[scheme])
+    other = partition(LABELS, DEVICES, scheme, 8, min_samples=32, **PARAMS[scheme])
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again))
+    assert not all(np.array_equal(p, q) for p, q in zip(parts, other))
+
+
+def test_iid_matches_the_plain_permutation_split():
+    order = np.random.default_rng(np.random.SeedSequence(7)).permutation(len(LABELS))
+    parts = partition(LABELS, DEVICES, "iid", 7)
+    assert all(np.array_equal(p, np.sort(order[d * 600:(d + 1) * 600])) for d, p in enumerate(parts))
+
+
+def test_dirichlet_alpha_controls_label_skew():
+    iid_like = table("dirichlet", alpha=1000.0)
+    share = iid_like / iid_like.sum(axis=1, keepdims=True)
+    assert np.abs(share - 0.1).max() < 0.05
+    skewed = table("dirichlet", alpha=0.05)
+    top_two = np.sort(skewed, axis=1)[:, -2:].sum(axis=1) / skewed.sum(axis=1)
+    assert np.median(top_two) > 0.9
+
+
+def test_dirichlet_gives_up_after_bounded_retries():
+    two_classes = np.repeat([0, 1], 500)
+    with pytest.raises(ValueError, match=rf"alpha=0.01.*min_samples=100.*{DIRICHLET_TRIES}"):
+        partition(two_classes, 4, "dirichlet", 0, min_samples=100, alpha=0.01)
+
+
+@pytest.mark.parametrize("per_device", [2, 3, 5])
+def test_shards_limit_classes_per_device(per_device):
+    # holds while a shard (6000 / 10 / per_device) is no larger than the smallest class (~570)
+    present = (table("shards", shards_per_device=per_device) > 0).sum(axis=1)
+    assert present.max() <= 2 * per_device and present.min() >= 1
+
+
+def test_quantity_sizes_are_skewed_and_labels_iid():
+    flat = table("quantity", skew=0.0).sum(axis=1)
+    assert flat.max() - flat.min() <= 1
+    for law in ("lognormal", "powerlaw"):
+        t = table("quantity", skew=1.5, law=law)
+        sizes = t.sum(axis=1)
+        assert sizes.max() > 4 * sizes.min() and sizes.min() >= 32
+        big = t[sizes.argmax()] / sizes.max()
+        assert np.abs(big - 0.1).max() < 0.05
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.8])
+def test_sorted_fraction_biases_a_fraction_p(p):
+    t = table("sorted_fraction", p=p)
+    dominant = t.max(axis=1) / t.sum(axis=1)
+    # a sorted slice of 300·p·… samples is mostly one class; the IID rest spreads ~10 % per class
+    expected = p + (1 - p) * 0.1
+    assert np.abs(np.median(dominant) - expected) < 0.08
+
+
+def test_concentrated_labels_sit_only_on_the_chosen_devices():
+    t = table("concentrated", labels=[2, 5], on_devices=3)
+    holders = np.flatnonzero(t[:, [2, 5]].sum(axis=1))
+    assert len(holders) == 3
+    assert t[:, [2, 5]].sum() == (LABELS == 2).sum() + (LABELS == 5).sum()
+    assert set(t.sum(axis=1)) == {600}
+
+
+@pytest.mark.parametrize("scheme, kw, key", [
+    ("bogus", {}, "bogus"),
+    ("iid", {"alpha": 1.0}, "alpha"),
+    ("dirichlet", {}, "alpha"),
+    ("dirichlet", {"alpha": -1.0}, "alpha"),
+    ("shards", {"shards_per_device": 0}, "shards_per_device"),
+    ("shards", {"shards_per_device": 1000}, "shards_per_device"),
+    ("quantity", {"skew": -1.0}, "skew"),
+    ("quantity", {"law": "zipf"}, "law"),
+    ("sorted_fraction", {"p": 1.5}, "p"),
+    ("concentrated", {}, "labels"),
+    ("concentrated", {"labels": [42]}, "labels"),
+    ("concentrated", {"labels": [1], "on_devices": 11}, "on_devices"),
+    ("concentrated", {"labels": list(range(9)), "on_devices": 1}, "on_devices"),
+])
+def test_bad_parameters_name_themselves(scheme, kw, key):
+    with pytest.raises(ValueError, match=key) as info:
+        partition(LABELS, DEVICES, scheme, 0, **kw)
+    assert "\n" not in str(info.value)
+
+
+def test_too_few_samples_for_one_batch_is_refused():
+    with pytest.raises(ValueError, match="min_samples=700"):
+        partition(LABELS, DEVICES, "iid", 0, min_samples=700)
+    with pytest.raises(ValueError, match="min_samples"):
+        partition(LABELS, DEVICES, "quantity", 0, min_samples=700, skew=1.0)
+
+
+def test_format_and_plot_counts(tmp_path):
+    t = table("shards", shards_per_device=2)
+    text = format_counts(t).splitlines()
+    assert len(text) == DEVICES + 2 and text[0].split()[0] == "device"
+    assert text[-1].split()[-1] == str(t.sum()) and text[1].split()[-1] == str(t[0].sum())
+    plot_counts(t, str(tmp_path / "counts.png"))
+    assert (tmp_path / "counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,104 @@
+"""Checkpoint and resume: a run stopped mid-way and resumed records exactly what an
+uninterrupted run records (all but the clocks), in one continuous history."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import child_env, edgempi, mpiexec, small_config, write_config
+from edgempi.record import open_for_reading
+
+CLOCKS = {"wall_s", "sim_s", "compute_s", "comm_s"}
+
+
+def tables(path) -> dict[str, dict[str, np.ndarray]]:
+    with open_for_reading(path) as f:
+        return {t: {c: f[t][c][()] for c in f[t] if c not in CLOCKS} for t in ("steps", "evals", "syncs")}
+
+
+def assert_same_history(a, b):
+    for table in a:
+        assert a[table].keys() == b[table].keys()
+        for col in a[table]:
+            np.testing.assert_array_equal(a[table][col], b[table][col], err_msg=f"{table}/{col}")
+
+
+def launch(config, out, name, *extra, ranks=2):
+    return subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(config),
+                             "--out", str(out), "--set", f"output.name={name}", *extra],
+                            env=child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = folder / "meta.json"
+        if meta.exists() and json.loads(meta.read_text())["step"] >= step_at_least:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint written")
+
+
+@pytest.mark.parametrize("algorithm", ["large_batch", "fedavg"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm):
+    cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9},
+                       algorithm={"name": algorithm, "local_steps": 3}, checkpoint={"every_steps": 10})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    full = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=full", ranks=2)
+    assert full.returncode == 0, full.stderr
+
+    proc = launch(config, tmp_path, "cut")
+    wait_for_checkpoint(tmp_path / "cut.ckpt", proc, 40)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=cut", "--resume", ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_history(tables(tmp_path / "full.h5"), tables(tmp_path / "cut.h5"))
+    with open_for_reading(tmp_path / "cut.h5") as f:
+        assert f.attrs["status"] == "completed" and "resumed" in f.attrs
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    cfg = small_config(train={"steps": 100000, "log_every": 5})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    proc = launch(config, tmp_path, "term")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "term.h5").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "continue with edgempi run --resume" in err
+    meta = json.loads((tmp_path / "term.ckpt" / "meta.json").read_text())
+    with open_for_reading(tmp_path / "term.h5") as f:
+        assert f.attrs["status"] == "interrupted"
+        assert f["steps"]["step"][-1] == meta["step"]
+
+
+def test_mismatched_or_corrupt_checkpoint_is_refused(tmp_path):
+    cfg = small_config(train={"steps": 40, "log_every": 5}, checkpoint={"every_steps": 10})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    proc = launch(config, tmp_path, "x")
+    wait_for_checkpoint(tmp_path / "x.ckpt", proc, 10)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = (tmp_path / "x.h5").read_bytes()
+    other = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=x", "--set", "train.lr=0.5",
+                    "--resume", ranks=2)
+    assert other.returncode == 2 and "written by a different config" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    meta = json.loads((tmp_path / "x.ckpt" / "meta.json").read_text())
+    (tmp_path / "x.ckpt" / f"rank1-step{meta['step']}.pt").write_bytes(b"garbage")
+    bad = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=x", "--resume", ranks=2)
+    assert bad.returncode == 2 and "corrupt" in bad.stderr
+    assert (tmp_path / "x.h5").read_bytes() == before  # nothing written by a refused resume

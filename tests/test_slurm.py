@@ -1,0 +1,188 @@
+"""The local Slurm cluster for real: up, jobs, status, down, up again; and the sweep job array.
+
+Skipped where Debian's slurmctld/slurmd are not installed. The cluster runs in the test's own
+scratch folder on free ports, so a developer's cluster (or another test run) is untouched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+TEMPLATE = ROOT / "slurm" / "sweep.sbatch"
+
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("slurmctld", "slurmd", "sbatch", "squeue")),
+                                reason="Slurm not installed (apt-get install slurmd slurmctld slurm-client)")
+
+# `edgempi sweep` with a run_config that records the world size instead of training, so the
+# template, srun/mpiexec and the world-size check are tested without the trainer.
+STUB = '''
+import argparse, sys
+from pathlib import Path
+from edgempi import sweep
+
+def run_config(base, overrides, out_file):
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.with_suffix(".txt").write_text(f"{comm.size} {' '.join(overrides)}\\n")
+
+class WorldComm:  # what edgempi.comm.Comm offers the sweep runner, without importing torch
+    def __init__(self):
+        from mpi4py import MPI
+        self.mpi = MPI.COMM_WORLD
+        self.rank, self.size = self.mpi.Get_rank(), self.mpi.Get_size()
+
+    def broadcast_object(self, obj, root=0):
+        return self.mpi.bcast(obj, root=root)
+
+
+p = argparse.ArgumentParser()
+sweep.add_arguments(p.add_subparsers().add_parser("sweep"))
+try:
+    sys.exit(sweep.command(p.parse_args(), run_config, WorldComm))
+except sweep.SweepError as exc:
+    print(f"edgempi: {exc}", file=sys.stderr)
+    sys.exit(2)
+'''
+
+
+def free_port_pair() -> int:
+    """A port p with p and p+1 free (slurmctld and slurmd)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+class Cluster:
+    def __init__(self, scratch: Path) -> None:
+        self.env = dict(os.environ, EDGEMPI_SLURM_DIR=str(scratch), EDGEMPI_SLURM_PORT=str(free_port_pair()),
+                        EDGEMPI_SLURM_TIMEOUT="30", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def script(self, action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SCRIPT), action], capture_output=True, text=True, env=self.env, timeout=120)
+
+    def up(self) -> subprocess.CompletedProcess:
+        out = self.script("up")
+        assert out.returncode == 0, out.stderr
+        (line,) = out.stdout.strip().splitlines()
+        assert line.startswith("export SLURM_CONF=")
+        self.env["SLURM_CONF"] = line.split("=", 1)[1]
+        return out
+
+    def slurm(self, *args: str) -> str:
+        out = subprocess.run(args, capture_output=True, text=True, env=self.env, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def wait(self, job: str, timeout: float = 120) -> dict[str, str]:
+        """Poll squeue until the job (every array task) has left the queue; its final states."""
+        deadline = time.monotonic() + timeout
+        while self.slurm("squeue", "-h", "-j", job).strip():
+            assert time.monotonic() < deadline, f"job {job} still queued after {timeout}s"
+            time.sleep(0.5)
+        states = {}
+        for line in self.slurm("scontrol", "-o", "show", "job", job).splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            states[fields.get("ArrayTaskId", fields["JobId"])] = fields["JobState"]
+        return states
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    c = Cluster(tmp_path / "slurm")
+    try:
+        yield c
+    finally:
+        c.script("down")
+
+
+def test_up_job_status_down_up_again(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.up()
+    assert "already up" in cluster.up().stderr  # idempotent
+    job = cluster.slurm("sbatch", "--parsable", "-o", str(tmp_path / "job-%j.out"), "--wrap", "hostname").strip()
+    assert cluster.wait(job) == {job: "COMPLETED"}
+    assert (tmp_path / f"job-{job}.out").read_text().strip() == socket.gethostname().split(".")[0]
+
+    status = cluster.script("status")
+    assert status.returncode == 0 and "slurmctld: running" in status.stdout and "idle" in status.stdout
+    pids = [int((tmp_path / "slurm" / "run" / f"{d}.pid").read_text()) for d in ("slurmctld", "slurmd")]
+    assert cluster.script("down").returncode == 0
+    assert cluster.script("status").returncode == 1
+    for pid in pids:  # gone, or a zombie nobody reaps: not running either way
+        state = Path(f"/proc/{pid}/status")
+        assert not state.exists() or "\nState:\tZ" in state.read_text()
+
+    cluster.up()
+    job = cluster.slurm("sbatch", "--parsable", "-n", "4", "-o", str(tmp_path / "job-%j.out"),
+                        "--wrap", "srun --mpi=pmi2 hostname").strip()
+    assert cluster.wait(job) == {job: "COMPLETED"}
+    assert len((tmp_path / f"job-{job}.out").read_text().split()) == 4
+
+
+def write_sweep(tmp_path: Path, ranks: int) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "arr", "base": {"seed": 0}, "grid": {"train.lr": [0.1, 0.2]},
+                                    "ranks": ranks}))
+    return path
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_sweep_array_trains_every_point_and_reports(cluster: Cluster, tmp_path: Path, launcher: str) -> None:
+    """The real thing: edgempi trains 3 points as a 2-rank job array; report reads them all."""
+    base = {"seed": 1, "data": {"name": "synthetic", "synthetic_train": 400, "synthetic_test": 100},
+            "model": {"name": "lenet5"}, "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "lr": 0.05}}
+    sweep = tmp_path / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "tiny", "base": base, "ranks": 2,
+                                     "grid": {"algorithm.name": ["large_batch", "fedavg"]},
+                                     "zip": {"algorithm.local_steps": [5]}, "seeds": [1, 2]}))
+    count = subprocess.run([sys.executable, "-m", "edgempi", "sweep", str(sweep), "--count"], capture_output=True,
+                           text=True, env=cluster.env, timeout=60)
+    assert count.stdout.strip() == "4", count.stderr
+    cluster.up()
+    cluster.env.update(EDGEMPI=f"{sys.executable} -m edgempi", EDGEMPI_LAUNCHER=launcher)
+    job = cluster.slurm("sbatch", "--parsable", "--array=0-3", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
+                        str(sweep)).strip()
+    states = cluster.wait(job, timeout=400)
+    logs = tmp_path / "results" / "tiny" / "logs"
+    assert states == {str(i): "COMPLETED" for i in range(4)}, [p.read_text()[-2000:] for p in logs.glob("*.log")]
+    files = sorted((tmp_path / "results" / "tiny").glob("*.h5"))
+    assert len(files) == 4
+    report = subprocess.run([sys.executable, "-m", "edgempi", "report", str(tmp_path / "results" / "tiny"),
+                             "--target-acc", "0.05", "--format", "csv"], capture_output=True, text=True,
+                            env=cluster.env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    rows = [r for r in report.stdout.strip().splitlines()[1:] if r]
+    assert len(rows) == 4 and sum("fedavg" in r for r in rows) == 2 and all("completed" in r for r in rows)
+
+
+def test_sweep_task_with_wrong_world_size_fails(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "stub.py").write_text(STUB)
+    sweep = write_sweep(tmp_path, ranks=4)
+    cluster.up()
+    cluster.env["EDGEMPI"] = f"{sys.executable} {tmp_path / 'stub.py'}"
+    job = cluster.slurm("sbatch", "--parsable", "--array=0", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
+                        str(sweep)).strip()
+    assert cluster.wait(job) == {"0": "FAILED"}
+    log = (tmp_path / "results" / "arr" / "logs" / f"{job}_0.log").read_text()
+    assert "needs 4 ranks but the job has 2" in log
+    assert not list((tmp_path / "results" / "arr").glob("*.txt"))
