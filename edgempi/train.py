@@ -188,6 +188,7 @@ class Trainer:
         self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
         self.recorder = recorder or NullRecorder()
         self.loader = loader or setup.loader
+        comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
         self.policy = algorithms.create(algorithms.Context(setup.cfg, comm, setup.flat, setup.steps_per_epoch,
                                                            setup.optimizer))
         part = test_shard(len(setup.dataset.test_y), comm)
@@ -197,7 +198,6 @@ class Trainer:
         self.step = 0
         self.wall_before = 0.0  # wall seconds of earlier sessions of a resumed run
         self.loss_sum, self.loss_count = 0.0, 0
-        comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
 
     # -- what a row holds ------------------------------------------------------------------
     def counters(self, step: int) -> dict[str, float]:

@@ -48,10 +48,17 @@ def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
     raise AssertionError("no checkpoint written")
 
 
-@pytest.mark.parametrize("algorithm", ["large_batch", "fedavg"])
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm,extra", [
+    ("large_batch", {}),
+    ("fedavg", {}),
+    ("large_batch", {"compression": {"name": "topk", "ratio": 0.05}}),  # error feedback + DGC momentum
+    ("fda", {"algorithm": {"variant": "linear", "theta": 0.05}}),  # w0 and xi
+    ("dynamic", {"algorithm": {"delta": 0.05, "check_every": 2}}),
+])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm, extra):
     cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9},
-                       algorithm={"name": algorithm, "local_steps": 3}, checkpoint={"every_steps": 10})
+                       algorithm={"name": algorithm, "local_steps": 3, **extra.get("algorithm", {})},
+                       checkpoint={"every_steps": 10}, **{k: v for k, v in extra.items() if k != "algorithm"})
     config = write_config(tmp_path / "c.yaml", cfg)
     full = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=full", ranks=2)
     assert full.returncode == 0, full.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgempi.algorithms.base import Context
@@ -33,9 +34,19 @@ def exchange_state(exchange: GradientExchange | None) -> list[dict[str, Any]]:
     """Error-feedback memories, warm-start factors and random streams, for a checkpoint."""
     if exchange is None:
         return []
-    return [{k: v.clone() if isinstance(v, torch.Tensor) else v.get_state()
-             for k, v in vars(holder).items() if isinstance(v, (torch.Tensor, torch.Generator))}
+    return [{k: _snapshot(v) for k, v in vars(holder).items() if isinstance(v, _STATEFUL)}
             for holder in _holders(exchange)]
+
+
+_STATEFUL = (torch.Tensor, torch.Generator, np.random.Generator)
+
+
+def _snapshot(value: torch.Tensor | torch.Generator | np.random.Generator) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    return value.bit_generator.state
 
 
 def load_exchange_state(exchange: GradientExchange | None, state: list[dict[str, Any]]) -> None:
@@ -46,5 +57,7 @@ def load_exchange_state(exchange: GradientExchange | None, state: list[dict[str,
             current = getattr(holder, key)
             if isinstance(current, torch.Generator):
                 current.set_state(value)
+            elif isinstance(current, np.random.Generator):
+                current.bit_generator.state = value
             else:
                 current.copy_(value)

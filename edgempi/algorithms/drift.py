@@ -5,6 +5,8 @@ round with one weight Allreduce; they differ only in the rule that decides when.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from edgempi.algorithms.base import Context, Policy
@@ -15,19 +17,18 @@ class DriftPolicy(Policy):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        params = ctx.flat.params
-        self.w0 = torch.empty_like(params)
-        self._delta = torch.empty_like(params)
-
-    def after_backward(self, step: int) -> None:
-        # The loop broadcasts the starting model after building the policy: take w₀ from it here,
-        # before the first optimizer step.
-        if step == 0:
-            self.w0.copy_(self.ctx.flat.params)
+        self.w0 = ctx.flat.params.clone()  # the loop builds policies after the starting model is shared
+        self._delta = torch.empty_like(self.w0)
 
     def drift(self) -> torch.Tensor:
         """Δ = w − w₀ on this device (a scratch buffer, valid until the next call)."""
         return torch.sub(self.ctx.flat.params, self.w0, out=self._delta)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w0": self.w0.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w0.copy_(state["w0"])
 
     def sync(self) -> torch.Tensor:
         """Average the weights over all devices and restart from there; returns w₀_new − w₀_old."""

@@ -110,6 +110,15 @@ class FDA(DriftPolicy):
         self.state = VARIANTS[a.variant](dim, a, seed)
         self.theta = threshold(a, dim)
 
+    def state_dict(self) -> dict[str, Any]:
+        """w₀ and, for the linear variant, ξ (the direction of the last global update)."""
+        return {**super().state_dict(), "xi": getattr(self.state, "xi", None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state["xi"] is not None:
+            self.state.xi.copy_(state["xi"])
+
     def estimate(self) -> float:
         """One control Allreduce-mean of the devices' states → the same estimate of Var on all."""
         total = self.ctx.comm.allreduce_ctrl(self.state.local(self.drift()).numpy())
