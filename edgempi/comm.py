@@ -9,10 +9,12 @@ Collectives work on flat tensors through zero-copy numpy views: one MPI call per
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import sys
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -194,6 +196,17 @@ class Comm:
         """Reduce metrics for the record; not counted: it is the benchmark's, not the method's."""
         return self._reduce(np.ascontiguousarray(values, dtype=np.float64), op)
 
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Collectives inside are measurement (e.g. an evaluation's tile exchanges in spatial
+        mode), not the method's traffic: the ledger is left as it was before."""
+        saved = copy.deepcopy(self.ledger.as_dict())
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(self.ledger, key, value)
+
     def average_uncounted_(self, buf: torch.Tensor) -> None:
         """Average a buffer for measurement (e.g. evaluating the mean model); not counted."""
         self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(buf), op=MPI.SUM)
@@ -224,9 +237,13 @@ class Comm:
         self.mpi.Allreduce(arr, out, op=_OPS[op])
         return out
 
-    def split(self, color: int, key: int | None = None) -> "Comm":
-        """A sub-group (e.g. the ranks of one spatial group); its ledger starts at zero."""
-        return Comm(self.mpi.Split(color, self.rank if key is None else key), self.link)
+    def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> "Comm":
+        """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
+        this one's with ``share_ledger``, so a device's traffic in all its groups adds up."""
+        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.link)
+        if share_ledger:
+            child.ledger = self.ledger
+        return child
 
     def node_size(self) -> int:
         """How many ranks share this node (to divide its cores between them)."""

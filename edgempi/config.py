@@ -6,6 +6,7 @@ results file, and a run can be repeated from it alone.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -50,6 +51,7 @@ class DataConfig:
     augment: bool | None = None  # random crop + flip; default on for cifar10
     synthetic_train: int = 6000
     synthetic_test: int = 1000
+    synthetic_side: int = 28
 
     def partition_args(self) -> dict[str, object]:
         """The partition parameters that were set (each scheme refuses those it does not take)."""
@@ -131,6 +133,14 @@ class OutputConfig:
 
 
 @dataclass
+class ParallelConfig:
+    mode: str = "data"  # data | spatial
+    grid: list[int] = field(default_factory=lambda: [1, 1])  # spatial: rows × columns of tiles
+    layers: int = 1  # spatial: how many leading layers of the model are partitioned
+    groups: str | list[list[int]] = "auto"  # spatial: fused layer groups [[first, last], ...] or auto
+
+
+@dataclass
 class CheckpointConfig:
     every_steps: int = 0
     every_minutes: float = 0.0
@@ -147,6 +157,7 @@ class RunConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -250,7 +261,7 @@ def merge_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 
 def from_dict(raw: dict[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
-    cfg = _build(RunConfig, merge_overrides(raw, overrides), "")
+    cfg = _build(RunConfig, merge_overrides(copy.deepcopy(raw), overrides), "")
     validate(cfg)
     return cfg
 
@@ -362,6 +373,15 @@ def validate(cfg: RunConfig) -> None:
     _check(n.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
     _check(n.compute_factor > 0, "network.compute_factor", "must be > 0")
     _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
+    par = cfg.parallel
+    _one_of(par.mode, ("data", "spatial"), "parallel.mode")
+    if par.mode == "spatial":
+        _check(a.name == "large_batch", "parallel.mode", "spatial partitioning trains with algorithm.name=large_batch")
+        _check(len(par.grid) == 2 and min(par.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
+        _check(par.layers >= 1, "parallel.layers", "must be >= 1")
+        _check(par.groups == "auto" or isinstance(par.groups, list), "parallel.groups",
+               "must be auto or a list of [first, last] layer ranges")
+    _check(cfg.data.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
     _check(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
     _check(cfg.checkpoint.every_steps % t.log_every == 0, "checkpoint.every_steps",
            f"must be a multiple of train.log_every ({t.log_every}): checkpoints are taken at /steps rows")
@@ -372,6 +392,10 @@ def validate(cfg: RunConfig) -> None:
 
 def validate_world(cfg: RunConfig, world_size: int) -> None:
     """Does the method fit the number of ranks the job was started with?"""
+    if cfg.parallel.mode == "spatial":
+        tiles = cfg.parallel.grid[0] * cfg.parallel.grid[1]
+        _check(world_size % tiles == 0, "parallel.grid",
+               f"{cfg.parallel.grid} needs a multiple of {tiles} ranks, the job has {world_size}")
     if cfg.algorithm.name == "centralized":
         _check(world_size == 1, "algorithm.name",
                f"centralized runs on one rank, but the job has {world_size} (drop mpiexec -n)")

@@ -62,9 +62,8 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     folder = checkpoint_dir(path)
     setup, state, error = None, None, None
     try:
+        comm.link = device_link(cfg.network, Seeds.from_seed(cfg.seed, comm.size).network, comm.rank, comm.size)
         setup = build(cfg, comm)
-        seeds = Seeds.from_seed(cfg.seed, comm.size)
-        comm.link = device_link(cfg.network, seeds.network, comm.rank, comm.size)
         meta = read_meta(folder, cfg, comm.size) if resume else None
         state = load_rank_state(folder, comm.rank, meta["step"]) if meta else None
     except (ValueError, OSError, RuntimeError) as exc:

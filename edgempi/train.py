@@ -22,6 +22,8 @@ from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shard
 from edgempi.flat import FlatModel
 from edgempi.models.syncbn import convert_sync_bn
+from edgempi.spatial.model import spatial_groups
+from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 
 
@@ -65,6 +67,7 @@ class Setup:
     total_steps: int
     flat: FlatModel
     optimizer: torch.optim.Optimizer
+    peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
 
     @property
     def partition_counts(self) -> np.ndarray:
@@ -72,11 +75,18 @@ class Setup:
 
 
 def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Setup:
-    """Data partition, this device's loader, model and optimizer: no communication."""
-    seeds = Seeds.from_seed(cfg.seed, comm.size)
+    """Data partition, this device's loader, model and optimizer.
+
+    Data-parallel runs need no communication here. In spatial mode the ranks of a tile group
+    are one device: they are split into groups, draw the same batches, and share one model.
+    """
     dataset = dataset or load_dataset(cfg)
-    parts = make_partition(cfg, dataset, comm.size)
-    loader = device_loader(cfg, dataset, parts, seeds, comm.rank)
+    group, peers = None, comm
+    if cfg.parallel.mode == "spatial":
+        group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
+    seeds = Seeds.from_seed(cfg.seed, peers.size)
+    parts = make_partition(cfg, dataset, peers.size)
+    loader = device_loader(cfg, dataset, parts, seeds, peers.rank)
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
     total = cfg.train.steps or math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch)
@@ -86,13 +96,16 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
                           input_size=dataset.input_size, norm=cfg.model.norm)
     if cfg.algorithm.sync_bn:
         convert_sync_bn(model, comm)
+    if group is not None:
+        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size)
     flat = FlatModel(model)
-    return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat))
+    return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers)
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
     return data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
-                     synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test))
+                     synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test),
+                     synthetic_side=cfg.data.synthetic_side)
 
 
 def make_partition(cfg: RunConfig, dataset: data.Dataset, devices: int) -> list[np.ndarray]:
@@ -189,9 +202,9 @@ class Trainer:
         self.recorder = recorder or NullRecorder()
         self.loader = loader or setup.loader
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
-        self.policy = algorithms.create(algorithms.Context(setup.cfg, comm, setup.flat, setup.steps_per_epoch,
-                                                           setup.optimizer))
-        part = test_shard(len(setup.dataset.test_y), comm)
+        self.policy = algorithms.create(algorithms.Context(setup.cfg, setup.peers, setup.flat,
+                                                           setup.steps_per_epoch, setup.optimizer))
+        part = test_shard(len(setup.dataset.test_y), setup.peers)
         self.test_x, self.test_y = setup.dataset.test_x[part], setup.dataset.test_y[part]
         self.outcome = Outcome(setup.flat.storage)
         self.progress = progress and comm.rank == 0
@@ -209,9 +222,10 @@ class Trainer:
                 "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
 
     def record_eval(self, step: int) -> None:
-        test_loss, test_acc = evaluate(self.flat, self.comm, self.test_x, self.test_y, self.loader.normalize,
-                                       average=self.policy.models_differ,
-                                       average_buffers=self.cfg.algorithm.eval_stats == "average")
+        with self.comm.uncounted():
+            test_loss, test_acc = evaluate(self.flat, self.setup.peers, self.test_x, self.test_y,
+                                           self.loader.normalize, average=self.policy.models_differ,
+                                           average_buffers=self.cfg.algorithm.eval_stats == "average")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)

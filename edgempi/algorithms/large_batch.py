@@ -4,6 +4,7 @@ from typing import Any
 
 from edgempi.algorithms.base import Context, Policy
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
+from edgempi.spatial.model import SpatialModel
 
 
 class LargeBatch(Policy):
@@ -12,6 +13,11 @@ class LargeBatch(Policy):
         self.exchange = make_exchange(ctx)
 
     def after_backward(self, step: int) -> None:
+        model = self.ctx.flat.model
+        if isinstance(model, SpatialModel):  # the tile group's ranks are one device: sum their parts
+            model.allreduce_grads_(self.ctx.flat.grads)
+            if self.ctx.comm.size == 1:
+                return
         if self.exchange is None:
             self.ctx.comm.allreduce_mean_(self.ctx.flat.grads)
         else:

@@ -145,12 +145,12 @@ def synthetic(seed: int, n_train: int, n_test: int, num_classes: int = 10, side:
 
 
 def load(name: str, root: str | None = None, download: bool = False, seed: int = 0,
-         synthetic_sizes: tuple[int, int] = (6000, 1000)) -> Dataset:
+         synthetic_sizes: tuple[int, int] = (6000, 1000), synthetic_side: int = 28) -> Dataset:
     """Load a data set by name (``edgempi.data.load``)."""
     if name in _IDX:
         return _load_idx(name, root, download)
     if name == "cifar10":
         return _load_cifar10(root, download)
     if name == "synthetic":
-        return synthetic(seed, *synthetic_sizes)
+        return synthetic(seed, *synthetic_sizes, side=synthetic_side)
     raise DataError(f"unknown data set {name!r}")

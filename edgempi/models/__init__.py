@@ -8,6 +8,7 @@ from torch import nn
 from edgempi.models.lenet import lenet5
 from edgempi.models.resnet import resnet18
 from edgempi.models.zoo import NORMS, densenet121, fda_cnn, mlp
+from edgempi.spatial.vgg import spatial_vgg
 
 # name → (builder, default norm)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
@@ -16,6 +17,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "fda_cnn": (fda_cnn, "none"),
     "densenet121": (densenet121, "batch"),
     "mlp": (mlp, "none"),
+    "spatial_vgg": (spatial_vgg, "batch"),
 }
 
 

@@ -105,7 +105,7 @@ class _SumGrad(torch.autograd.Function):
         return out, None
 
 
-def spatial_groups(world: Comm, grid: tuple[int, int]) -> tuple[Comm, Comm]:
+def spatial_groups(world: Comm, grid: tuple[int, int], share_ledger: bool = False) -> tuple[Comm, Comm]:
     """Spatial groups combined with data parallelism across them.
 
     Returns (group, peers): ranks ``k·P … k·P + P − 1`` form spatial group k (they feed the same
@@ -116,7 +116,8 @@ def spatial_groups(world: Comm, grid: tuple[int, int]) -> tuple[Comm, Comm]:
     ranks = int(grid[0]) * int(grid[1])
     if ranks < 1 or world.size % ranks:
         raise ValueError(f"parallel.grid: {list(grid)} needs a multiple of {ranks} ranks, the job has {world.size}")
-    return world.split(world.rank // ranks), world.split(world.rank % ranks)
+    return (world.split(world.rank // ranks, share_ledger=share_ledger),
+            world.split(world.rank % ranks, share_ledger=share_ledger))
 
 
 class SpatialModel(nn.Module):

@@ -130,3 +130,22 @@ def test_sync_bn_large_batch_equals_centralized_with_k_times_the_batch():
         float((outcome.storage - reference).abs().max())
     _, local_bn, _ = run(common, comm)  # per-device statistics: a different training
     assert not torch.allclose(local_bn.storage, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_spatial_mode_trains_like_one_device():
+    """parallel.mode: spatial on a 1×2 grid equals the unpartitioned model on one device."""
+    world = Comm()
+    pair = world.split(world.rank // 2)
+    spatial_vgg = {"data": {"synthetic_side": 32, "synthetic_train": 128, "synthetic_test": 32},
+                   "model": {"name": "spatial_vgg"}, "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "lr": 0.005}}
+    cfg = small_config(**spatial_vgg)
+    spatial = from_dict(cfg, ["parallel.mode=spatial", "parallel.grid=[1, 2]", "parallel.layers=14",
+                              "parallel.groups=[[0, 6], [7, 13]]"])
+    setup = build(spatial, pair)
+    outcome = train(setup, pair)
+    reference = from_dict(cfg, ["algorithm.name=centralized"])
+    single = train(build(reference, self_comm()), self_comm())
+    assert torch.allclose(outcome.storage, single.storage, rtol=0, atol=1e-6), \
+        float((outcome.storage - single.storage).abs().max())
+    assert [r["test_acc"] for r in outcome.evals] == pytest.approx([r["test_acc"] for r in single.evals], abs=1e-6)
+    assert pair.ledger.rounds == 4  # the front's weight gradients, summed once per step

@@ -1,0 +1,36 @@
+"""From ``parallel: {mode: spatial, ...}`` to a SpatialModel: split the model, choose the groups."""
+from __future__ import annotations
+
+import sys
+
+from torch import nn
+
+from edgempi.comm import Comm
+from edgempi.config import RunConfig
+from edgempi.spatial.model import SpatialModel
+from edgempi.spatial.planner import Link, measure_profile, plan_groups
+from edgempi.spatial.vgg import split_front
+
+
+def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: int, input_size: int) -> SpatialModel:
+    """Partition the first ``parallel.layers`` layers of ``model`` over ``group``'s grid.
+
+    ``groups: auto`` measures the layers on this machine and lets the planner pick the fused
+    groups for the modelled link of ``network``; the plan is printed by the group's first rank.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"parallel.mode: spatial needs a model that is one nn.Sequential "
+                         f"(e.g. spatial_vgg), not {cfg.model.name}")
+    par = cfg.parallel
+    grid = (par.grid[0], par.grid[1])
+    front, tail = split_front(model, par.layers)
+    if par.groups == "auto":
+        link = group.link
+        profile = measure_profile(front, tail, cfg.train.batch_size, in_channels, (input_size, input_size), comm=group)
+        plan = plan_groups(profile, Link(link.up_bytes_per_s, link.latency_s), grid)
+        if group.rank == 0:
+            print(f"edgempi: spatial plan: {plan}", file=sys.stderr, flush=True)
+        groups = plan.groups
+    else:
+        groups = [tuple(g) for g in par.groups]
+    return SpatialModel(front, tail, group, grid, groups, (input_size, input_size))
