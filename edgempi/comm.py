@@ -69,13 +69,21 @@ class Comm:
         self.ledger = Ledger()
 
     # -- model-sized exchanges (counted as rounds) -------------------------------------
-    def allreduce_mean_(self, buf: torch.Tensor) -> None:
-        """Average a flat buffer over all devices in place: one round, 4·d up and down."""
+    def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> None:
+        """Average a flat buffer over all devices in place: one round, 4·d up and down.
+
+        With ``participants`` (a boolean mask over devices, the same on every rank), the mean
+        is over those devices only: the others contribute zeros to the one Allreduce and
+        upload nothing in the ledger; every device downloads the result.
+        """
         start = time.perf_counter()
         arr = numpy_view(buf)
+        takes_part = participants is None or bool(participants[self.rank])
+        if not takes_part:
+            buf.zero_()
         self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        buf.div_(self.size)
-        self._count(arr.nbytes, arr.nbytes, start)
+        buf.div_(self.size if participants is None else int(participants.sum()))
+        self._count(arr.nbytes if takes_part else 0, arr.nbytes, start)
 
     def allgather_payloads(self, payload: np.ndarray, down_bytes: int | None = None) -> list[np.ndarray]:
         """Gather every device's byte payload (sizes may differ): one round.

@@ -99,6 +99,8 @@ class AlgorithmConfig:
     sketch_depth: int = 5
     sketch_width: int = 250
     sync_bn: bool = False
+    participation: float = 1.0  # fedavg: seeded fraction of devices taking part in each round
+    dropout: float = 0.0  # fedavg: seeded probability that a chosen device fails to report
     eval_stats: str = "average"
 
 
@@ -359,6 +361,12 @@ def validate(cfg: RunConfig) -> None:
     _check(a.sketch_depth > 0, "algorithm.sketch_depth", "must be > 0")
     _check(a.sketch_width > 0, "algorithm.sketch_width", "must be > 0")
     _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
+    _check(0 < a.participation <= 1, "algorithm.participation", "must be in (0, 1]")
+    _check(0 <= a.dropout < 1, "algorithm.dropout", "must be in [0, 1)")
+    _check(a.name == "fedavg" or (a.participation == 1 and a.dropout == 0), "algorithm.participation",
+           "partial participation and dropouts are implemented for fedavg")
+    _check(cfg.compression.name == "none" or (a.participation == 1 and a.dropout == 0), "algorithm.participation",
+           "partial participation is not combined with compression")
     _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")
     _delegated(compression.validate, cfg.compression.__dict__)
     _check(cfg.compression.name == "none" or a.name in ("large_batch", "fedavg"), "compression.name",

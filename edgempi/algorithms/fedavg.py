@@ -5,12 +5,15 @@ error feedback); the server replies with the dense mean update (counted as such)
 """
 from typing import Any
 
+import numpy as np
+
 from edgempi.algorithms.base import Context, Policy
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 
 
 class FedAvg(Policy):
     models_differ = True
+    sync_columns = ("participants",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -19,17 +22,34 @@ class FedAvg(Policy):
         self.exchange = make_exchange(ctx, with_buffers=a.average_buffers, dense_downlink=True)
         self.reference = ctx.flat.exchanged(a.average_buffers).clone() if self.exchange else None
 
+    def participants(self, round_index: int) -> np.ndarray | None:
+        """Who reports in this round: a seeded sample of devices, less the seeded dropouts.
+
+        A function of (seed, round) only, so every rank draws the same mask without talking.
+        """
+        a, devices = self.ctx.cfg.algorithm, self.ctx.comm.size
+        if a.participation == 1 and a.dropout == 0:
+            return None
+        rng = np.random.default_rng([self.ctx.cfg.seed, 0xFEDA, round_index])
+        mask = np.zeros(devices, dtype=bool)
+        mask[rng.choice(devices, size=max(1, round(a.participation * devices)), replace=False)] = True
+        mask &= rng.random(devices) >= a.dropout
+        return mask
+
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.period:
             return None
         state = self.ctx.flat.exchanged(self.ctx.cfg.algorithm.average_buffers)
+        mask = self.participants((step + 1) // self.period)
+        if mask is not None and not mask.any():
+            return {"step": step + 1, "participants": 0}  # nobody reported: every device keeps its model
         if self.exchange is None:
-            self.ctx.comm.allreduce_mean_(state)
+            self.ctx.comm.allreduce_mean_(state, mask)
         else:
             update = state - self.reference
             self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
             state.copy_(self.reference.add_(update))
-        return {"step": step + 1}
+        return {"step": step + 1, "participants": self.ctx.comm.size if mask is None else int(mask.sum())}
 
     def state_dict(self) -> dict[str, Any]:
         return {"exchange": exchange_state(self.exchange), "reference": self.reference}

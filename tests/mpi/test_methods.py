@@ -149,3 +149,33 @@ def test_spatial_mode_trains_like_one_device():
         float((outcome.storage - single.storage).abs().max())
     assert [r["test_acc"] for r in outcome.evals] == pytest.approx([r["test_acc"] for r in single.evals], abs=1e-6)
     assert pair.ledger.rounds == 4  # the front's weight gradients, summed once per step
+
+
+def test_partial_participation_averages_only_the_participants(monkeypatch):
+    """FedAvg with participation 0.5 and dropouts: after each sync every device holds the mean of
+    the reporting devices' models, the same mask on every rank, and only they upload."""
+    comm = Comm()
+    seen = []
+    original = FedAvg.after_step
+
+    def checked(self, step):
+        before = comm.allgather_object(self.ctx.flat.storage.clone()) if (step + 1) % self.period == 0 else None
+        sync = original(self, step)
+        if sync is not None:
+            mask = self.participants((step + 1) // self.period)
+            expected = torch.stack([b for b, m in zip(before, mask) if m]).mean(0) if mask.any() else before[comm.rank]
+            seen.append((mask.tolist(), sync["participants"], torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
+                         same_on_all_ranks(comm, self.ctx.flat.storage) or not mask.any()))
+        return sync
+
+    monkeypatch.setattr(FedAvg, "after_step", checked)
+    _, outcome, _ = run(["train.steps=24", "algorithm.name=fedavg", "algorithm.local_steps=3",
+                         "algorithm.participation=0.5", "algorithm.dropout=0.2"], comm)
+    masks = [m for m, *_ in seen]
+    assert len(seen) == 8 and all(ok and same for _, _, ok, same in seen)
+    assert all(n == sum(m) for m, n, _, _ in seen) and all(sum(m) <= comm.size // 2 for m in masks)
+    assert len({tuple(m) for m in masks}) > 1  # a new draw each round
+    assert len(set(comm.allgather_object(str(masks)))) == 1
+    uploads = sum(m[comm.rank] for m in masks if any(m))
+    assert comm.ledger.bytes_up == uploads * 4 * LENET
+    assert comm.ledger.bytes_down == sum(any(m) for m in masks) * 4 * LENET
