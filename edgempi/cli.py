@@ -64,6 +64,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
     from edgempi.runner import SetupError
     from edgempi.sweep import SweepError
+    from edgempi.train import TrainingError
 
     comm = Comm()
     try:
@@ -75,6 +76,10 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
+    except TrainingError as exc:  # decided on reduced values: every rank stops here together
+        if comm.rank == 0:
+            print(f"edgempi: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # any rank: say which, then take the whole job down
         print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         comm.abort(1)

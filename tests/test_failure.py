@@ -93,3 +93,15 @@ def test_existing_results_file_is_never_overwritten(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with h5py.File(h5, "r") as f:
         assert f.attrs["status"] == "completed"
+
+
+def test_diverging_loss_stops_the_run_as_failed(tmp_path):
+    path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 200, "lr": 1e12, "log_every": 5}))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "edgempi", "run", str(path), "--out",
+                           str(tmp_path), "--set", "output.name=nan"], capture_output=True, text=True, timeout=120,
+                          env=child_env())
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "loss" in line and "step 0/" not in line]
+    assert errors == ["edgempi: the training loss became nan by step 5; lower train.lr"], proc.stderr
+    with h5py.File(tmp_path / "nan.h5", "r") as f:
+        assert f.attrs["status"] == "failed" and "TrainingError" in f.attrs["error"]
