@@ -13,9 +13,8 @@ from edgempi import config as config_mod
 from edgempi.checkpoint import Checkpointer, Interrupted, checkpoint_dir, load_rank_state, read_meta
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.network import device_link
 from edgempi.record import Recorder
-from edgempi.train import Outcome, Seeds, Trainer, build, tables, threads_per_rank
+from edgempi.train import Outcome, Trainer, build, tables, threads_per_rank
 
 
 class SetupError(RuntimeError):
@@ -62,7 +61,6 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     folder = checkpoint_dir(path)
     setup, state, error = None, None, None
     try:
-        comm.link = device_link(cfg.network, Seeds.from_seed(cfg.seed, comm.size).network, comm.rank, comm.size)
         setup = build(cfg, comm)
         meta = read_meta(folder, cfg, comm.size) if resume else None
         state = load_rank_state(folder, comm.rank, meta["step"]) if meta else None

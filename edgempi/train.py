@@ -22,6 +22,7 @@ from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shard
 from edgempi.flat import FlatModel
 from edgempi.models.syncbn import convert_sync_bn
+from edgempi.network import device_link
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -81,6 +82,8 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     are one device: they are split into groups, draw the same batches, and share one model.
     """
     dataset = dataset or load_dataset(cfg)
+    # This rank's modelled edge link (before any split, so sub-groups inherit it).
+    comm.link = device_link(cfg.network, Seeds.from_seed(cfg.seed, comm.size).network, comm.rank, comm.size)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
         group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
