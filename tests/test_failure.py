@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import h5py
-import pytest
 
 from helpers import ROOT, child_env, mpiexec, small_config, write_config
 from edgempi.record import open_for_reading

@@ -95,7 +95,6 @@ def test_ledger_large_batch_lenet():
 def test_ledger_fedavg_counts_weights_and_bn_buffers():
     _, _, comm = run(["train.steps=12", "algorithm.name=fedavg", "algorithm.local_steps=4"])
     assert comm.ledger.rounds == 3 and comm.ledger.bytes_up == 3 * 4 * LENET
-    _, setup_bn, comm = None, None, None
     setup, _, comm = run(["train.steps=4", "algorithm.name=fedavg", "algorithm.local_steps=2", "model.norm=batch"])
     per_sync = 4 * (setup.flat.numel + setup.flat.buffers.numel())
     assert setup.flat.buffers.numel() == 2 * (6 + 16) and comm.ledger.bytes_up == 2 * per_sync
