@@ -363,8 +363,8 @@ def validate(cfg: RunConfig) -> None:
     _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
     _check(0 < a.participation <= 1, "algorithm.participation", "must be in (0, 1]")
     _check(0 <= a.dropout < 1, "algorithm.dropout", "must be in [0, 1)")
-    _check(a.name == "fedavg" or (a.participation == 1 and a.dropout == 0), "algorithm.participation",
-           "partial participation and dropouts are implemented for fedavg")
+    _check(a.name in ("fedavg", "dynamic", "fda") or (a.participation == 1 and a.dropout == 0),
+           "algorithm.participation", "partial participation and dropouts are for fedavg, dynamic and fda")
     _check(cfg.compression.name == "none" or (a.participation == 1 and a.dropout == 0), "algorithm.participation",
            "partial participation is not combined with compression")
     _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgempi.comm import Comm
@@ -20,6 +21,22 @@ class Context:
     flat: FlatModel
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer | None = None
+
+
+def participants(cfg: RunConfig, devices: int, round_index: int) -> np.ndarray | None:
+    """Who reports in a round: a seeded sample of devices (``algorithm.participation``), less the
+    seeded dropouts (``algorithm.dropout``); None when everyone does.
+
+    A function of (seed, round) only, so every rank draws the same mask without talking.
+    """
+    a = cfg.algorithm
+    if a.participation == 1 and a.dropout == 0:
+        return None
+    rng = np.random.default_rng([cfg.seed, 0xFEDA, round_index])
+    mask = np.zeros(devices, dtype=bool)
+    mask[rng.choice(devices, size=max(1, round(a.participation * devices)), replace=False)] = True
+    mask &= rng.random(devices) >= a.dropout
+    return mask
 
 
 class Policy:

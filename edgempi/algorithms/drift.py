@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context, Policy
+from edgempi.algorithms.base import Context, Policy, participants
 
 
 class DriftPolicy(Policy):
@@ -18,6 +19,7 @@ class DriftPolicy(Policy):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.w0 = ctx.flat.params.clone()  # the loop builds policies after the starting model is shared
+        self.rounds = 0  # syncs so far: the round index of the participation draw
         self._delta = torch.empty_like(self.w0)
 
     def drift(self) -> torch.Tensor:
@@ -25,15 +27,22 @@ class DriftPolicy(Policy):
         return torch.sub(self.ctx.flat.params, self.w0, out=self._delta)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w0": self.w0.clone()}
+        return {"w0": self.w0.clone(), "rounds": self.rounds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w0.copy_(state["w0"])
+        self.rounds = state["rounds"]
 
-    def sync(self) -> torch.Tensor:
-        """Average the weights over all devices and restart from there; returns w₀_new − w₀_old."""
+    def reporters(self) -> np.ndarray | None:
+        """The devices that take part in the next sync (None: all); see ``algorithm.participation``."""
+        return participants(self.ctx.cfg, self.ctx.comm.size, self.rounds + 1)
+
+    def sync(self, mask: np.ndarray | None = None) -> torch.Tensor:
+        """Average the weights over all (or the ``mask``ed) devices and restart from there;
+        returns w₀_new − w₀_old."""
         flat = self.ctx.flat
-        self.ctx.comm.allreduce_mean_(flat.exchanged(self.ctx.cfg.algorithm.average_buffers))
+        self.rounds += 1
+        self.ctx.comm.allreduce_mean_(flat.exchanged(self.ctx.cfg.algorithm.average_buffers), mask)
         update = self.drift()
         self.w0.copy_(flat.params)
         return update

@@ -31,7 +31,8 @@ class Dynamic(DriftPolicy):
         delta = self.drift()
         violated = float(torch.dot(delta, delta)) > self.delta
         (violators,) = self.ctx.comm.allreduce_ctrl([float(violated)])
-        if violators == 0:
+        mask = self.reporters()
+        if violators == 0 or (mask is not None and not mask.any()):
             return None
-        self.sync()
+        self.sync(mask)
         return {"step": step + 1, "violators": int(violators)}

@@ -126,7 +126,8 @@ class FDA(DriftPolicy):
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         estimate = self.estimate()
-        if not estimate > self.theta:
+        mask = self.reporters()
+        if not estimate > self.theta or (mask is not None and not mask.any()):
             return None
-        self.state.synced(self.sync())
+        self.state.synced(self.sync(mask))
         return {"step": step + 1, "estimate": estimate}

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.algorithms.base import Context, Policy
+from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 
 
@@ -23,18 +23,7 @@ class FedAvg(Policy):
         self.reference = ctx.flat.exchanged(a.average_buffers).clone() if self.exchange else None
 
     def participants(self, round_index: int) -> np.ndarray | None:
-        """Who reports in this round: a seeded sample of devices, less the seeded dropouts.
-
-        A function of (seed, round) only, so every rank draws the same mask without talking.
-        """
-        a, devices = self.ctx.cfg.algorithm, self.ctx.comm.size
-        if a.participation == 1 and a.dropout == 0:
-            return None
-        rng = np.random.default_rng([self.ctx.cfg.seed, 0xFEDA, round_index])
-        mask = np.zeros(devices, dtype=bool)
-        mask[rng.choice(devices, size=max(1, round(a.participation * devices)), replace=False)] = True
-        mask &= rng.random(devices) >= a.dropout
-        return mask
+        return participants(self.ctx.cfg, self.ctx.comm.size, round_index)
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.period:

@@ -190,3 +190,16 @@ def test_simulated_time_follows_the_network_model():
     assert abs(gap - 10 * per_step) < 0.05 * 10 * per_step, (gap, 10 * per_step)
     _, spread, _ = run(["train.steps=10", "network.preset=3g", "network.spread=0.5"])
     assert spread.steps[-1]["sim_s"] > slow.steps[-1]["sim_s"]  # the slowest of the drawn links paces
+
+
+@pytest.mark.parametrize("method", [["algorithm.name=fda", "algorithm.theta=0"],
+                                    ["algorithm.name=dynamic", "algorithm.delta=0", "algorithm.check_every=2"]])
+def test_partial_participation_in_the_conditional_methods(method):
+    from edgempi.algorithms.base import participants
+
+    comm = Comm()
+    setup, outcome, _ = run(["train.steps=12", *method, "algorithm.participation=0.5"], comm)
+    masks = [participants(setup.cfg, comm.size, r + 1) for r in range(len(outcome.syncs))]
+    assert len(outcome.syncs) >= 6 and all(m.sum() == comm.size // 2 for m in masks)
+    assert comm.ledger.bytes_up == sum(int(m[comm.rank]) for m in masks) * 4 * LENET
+    assert comm.ledger.bytes_down == len(masks) * 4 * LENET
