@@ -1,4 +1,4 @@
-"""``edgempi run|validate``: parse the command line, then call the library.
+"""``edgempi run|validate|partition|sweep|report|plot|info``: parse the command line, then call the library.
 
 Exit codes: 0 done, 1 the run failed while training, 2 bad input (config, data, paths).
 """
@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-import yaml
 
 from edgempi import __version__
 from edgempi.config import ConfigError, RunConfig, from_dict, load
@@ -115,8 +113,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from edgempi.runner import run
 
         def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:
-            raw = base if isinstance(base, dict) else yaml.safe_load(Path(base).read_text(encoding="utf-8")) or {}
-            cfg = from_dict(raw, [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"])
+            where = [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"]
+            cfg = from_dict(base, where) if isinstance(base, dict) else load(base, where)
             run(cfg, comm, out_file, progress=False, resume=resume)
 
         sweep.command(args, run_point, lambda: comm)

@@ -85,15 +85,6 @@ class Comm:
         buf.div_(self.size if participants is None else int(participants.sum()))
         self._count(arr.nbytes if takes_part else 0, arr.nbytes, start)
 
-    def allgather_payloads(self, payload: np.ndarray, down_bytes: int | None = None) -> list[np.ndarray]:
-        """Gather every device's byte payload (sizes may differ): one round.
-
-        Upload is this device's payload; download defaults to what the server would relay
-        (the other devices' payloads) unless the caller states the size of a dense reply.
-        """
-        data = np.ascontiguousarray(payload).view(np.uint8).ravel()
-        return [parts[0] for parts in self.allgather_parts([data], down_bytes)]
-
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
         """Sum a summable payload (fp32, fp16 ...) over devices in place.

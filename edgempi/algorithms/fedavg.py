@@ -5,7 +5,6 @@ error feedback); the server replies with the dense mean update (counted as such)
 """
 from typing import Any
 
-import numpy as np
 
 from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
@@ -22,14 +21,11 @@ class FedAvg(Policy):
         self.exchange = make_exchange(ctx, with_buffers=a.average_buffers, dense_downlink=True)
         self.reference = ctx.flat.exchanged(a.average_buffers).clone() if self.exchange else None
 
-    def participants(self, round_index: int) -> np.ndarray | None:
-        return participants(self.ctx.cfg, self.ctx.comm.size, round_index)
-
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.period:
             return None
         state = self.ctx.flat.exchanged(self.ctx.cfg.algorithm.average_buffers)
-        mask = self.participants((step + 1) // self.period)
+        mask = participants(self.ctx.cfg, self.ctx.comm.size, (step + 1) // self.period)
         if mask is not None and not mask.any():
             return {"step": step + 1, "participants": 0}  # nobody reported: every device keeps its model
         if self.exchange is None:

@@ -37,3 +37,6 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: i
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["NORMS", "create", "names", "num_parameters"]
