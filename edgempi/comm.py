@@ -21,6 +21,8 @@ import torch
 
 from edgempi.network import Link
 
+ABORT_GRACE_S = 1.0
+
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI
 except ImportError as exc:  # pragma: no cover - exercised only without mpi4py installed
@@ -253,10 +255,14 @@ class Comm:
             local.Free()
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now: the way a failure on one rank avoids a hang."""
+        """End every rank of the job now: the way a failure on one rank avoids a hang.
+
+        The launcher forwards a rank's stderr through a pipe that it may stop draining once the
+        abort reaches it, so the pause lets the message that says why reach the user first."""
         sys.stdout.flush()
         sys.stderr.flush()
         if self.size > 1:
+            time.sleep(ABORT_GRACE_S)
             self.mpi.Abort(code)
 
 
