@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -19,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from edgempi.network import Link
+from edgempi.network import Deadline, Link
 
 ABORT_GRACE_S = 1.0
 
@@ -46,7 +47,8 @@ class Ledger:
     comm_s: float = 0.0
     compute_s: float = 0.0
     sim_s: float = 0.0
-    pending_compute_s: float = 0.0
+    pending_compute_s: list[float] = field(default_factory=lambda: [0.0])  # per device of this rank
+    pending_steps: int = 0  # local steps since the last exchange
     segments: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,31 +63,75 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
 
 
 class Comm:
-    """Collectives of one group of devices, with the ledger of what they cost."""
+    """Collectives of one group of devices, with the ledger of what they cost.
 
-    def __init__(self, mpi_comm: Any = None, link: Link | None = None) -> None:
+    A rank may stand for several devices (``parallel.devices_per_rank``): then a buffer holds one
+    row per device of this rank, rows are combined locally before the one MPI collective, and
+    the ledger counts every device's traffic as if each were a rank.
+    """
+
+    def __init__(self, mpi_comm: Any = None, links: Sequence[Link | None] = (None,),
+                 deadline: Deadline | None = None) -> None:
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
-        self.link = link
         self.ledger = Ledger()
+        self.host(links, deadline)
+
+    def host(self, links: Sequence[Link | None], deadline: Deadline | None = None) -> None:
+        """The devices this rank simulates, by their modelled links, and the round deadline."""
+        self.links = list(links)
+        self.deadline = deadline
+        self.ledger.pending_compute_s = [0.0] * len(self.links)
+
+    @property
+    def link(self) -> Link | None:
+        """The modelled link of this rank's (first) device."""
+        return self.links[0]
+
+    @property
+    def local(self) -> int:
+        """How many devices this rank simulates."""
+        return len(self.links)
+
+    @property
+    def devices(self) -> int:
+        """How many devices the group holds: ranks × devices per rank."""
+        return self.size * self.local
+
+    @property
+    def first(self) -> int:
+        """The index of this rank's first device among all devices of the group."""
+        return self.rank * self.local
+
+    def on_time(self, up_bytes: int) -> np.ndarray | None:
+        """Which devices deliver an upload of ``up_bytes`` before the deadline (None: no deadline)."""
+        return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes)
 
     # -- model-sized exchanges (counted as rounds) -------------------------------------
     def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> None:
         """Average a flat buffer over all devices in place: one round, 4·d up and down.
 
-        With ``participants`` (a boolean mask over devices, the same on every rank), the mean
+        ``buf`` is one row per device of this rank (a 1-D buffer with one device). With
+        ``participants`` (a boolean mask over all devices, the same on every rank), the mean
         is over those devices only: the others contribute zeros to the one Allreduce and
         upload nothing in the ledger; every device downloads the result.
         """
         start = time.perf_counter()
-        arr = numpy_view(buf)
-        takes_part = participants is None or bool(participants[self.rank])
-        if not takes_part:
-            buf.zero_()
+        rows = buf.view(self.local, -1)
+        mine = np.ones(self.local, bool) if participants is None else participants[self.first:self.first + self.local]
+        if self.local == 1:  # in place, no copy
+            total = rows[0]
+            if not mine[0]:
+                total.zero_()
+        else:
+            total = rows[torch.from_numpy(mine)].sum(0)
+        arr = numpy_view(total)
         self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        buf.div_(self.size if participants is None else int(participants.sum()))
-        self._count(arr.nbytes if takes_part else 0, arr.nbytes, start)
+        total.div_(self.devices if participants is None else int(participants.sum()))
+        if self.local > 1:
+            rows.copy_(total.expand_as(rows))
+        self._count(np.where(mine, arr.nbytes, 0), arr.nbytes, start, offered=arr.nbytes)
 
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
@@ -150,24 +196,50 @@ class Comm:
         self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
         self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
 
-    def _count(self, up: int, down: int, start: float, rounds: int = 1) -> None:
-        self.ledger.rounds += rounds
-        self.ledger.bytes_up += up
-        self.ledger.bytes_down += down
-        self._time(up, down, start)
+    def _count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
+               offered: int = 0) -> None:
+        """Count an exchange: bytes per device of this rank (one number: the same for each);
+        ``offered``: what a device that sent nothing would have sent (to time stragglers)."""
+        up, down = (np.broadcast_to(np.asarray(v, np.int64), (self.local,)) for v in (up, down))
+        self.ledger.rounds += rounds * self.local
+        self.ledger.bytes_up += int(up.sum())
+        self.ledger.bytes_down += int(down.sum())
+        self._time(up, down, start, offered)
 
-    def _time(self, up: int, down: int, start: float) -> None:
+    def _time(self, up: np.ndarray, down: np.ndarray, start: float, offered: int = 0) -> None:
+        """Close a segment of the simulated clock: this rank's slowest device's compute since
+        the last exchange plus its transfer. With a deadline the server waits no longer for an
+        upload; a straggler (a device that sent nothing, and would have missed the deadline
+        with ``offered`` bytes) kept it waiting until then."""
         ledger = self.ledger
-        ledger.comm_s += time.perf_counter() - start
-        transfer = self.link.transfer_s(up, down) if self.link is not None else 0.0
-        ledger.segments.append(ledger.pending_compute_s + transfer)
-        ledger.pending_compute_s = 0.0
+        ledger.comm_s += (time.perf_counter() - start) * self.local  # every device waited for it
+        limit = self.deadline.seconds if self.deadline is not None else math.inf
+        slowest = 0.0
+        for link, pending, u, d in zip(self.links, ledger.pending_compute_s, up.tolist(), down.tolist()):
+            if link is None or u == d == 0:
+                slowest = max(slowest, pending)
+                continue
+            arrives = pending + link.upload_s(u)
+            if u == 0 and pending + link.upload_s(offered) > limit:
+                arrives = limit
+            slowest = max(slowest, min(arrives, limit) + link.download_s(d))
+        ledger.segments.append(slowest)
+        ledger.pending_compute_s = [0.0] * self.local
+        ledger.pending_steps = 0
 
     # -- the simulated edge clock ------------------------------------------------------
-    def add_compute(self, seconds: float) -> None:
-        """Local work of this device, measured; the modelled device takes ``speed`` times longer."""
+    def add_compute(self, seconds: float, device: int = 0, step: bool = True) -> None:
+        """Local work of a device of this rank, measured here: one local ``step``, or more work
+        of one. The modelled device takes ``compute_factor`` times longer, or, with
+        ``network.step_ms``, the modelled time of a step (and nothing more for the rest)."""
+        link = self.links[device]
         self.ledger.compute_s += seconds
-        self.ledger.pending_compute_s += seconds * (self.link.compute_factor if self.link else 1.0)
+        if link is None:
+            self.ledger.pending_compute_s[device] += seconds
+        elif step or link.step_s is None:
+            self.ledger.pending_compute_s[device] += link.compute_s(seconds)
+        if step and device == 0:
+            self.ledger.pending_steps += 1
 
     def sim_time(self) -> float:
         """Simulated seconds so far: the sum over exchanges of the slowest device's segment.
@@ -176,7 +248,7 @@ class Comm:
         pending segments plus the compute since the last exchange; not counted as traffic.
         """
         ledger = self.ledger
-        values = np.array([*ledger.segments, ledger.pending_compute_s], dtype=np.float64)
+        values = np.array([*ledger.segments, max(ledger.pending_compute_s)], dtype=np.float64)
         slowest = self._reduce(values, "max")
         ledger.sim_s += float(slowest[:-1].sum())
         ledger.segments.clear()
@@ -184,12 +256,16 @@ class Comm:
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
     def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
-        """Reduce a small float32 vector of control values (flags, FDA state): ctrl bytes, no round."""
+        """Reduce a small float32 vector of control values (flags, FDA state): ctrl bytes, no round.
+
+        ``values`` is one vector, or one row per device of this rank."""
         start = time.perf_counter()
-        arr = np.ascontiguousarray(values, dtype=np.float32)
-        out = self._reduce(arr, op)
-        self.ledger.ctrl_bytes += arr.nbytes
-        self._time(arr.nbytes, arr.nbytes, start)
+        rows = np.asarray(values, dtype=np.float32).reshape(self.local, -1)
+        local = getattr(rows, op)(axis=0) if self.local > 1 else np.ascontiguousarray(rows[0])
+        out = self._reduce(local, op)
+        nbytes = local.nbytes
+        self.ledger.ctrl_bytes += nbytes * self.local
+        self._time(np.full(self.local, nbytes), np.full(self.local, nbytes), start)
         return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
@@ -209,7 +285,7 @@ class Comm:
                 setattr(self.ledger, key, value)
 
     def average_uncounted_(self, buf: torch.Tensor) -> None:
-        """Average a buffer for measurement (e.g. evaluating the mean model); not counted."""
+        """Average a buffer over ranks for measurement (e.g. evaluating the mean model); not counted."""
         self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(buf), op=MPI.SUM)
         buf.div_(self.size)
 
@@ -241,7 +317,7 @@ class Comm:
     def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> "Comm":
         """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
         this one's with ``share_ledger``, so a device's traffic in all its groups adds up."""
-        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.link)
+        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.links, self.deadline)
         if share_ledger:
             child.ledger = self.ledger
         return child

@@ -126,6 +126,8 @@ class NetworkConfig:
     spread: float = 0.0
     compute_factor: float = 1.0
     compute_spread: float = 0.0
+    step_ms: float | None = None  # modelled time of one local step (× compute factor) instead of the measured one
+    deadline_s: float | None = None  # stragglers: a round closes this long after it opened (needs step_ms)
 
 
 @dataclass
@@ -140,6 +142,7 @@ class ParallelConfig:
     grid: list[int] = field(default_factory=lambda: [1, 1])  # spatial: rows × columns of tiles
     layers: int = 1  # spatial: how many leading layers of the model are partitioned
     groups: str | list[list[int]] = "auto"  # spatial: fused layer groups [[first, last], ...] or auto
+    devices_per_rank: int = 1  # virtual devices trained one after another on each rank
 
 
 @dataclass
@@ -381,6 +384,12 @@ def validate(cfg: RunConfig) -> None:
     _check(n.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
     _check(n.compute_factor > 0, "network.compute_factor", "must be > 0")
     _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
+    _check(n.step_ms is None or n.step_ms > 0, "network.step_ms", "must be > 0")
+    _check(n.deadline_s is None or n.deadline_s > 0, "network.deadline_s", "must be > 0")
+    _check(n.deadline_s is None or n.step_ms is not None, "network.deadline_s",
+           "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
+    _check(n.deadline_s is None or (cfg.compression.name == "none" and a.name != "centralized"), "network.deadline_s",
+           "stragglers are dropped from dense exchanges only (not with compression or centralized)")
     par = cfg.parallel
     _one_of(par.mode, ("data", "spatial"), "parallel.mode")
     if par.mode == "spatial":
@@ -389,6 +398,12 @@ def validate(cfg: RunConfig) -> None:
         _check(par.layers >= 1, "parallel.layers", "must be >= 1")
         _check(par.groups == "auto" or isinstance(par.groups, list), "parallel.groups",
                "must be auto or a list of [first, last] layer ranges")
+        _check(n.deadline_s is None, "network.deadline_s", "stragglers are not modelled in spatial mode")
+    _check(par.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
+    if par.devices_per_rank > 1:
+        _check(par.mode == "data" and a.name != "centralized" and cfg.compression.name == "none" and not a.sync_bn,
+               "parallel.devices_per_rank", "several devices per rank are for data-parallel large_batch, fedavg, "
+               "dynamic and fda without compression or sync_bn")
     _check(cfg.data.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
     _check(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
     _check(cfg.checkpoint.every_steps % t.log_every == 0, "checkpoint.every_steps",

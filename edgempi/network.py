@@ -24,31 +24,65 @@ PRESETS: dict[str, tuple[float, float, float]] = {
 
 @dataclass(frozen=True)
 class Link:
-    """One device's modelled link, and how much slower than this machine it computes."""
+    """One device's modelled link, how much slower than this machine it computes, and (when
+    ``network.step_ms`` is set) how long its local step takes, modelled rather than measured."""
 
     up_bytes_per_s: float
     down_bytes_per_s: float
     latency_s: float
     compute_factor: float = 1.0
+    step_s: float | None = None
+
+    def upload_s(self, up: int) -> float:
+        return self.latency_s + up / self.up_bytes_per_s
+
+    def download_s(self, down: int) -> float:
+        return self.latency_s + down / self.down_bytes_per_s
 
     def transfer_s(self, up: int, down: int) -> float:
         """Time for one exchange: upload then download, each paying the latency once."""
         if up == 0 and down == 0:
             return 0.0
-        return 2 * self.latency_s + up / self.up_bytes_per_s + down / self.down_bytes_per_s
+        return self.upload_s(up) + self.download_s(down)
+
+    def compute_s(self, measured_s: float) -> float:
+        """The modelled device's time for one local step that took ``measured_s`` here."""
+        return self.step_s if self.step_s is not None else measured_s * self.compute_factor
 
 
-def device_link(cfg: NetworkConfig, seed: int, device: int, devices: int) -> Link:
-    """The link of one device: the preset (or custom values), with seeded per-device spread.
+def device_links(cfg: NetworkConfig, seed: int, devices: int) -> list[Link]:
+    """Every device's link: the preset (or custom values), with seeded per-device spread.
 
     ``spread`` and ``compute_spread`` are the sigmas of log-normal factors drawn per device,
-    from a stream that depends only on the seed, so every rank can compute every device's link.
+    from a stream that depends only on the seed, so every rank knows every device's link.
     """
     up, down, latency = PRESETS[cfg.preset]
     up = cfg.up_mbps if cfg.up_mbps is not None else up
     down = cfg.down_mbps if cfg.down_mbps is not None else down
     latency = cfg.latency_ms if cfg.latency_ms is not None else latency
-    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(devices)[device])
-    bandwidth, compute = np.exp(rng.normal(0.0, [cfg.spread, cfg.compute_spread]))
-    return Link(up * bandwidth * 1e6 / 8, down * bandwidth * 1e6 / 8, latency / 1e3,
-                cfg.compute_factor * compute)
+    links = []
+    for stream in np.random.SeedSequence(seed).spawn(devices):
+        bandwidth, compute = np.exp(np.random.default_rng(stream).normal(0.0, [cfg.spread, cfg.compute_spread]))
+        factor = cfg.compute_factor * compute
+        step_s = cfg.step_ms / 1e3 * factor if cfg.step_ms is not None else None
+        links.append(Link(up * bandwidth * 1e6 / 8, down * bandwidth * 1e6 / 8, latency / 1e3, factor, step_s))
+    return links
+
+
+class Deadline:
+    """Stragglers: the server closes a round ``seconds`` after it opened; a device whose modelled
+    compute and upload take longer is dropped from it.
+
+    Needs modelled step times (``network.step_ms``), so who is late is a function of the config
+    alone: every rank computes the same verdict for every device, without talking.
+    """
+
+    def __init__(self, seconds: float, links: list[Link]) -> None:
+        self.seconds = seconds
+        self.step_s = np.array([link.step_s or 0.0 for link in links])
+        self.latency_s = np.array([link.latency_s for link in links])
+        self.up_bytes_per_s = np.array([link.up_bytes_per_s for link in links])
+
+    def on_time(self, steps: int, up_bytes: int) -> np.ndarray:
+        """Which devices deliver ``up_bytes`` after ``steps`` local steps before the deadline."""
+        return steps * self.step_s + self.latency_s + up_bytes / self.up_bytes_per_s <= self.seconds

@@ -82,7 +82,7 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
             trainer.recorder = Recorder.resume(path, trainer.step)
         else:
             attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
-                     "devices": comm.size, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
+                     "devices": comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
             trainer.recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
                                         overwrite=True if resume else overwrite)
     checkpointer = Checkpointer(cfg, comm, folder)

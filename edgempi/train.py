@@ -22,7 +22,8 @@ from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shard
 from edgempi.flat import FlatModel
 from edgempi.models.syncbn import convert_sync_bn
-from edgempi.network import device_link
+from edgempi.devices import DeviceBank
+from edgempi.network import Deadline, device_links
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -63,7 +64,7 @@ class Setup:
     cfg: RunConfig
     dataset: data.Dataset
     parts: list[np.ndarray]
-    loader: data.DeviceLoader
+    loaders: list[data.DeviceLoader]  # one per device of this rank
     steps_per_epoch: int
     total_steps: int
     flat: FlatModel
@@ -78,18 +79,23 @@ class Setup:
 def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Setup:
     """Data partition, this device's loader, model and optimizer.
 
-    Data-parallel runs need no communication here. In spatial mode the ranks of a tile group
-    are one device: they are split into groups, draw the same batches, and share one model.
+    Data-parallel runs need no communication here. A rank stands for ``devices_per_rank``
+    devices (numbered rank·M … rank·M + M − 1, so M × ranks devices are the devices of as many
+    ranks). In spatial mode the ranks of a tile group are one device: they are split into
+    groups, draw the same batches, and share one model.
     """
     dataset = dataset or load_dataset(cfg)
-    # This rank's modelled edge link (before any split, so sub-groups inherit it).
-    comm.link = device_link(cfg.network, Seeds.from_seed(cfg.seed, comm.size).network, comm.rank, comm.size)
+    local = cfg.parallel.devices_per_rank
+    # The devices' modelled edge links (before any split, so sub-groups inherit them).
+    links = device_links(cfg.network, Seeds.from_seed(cfg.seed, comm.size * local).network, comm.size * local)
+    deadline = Deadline(cfg.network.deadline_s, links) if cfg.network.deadline_s is not None else None
+    comm.host(links[comm.rank * local:(comm.rank + 1) * local], deadline)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
         group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
-    seeds = Seeds.from_seed(cfg.seed, peers.size)
-    parts = make_partition(cfg, dataset, peers.size)
-    loader = device_loader(cfg, dataset, parts, seeds, peers.rank)
+    seeds = Seeds.from_seed(cfg.seed, peers.devices)
+    parts = make_partition(cfg, dataset, peers.devices)
+    loaders = [device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
     total = cfg.train.steps or math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch)
@@ -102,7 +108,7 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     if group is not None:
         model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size)
     flat = FlatModel(model)
-    return Setup(cfg, dataset, parts, loader, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers)
+    return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers)
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
@@ -203,13 +209,15 @@ class Trainer:
                  loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
         self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
         self.recorder = recorder or NullRecorder()
-        self.loader = loader or setup.loader
+        self.loaders = [loader] if loader is not None else setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
-        self.policy = algorithms.create(algorithms.Context(setup.cfg, setup.peers, setup.flat,
-                                                           setup.steps_per_epoch, setup.optimizer))
+        policy = algorithms.POLICIES[setup.cfg.algorithm.name]
+        self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
+        self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
+                                               setup.optimizer, self.bank))
         part = test_shard(len(setup.dataset.test_y), setup.peers)
         self.test_x, self.test_y = setup.dataset.test_x[part], setup.dataset.test_y[part]
-        self.outcome = Outcome(setup.flat.storage)
+        self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
         self.progress = progress and comm.rank == 0
         self.step = 0
         self.wall_before = 0.0  # wall seconds of earlier sessions of a resumed run
@@ -220,15 +228,16 @@ class Trainer:
         """Cumulative per-device means of the ledger, and the clocks (collective)."""
         ledger, comm = self.comm.ledger, self.comm
         keys = ("rounds", "bytes_up", "bytes_down", "ctrl_bytes", "compute_s", "comm_s")
-        means = comm.reduce_metrics([getattr(ledger, k) for k in keys]) / comm.size
+        means = comm.reduce_metrics([getattr(ledger, k) for k in keys]) / comm.devices
         return {"step": step, "epoch": step / self.setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
                 "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
 
     def record_eval(self, step: int) -> None:
+        average, average_buffers = self.policy.models_differ, self.cfg.algorithm.eval_stats == "average"
+        self.bank.show(average, average_buffers)
         with self.comm.uncounted():
             test_loss, test_acc = evaluate(self.flat, self.setup.peers, self.test_x, self.test_y,
-                                           self.loader.normalize, average=self.policy.models_differ,
-                                           average_buffers=self.cfg.algorithm.eval_stats == "average")
+                                           self.loaders[0].normalize, average, average_buffers)
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)
@@ -247,24 +256,45 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
-        cfg, flat, optimizer, comm = self.cfg, self.flat, self.setup.optimizer, self.comm
-        tick, comm_before = time.perf_counter(), comm.ledger.comm_s
+        """Every device of this rank: batch, forward, backward and, unless the method averages
+        gradients first, its optimizer step; then the method's exchanges over all devices.
+
+        Each device's step is timed on its own and joins the simulated clock before the step's
+        exchanges; an optimizer step after a gradient exchange, and the policy's local work
+        (shared out evenly), join it after them.
+        """
+        cfg, flat, optimizer, comm, bank = self.cfg, self.flat, self.setup.optimizer, self.comm, self.bank
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
-        x, y = self.loader.batch(step)
-        flat.zero_grad()
-        loss = F.cross_entropy(flat.model(x), y)
-        loss.backward()
+        steps_now = not self.policy.exchanges_gradients
+        loss_sum = 0.0
+        for device in bank.each(save_grads=not steps_now):
+            tick = time.perf_counter()
+            x, y = self.loaders[device].batch(step)
+            flat.zero_grad()
+            loss = F.cross_entropy(flat.model(x), y)
+            loss.backward()
+            if steps_now:
+                optimizer.step()
+            loss_sum += loss.item()
+            comm.add_compute(time.perf_counter() - tick, device)
+        later = np.zeros(bank.count)
+        tick, comm_before = time.perf_counter(), comm.ledger.comm_s
         self.policy.after_backward(step)
-        optimizer.step()
+        if not steps_now:
+            for device in bank.each(load_grads=bank.count > 1):
+                started = time.perf_counter()
+                optimizer.step()
+                later[device] = time.perf_counter() - started
         sync = self.policy.after_step(step)
-        comm.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before))
+        policy_s = time.perf_counter() - tick - (comm.ledger.comm_s - comm_before) - later.sum()
+        for device, seconds in enumerate((later + policy_s / bank.count).tolist()):
+            comm.add_compute(seconds, device, step=False)
         if sync is not None:
             self.recorder.append("syncs", sync)
             self.outcome.syncs.append(sync)
-        value = loss.item()
-        self.loss_sum, self.loss_count = self.loss_sum + value, self.loss_count + 1
-        return value
+        self.loss_sum, self.loss_count = self.loss_sum + loss_sum, self.loss_count + bank.count
+        return loss_sum / bank.count
 
     def run(self, checkpoint: "Checkpointer | None" = None) -> Outcome:
         """Train from ``self.step`` to the end; rank 0 records, every rank computes."""
@@ -294,15 +324,13 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything that makes the next step of this device what it would have been."""
-        return {"step": self.step, "storage": self.flat.storage.clone(),
-                "optimizer": self.setup.optimizer.state_dict(), "policy": self.policy.state_dict(),
+        return {"step": self.step, **self.bank.state_dict(), "policy": self.policy.state_dict(),
                 "ledger": self.comm.ledger.as_dict(), "torch_rng": torch.get_rng_state(),
                 "wall_s": self.wall_before + time.perf_counter() - self.started}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
-        self.flat.storage.copy_(state["storage"])
-        self.setup.optimizer.load_state_dict(state["optimizer"])
+        self.bank.load_state_dict(state)
         self.policy.load_state_dict(state["policy"])
         for key, value in state["ledger"].items():
             setattr(self.comm.ledger, key, value)

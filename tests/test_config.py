@@ -24,7 +24,22 @@ BAD = [
     (["network.preset=5g"], "network.preset: unknown value '5g'"),
     (["train.nesterov=maybe"], "train.nesterov: expected true or false"),
     (["train"], "an override must look like KEY=VALUE"),
+    (["parallel.devices_per_rank=0"], "parallel.devices_per_rank: must be >= 1"),
+    (["network.deadline_s=1"], "network.deadline_s: needs network.step_ms"),
 ]
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["parallel.devices_per_rank=2", "compression.name=topk"], "parallel.devices_per_rank"),
+    (["parallel.devices_per_rank=2", "algorithm.name=centralized"], "parallel.devices_per_rank"),
+    (["parallel.devices_per_rank=2", "algorithm.sync_bn=true"], "parallel.devices_per_rank"),
+    (["network.step_ms=-1"], "network.step_ms"),
+    (["network.step_ms=10", "network.deadline_s=0"], "network.deadline_s"),
+    (["network.step_ms=10", "network.deadline_s=1", "compression.name=topk"], "network.deadline_s"),
+])
+def test_combinations_the_devices_and_stragglers_refuse(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        from_dict(small_config(), overrides)
 
 
 @pytest.mark.parametrize("overrides,message", BAD)

@@ -9,18 +9,37 @@ import torch
 
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
+from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 
 
 @dataclass
 class Context:
-    """What every policy may use; built once by the loop."""
+    """What every policy may use; built once by the loop.
+
+    ``flat`` is the one model (the device training now); ``bank`` holds every device of this
+    rank as a row, and is what a policy's exchanges read and write after the devices' steps."""
 
     cfg: RunConfig
     comm: Comm
     flat: FlatModel
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer | None = None
+    bank: DeviceBank = None  # type: ignore[assignment]  # default: the one device of ``flat``
+
+    def __post_init__(self) -> None:
+        if self.bank is None:
+            self.bank = DeviceBank(self.flat, self.optimizer, 1, keep_grads=False)
+
+
+def reporters(ctx: Context, round_index: int, up_bytes: int) -> np.ndarray | None:
+    """Who reports in a round: the sampled, not dropped-out devices (:func:`participants`) that
+    also deliver their ``up_bytes`` before the deadline (``network.deadline_s``); None: all."""
+    mask = participants(ctx.cfg, ctx.comm.devices, round_index)
+    on_time = ctx.comm.on_time(up_bytes)
+    if on_time is None:
+        return mask
+    return on_time if mask is None else mask & on_time
 
 
 def participants(cfg: RunConfig, devices: int, round_index: int) -> np.ndarray | None:
@@ -43,10 +62,12 @@ class Policy:
     """Default: train locally and never exchange anything (the centralized baseline).
 
     ``models_differ``: devices may hold different models between syncs, so evaluation uses
-    their average. ``sync_columns``: what a sync record holds besides its step (for /syncs).
+    their average. ``exchanges_gradients``: the loop keeps every device's gradient until
+    :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds besides its step (for /syncs).
     """
 
     models_differ = False
+    exchanges_gradients = False  # True: every device's gradient is exchanged before its optimizer step
     sync_columns: tuple[str, ...] = ()
 
     def __init__(self, ctx: Context) -> None:

@@ -1,16 +1,16 @@
 """What dynamic averaging and FDA share: the drift w − w₀ of each device since the last sync.
 
-Both keep w₀ (the average at the last sync) as one flat tensor beside the parameters and end a
-round with one weight Allreduce; they differ only in the rule that decides when.
+Both keep w₀ (the average at the last sync, the same for every device) as one flat tensor and
+end a round with one weight Allreduce; they differ only in the rule that decides when.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.base import Context, Policy, reporters
 
 
 class DriftPolicy(Policy):
@@ -22,9 +22,14 @@ class DriftPolicy(Policy):
         self.rounds = 0  # syncs so far: the round index of the participation draw
         self._delta = torch.empty_like(self.w0)
 
-    def drift(self) -> torch.Tensor:
-        """Δ = w − w₀ on this device (a scratch buffer, valid until the next call)."""
-        return torch.sub(self.ctx.flat.params, self.w0, out=self._delta)
+    def drift(self, device: int = 0) -> torch.Tensor:
+        """Δ = w − w₀ of a device of this rank (a scratch buffer, valid until the next call)."""
+        return torch.sub(self.ctx.bank.params[device], self.w0, out=self._delta)
+
+    def drifts(self) -> Iterator[torch.Tensor]:
+        """Δ of each device of this rank in turn (one scratch buffer, not one per device)."""
+        for device in range(self.ctx.bank.count):
+            yield self.drift(device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"w0": self.w0.clone(), "rounds": self.rounds}
@@ -34,15 +39,17 @@ class DriftPolicy(Policy):
         self.rounds = state["rounds"]
 
     def reporters(self) -> np.ndarray | None:
-        """The devices that take part in the next sync (None: all); see ``algorithm.participation``."""
-        return participants(self.ctx.cfg, self.ctx.comm.size, self.rounds + 1)
+        """The devices that take part in the next sync (None: all); see ``algorithm.participation``
+        and ``network.deadline_s``."""
+        rows = self.ctx.bank.exchanged(self.ctx.cfg.algorithm.average_buffers)
+        return reporters(self.ctx, self.rounds + 1, rows.shape[1] * rows.element_size())
 
     def sync(self, mask: np.ndarray | None = None) -> torch.Tensor:
         """Average the weights over all (or the ``mask``ed) devices and restart from there;
         returns w₀_new − w₀_old."""
-        flat = self.ctx.flat
+        bank = self.ctx.bank
         self.rounds += 1
-        self.ctx.comm.allreduce_mean_(flat.exchanged(self.ctx.cfg.algorithm.average_buffers), mask)
-        update = self.drift()
-        self.w0.copy_(flat.params)
+        self.ctx.comm.allreduce_mean_(bank.exchanged(self.ctx.cfg.algorithm.average_buffers), mask)
+        update = self.drift()  # every device now holds the mean
+        self.w0.copy_(bank.params[0])
         return update

@@ -28,9 +28,8 @@ class Dynamic(DriftPolicy):
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.check_every:
             return None
-        delta = self.drift()
-        violated = float(torch.dot(delta, delta)) > self.delta
-        (violators,) = self.ctx.comm.allreduce_ctrl([float(violated)])
+        violated = [[float(torch.dot(delta, delta)) > self.delta] for delta in self.drifts()]
+        (violators,) = self.ctx.comm.allreduce_ctrl(violated)
         mask = self.reporters()
         if violators == 0 or (mask is not None and not mask.any()):
             return None

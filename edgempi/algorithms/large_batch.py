@@ -2,12 +2,16 @@
 (or by the configured compressed exchange, with its error feedback)."""
 from typing import Any
 
-from edgempi.algorithms.base import Context, Policy
+from edgempi.algorithms.base import Context, Policy, reporters
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 from edgempi.spatial.model import SpatialModel
 
 
 class LargeBatch(Policy):
+    """Devices that miss the round's deadline (``network.deadline_s``) are left out of the mean."""
+
+    exchanges_gradients = True
+
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.exchange = make_exchange(ctx)
@@ -19,7 +23,12 @@ class LargeBatch(Policy):
             if self.ctx.comm.size == 1:
                 return
         if self.exchange is None:
-            self.ctx.comm.allreduce_mean_(self.ctx.flat.grads)
+            grads = self.ctx.bank.grads
+            mask = reporters(self.ctx, step, 4 * self.ctx.flat.numel)
+            if mask is not None and not mask.any():  # nobody made it: no gradient this step
+                grads.zero_()
+                return
+            self.ctx.comm.allreduce_mean_(grads, mask)
         else:
             self.exchange.exchange_mean_(self.ctx.flat.grads, step, step / self.ctx.steps_per_epoch)
 

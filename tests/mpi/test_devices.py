@@ -1,0 +1,107 @@
+"""Many devices per rank (``parallel.devices_per_rank``): K devices as M × ranks are K ranks.
+
+Under ``mpiexec -n 4`` the same 4-device run is made three ways: 4 ranks of 1 device, 2 ranks of
+2 (each half of the world on its own), and 1 rank of 4. Every device must end with the same
+weights, and every recorded figure (losses, accuracy, rounds, bytes, and the simulated clock,
+modelled with ``network.step_ms`` so it is exact) must agree.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgempi.algorithms.large_batch import LargeBatch
+from edgempi.comm import Comm, self_comm
+from edgempi.network import Deadline, device_links
+from edgempi.train import Seeds
+from test_methods import LENET, run, same_on_all_ranks
+
+pytestmark = pytest.mark.mpi(min_size=4)
+EXACT = ("step", "rounds", "bytes_up", "bytes_down", "ctrl_bytes")
+CLOSE = ("train_loss", "test_loss", "test_acc", "sim_s")
+COMMON = ["train.steps=12", "train.log_every=3", "train.eval_every=6", "data.partition=dirichlet",
+          "data.alpha=0.5", "network.preset=4g", "network.spread=0.5", "network.step_ms=20",
+          "network.compute_spread=0.5"]
+METHODS = {
+    "large_batch": ["algorithm.name=large_batch", "train.momentum=0.9"],
+    "fedavg_bn_adam": ["algorithm.name=fedavg", "algorithm.local_steps=3", "model.norm=batch",
+                       "train.optimizer=adam", "train.lr=0.002", "algorithm.participation=0.75",
+                       "algorithm.dropout=0.2"],
+    "dynamic": ["algorithm.name=dynamic", "algorithm.delta=0.05", "algorithm.check_every=2", "train.momentum=0.5"],
+    "fda_linear": ["algorithm.name=fda", "algorithm.variant=linear", "algorithm.theta_per_param=1e-6"],
+    "fda_sketch": ["algorithm.name=fda", "algorithm.variant=sketch", "algorithm.theta_per_param=1e-6"],
+    "fedavg_deadline": ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3"],
+    "large_batch_deadline": ["algorithm.name=large_batch", "network.deadline_s=0.2"],
+}
+
+
+def devices_run(overrides: list[str], comm: Comm, per_rank: int):
+    """The run on ``comm`` with ``per_rank`` devices per rank: its outcome and every device's weights."""
+    setup, outcome, comm = run([*COMMON, *overrides, f"parallel.devices_per_rank={per_rank}"], comm)
+    rows = outcome.storage.view(per_rank, -1)
+    weights = torch.cat([torch.as_tensor(r) for r in comm.allgather_object(rows.clone())])
+    return outcome, weights, comm
+
+
+@pytest.mark.parametrize("method", METHODS, ids=str)
+def test_devices_per_rank_equal_as_many_ranks(method):
+    world = Comm()
+    if world.size != 4:
+        pytest.skip("compares against exactly 4 ranks")
+    ranks, ranks_w, _ = devices_run(METHODS[method], world, 1)
+    halves, halves_w, half = devices_run(METHODS[method], world.split(world.rank // 2), 2)
+    single, single_w, _ = devices_run(METHODS[method], self_comm(), 4)
+    assert half.size == 2 and half.local == 2
+    for other, weights in ((halves, halves_w), (single, single_w)):
+        assert torch.allclose(weights, ranks_w, rtol=1e-4, atol=1e-5), float((weights - ranks_w).abs().max())
+        assert [s["step"] for s in other.syncs] == [s["step"] for s in ranks.syncs]
+        assert [pytest.approx(s, rel=1e-6) for s in other.syncs] == ranks.syncs
+        for table in ("steps", "evals"):
+            for mine, theirs in zip(getattr(other, table), getattr(ranks, table), strict=True):
+                assert all(mine[k] == theirs[k] for k in EXACT if k in mine), (table, mine, theirs)
+                assert all(mine[k] == pytest.approx(theirs[k], rel=1e-4, abs=1e-6) for k in CLOSE if k in mine), \
+                    (table, mine, theirs)
+    assert ranks.steps[-1]["bytes_up"] > 0
+
+
+def test_stragglers_miss_the_deadline_and_the_rest_are_averaged():
+    """With modelled step times every rank knows who is late; late devices upload nothing, the
+    others' mean is what every device gets, and the simulated round stops at the deadline."""
+    comm = Comm()
+    overrides = ["train.steps=12", "network.preset=4g", "network.spread=0.7", "network.step_ms=20"]
+    cut = ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3", *overrides]
+    setup, outcome, _ = run(cut, comm)
+    links = device_links(setup.cfg.network, Seeds.from_seed(setup.cfg.seed, comm.size).network, comm.size)
+    on_time = Deadline(0.3, links).on_time(2, 4 * LENET)
+    assert 0 < on_time.sum() < comm.size  # the draw has stragglers and reporters
+    assert [s["participants"] for s in outcome.syncs] == [int(on_time.sum())] * 6
+    assert comm.ledger.bytes_up == 6 * 4 * LENET * int(on_time[comm.rank])
+    assert comm.ledger.bytes_down == 6 * 4 * LENET
+    assert same_on_all_ranks(comm, outcome.storage)
+    waits = max(min(2 * 0.02 * link.compute_factor + link.upload_s(4 * LENET), 0.3) + link.download_s(4 * LENET)
+                for link in links)
+    assert outcome.steps[-1]["sim_s"] == pytest.approx(6 * waits, rel=1e-9)
+
+    _, everyone, _ = run(["algorithm.name=fedavg", "algorithm.local_steps=2", *overrides], comm)
+    assert everyone.steps[-1]["sim_s"] > outcome.steps[-1]["sim_s"]
+
+
+def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
+    comm = Comm()
+    overrides = ["train.steps=6", "network.preset=4g", "network.spread=0.7", "network.step_ms=20",
+                 "network.deadline_s=0.2"]
+    seen = []
+    original = LargeBatch.after_backward
+
+    def checked(self, step):
+        grads = torch.stack(comm.allgather_object(self.ctx.flat.grads.clone()))
+        mask = torch.from_numpy(self.ctx.comm.on_time(4 * LENET))
+        original(self, step)
+        seen.append((int(mask.sum()), torch.allclose(self.ctx.flat.grads, grads[mask].mean(0), atol=1e-7)))
+
+    LargeBatch.after_backward = checked
+    try:
+        run(overrides, comm)
+    finally:
+        LargeBatch.after_backward = original
+    assert all(ok for _, ok in seen) and 0 < seen[0][0] < comm.size, seen
