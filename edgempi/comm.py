@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -109,17 +108,29 @@ class Comm:
         return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes)
 
     # -- model-sized exchanges (counted as rounds) -------------------------------------
-    def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> None:
-        """Average a flat buffer over all devices in place: one round, 4·d up and down.
+    def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> int:
+        """Average a flat buffer over the reporting devices in place: one round, 4·d up and down.
+        Returns how many devices reported (0: nothing was exchanged, every buffer is as it was).
 
-        ``buf`` is one row per device of this rank (a 1-D buffer with one device). With
-        ``participants`` (a boolean mask over all devices, the same on every rank), the mean
-        is over those devices only: the others contribute zeros to the one Allreduce and
-        upload nothing in the ledger; every device downloads the result.
+        ``buf`` is one row per device of this rank (a 1-D buffer with one device). The devices
+        that report are the ``participants`` (a boolean mask over all devices, the same on every
+        rank; None: all) less, with a deadline (``network.deadline_s``), those whose upload would
+        arrive after it. The others contribute zeros to the one Allreduce and upload nothing in
+        the ledger; every device downloads the result.
         """
         start = time.perf_counter()
         rows = buf.view(self.local, -1)
+        nbytes = rows.shape[1] * rows.element_size()
+        on_time = self.on_time(nbytes)
+        late = None if on_time is None else ~on_time if participants is None else participants & ~on_time
+        if on_time is not None:
+            participants = on_time if participants is None else participants & on_time
+        reported = self.devices if participants is None else int(participants.sum())
         mine = np.ones(self.local, bool) if participants is None else participants[self.first:self.first + self.local]
+        late_mine = None if late is None else late[self.first:self.first + self.local]
+        if reported == 0:  # the server waited (until the deadline, if any) for nobody
+            self._time(np.zeros(self.local, np.int64), np.zeros(self.local, np.int64), start, late_mine)
+            return 0
         if self.local == 1:  # in place, no copy
             total = rows[0]
             if not mine[0]:
@@ -128,10 +139,11 @@ class Comm:
             total = rows[torch.from_numpy(mine)].sum(0)
         arr = numpy_view(total)
         self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        total.div_(self.devices if participants is None else int(participants.sum()))
+        total.div_(reported)
         if self.local > 1:
             rows.copy_(total.expand_as(rows))
-        self._count(np.where(mine, arr.nbytes, 0), arr.nbytes, start, offered=arr.nbytes)
+        self._count(np.where(mine, nbytes, 0), nbytes, start, late=late_mine)
+        return reported
 
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
@@ -197,32 +209,31 @@ class Comm:
         self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
 
     def _count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
-               offered: int = 0) -> None:
-        """Count an exchange: bytes per device of this rank (one number: the same for each);
-        ``offered``: what a device that sent nothing would have sent (to time stragglers)."""
+               late: np.ndarray | None = None) -> None:
+        """Count an exchange: bytes per device of this rank (one number: the same for each)."""
         up, down = (np.broadcast_to(np.asarray(v, np.int64), (self.local,)) for v in (up, down))
         self.ledger.rounds += rounds * self.local
         self.ledger.bytes_up += int(up.sum())
         self.ledger.bytes_down += int(down.sum())
-        self._time(up, down, start, offered)
+        self._time(up, down, start, late)
 
-    def _time(self, up: np.ndarray, down: np.ndarray, start: float, offered: int = 0) -> None:
+    def _time(self, up: np.ndarray, down: np.ndarray, start: float, late: np.ndarray | None = None) -> None:
         """Close a segment of the simulated clock: this rank's slowest device's compute since
-        the last exchange plus its transfer. With a deadline the server waits no longer for an
-        upload; a straggler (a device that sent nothing, and would have missed the deadline
-        with ``offered`` bytes) kept it waiting until then."""
+        the last exchange plus its transfer. ``late``: this rank's devices the server waited
+        for until the deadline and then dropped (stragglers)."""
         ledger = self.ledger
         ledger.comm_s += (time.perf_counter() - start) * self.local  # every device waited for it
-        limit = self.deadline.seconds if self.deadline is not None else math.inf
         slowest = 0.0
-        for link, pending, u, d in zip(self.links, ledger.pending_compute_s, up.tolist(), down.tolist()):
-            if link is None or u == d == 0:
+        for i, (link, pending, u, d) in enumerate(zip(self.links, ledger.pending_compute_s, up.tolist(),
+                                                      down.tolist())):
+            if late is not None and late[i]:
+                arrives = self.deadline.seconds
+            elif link is None or u == d == 0:
                 slowest = max(slowest, pending)
                 continue
-            arrives = pending + link.upload_s(u)
-            if u == 0 and pending + link.upload_s(offered) > limit:
-                arrives = limit
-            slowest = max(slowest, min(arrives, limit) + link.download_s(d))
+            else:
+                arrives = pending + link.upload_s(u)
+            slowest = max(slowest, arrives + (link.download_s(d) if d else 0.0))
         ledger.segments.append(slowest)
         ledger.pending_compute_s = [0.0] * self.local
         ledger.pending_steps = 0

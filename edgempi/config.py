@@ -388,8 +388,9 @@ def validate(cfg: RunConfig) -> None:
     _check(n.deadline_s is None or n.deadline_s > 0, "network.deadline_s", "must be > 0")
     _check(n.deadline_s is None or n.step_ms is not None, "network.deadline_s",
            "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
-    _check(n.deadline_s is None or (cfg.compression.name == "none" and a.name != "centralized"), "network.deadline_s",
-           "stragglers are dropped from dense exchanges only (not with compression or centralized)")
+    _check(n.deadline_s is None or (cfg.compression.name == "none" and a.name != "centralized" and not a.sync_bn),
+           "network.deadline_s", "stragglers are dropped from dense exchanges only (not with compression, "
+           "sync_bn or centralized)")
     par = cfg.parallel
     _one_of(par.mode, ("data", "spatial"), "parallel.mode")
     if par.mode == "spatial":

@@ -1,7 +1,7 @@
 """The devices of one rank (``parallel.devices_per_rank``), kept as rows of a few dense banks.
 
-A rank can stand for many edge devices: each has its own model, BatchNorm statistics and
-optimizer state, but only one model exists as modules. A device's step copies its row into
+A rank can stand for many edge devices: each has its own model, BatchNorm statistics,
+optimizer state and random stream (dropout), but only one model exists as modules. A device's step copies its row into
 that model, trains, and copies it back, so an idle device costs its numbers and nothing else
 (no modules, no autograd state). Optimizer state is never copied: the optimizer is handed
 views of the device's rows and updates them in place.
@@ -32,6 +32,8 @@ class DeviceBank:
             self.grads = torch.zeros(count, flat.numel) if keep_grads else None
         self.optimizer_rows: dict[str, torch.Tensor] = {}
         self.stepped = np.zeros(count, dtype=bool)  # has the device's optimizer state been created?
+        # Each device draws from the stream a rank of its own would have had: all start alike.
+        self.rng_states = [torch.get_rng_state()] * count if count > 1 else []
 
     @property
     def params(self) -> torch.Tensor:
@@ -52,6 +54,7 @@ class DeviceBank:
         if self.count == 1:
             return
         self.flat.storage.copy_(self.storage[device])
+        torch.set_rng_state(self.rng_states[device])
         if load_grads:
             self.flat.grads.copy_(self.grads[device])
         state = self.optimizer.state
@@ -64,6 +67,7 @@ class DeviceBank:
         if self.count == 1:
             return
         self.storage[device].copy_(self.flat.storage)
+        self.rng_states[device] = torch.get_rng_state()
         if save_grads:
             self.grads[device].copy_(self.flat.grads)
         state = self.optimizer.state.get(self.flat.params)
@@ -77,20 +81,11 @@ class DeviceBank:
             if value.data_ptr() != rows[device].data_ptr():  # first step: the optimizer made a new tensor
                 rows[device].copy_(value)
 
-    def show(self, average: bool, include_buffers: bool) -> None:
-        """Put into the model what this rank contributes to an evaluation: its devices' mean
-        (then averaged over ranks) or its first device's model."""
-        if self.count == 1:
-            return
-        self.flat.storage.copy_(self.storage[0])
-        if average:
-            torch.mean(self.exchanged(include_buffers), 0, out=self.flat.exchanged(include_buffers))
-
     def state_dict(self) -> dict[str, Any]:
         if self.count == 1:
             return {"storage": self.flat.storage.clone(), "optimizer": self.optimizer.state_dict()}
         return {"storage": self.storage.clone(), "optimizer_rows": {k: v.clone() for k, v in self.optimizer_rows.items()},
-                "stepped": self.stepped.copy()}
+                "stepped": self.stepped.copy(), "rng_states": list(self.rng_states)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.count == 1:
@@ -100,3 +95,4 @@ class DeviceBank:
         self.storage.copy_(state["storage"])
         self.optimizer_rows = {k: v.clone() for k, v in state["optimizer_rows"].items()}
         self.stepped = state["stepped"].copy()
+        self.rng_states = list(state["rng_states"])

@@ -1,4 +1,4 @@
-"""Distributed evaluation: each rank scores a shard of the test set, the sums are reduced."""
+"""Distributed evaluation: each device scores a shard of the test set, the sums are reduced."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,38 +6,47 @@ import torch
 import torch.nn.functional as F
 
 from edgempi.comm import Comm
-from edgempi.flat import FlatModel
+from edgempi.devices import DeviceBank
 
 
-def test_shard(n: int, comm: Comm) -> slice:
-    bounds = np.linspace(0, n, comm.size + 1).astype(int)
-    return slice(int(bounds[comm.rank]), int(bounds[comm.rank + 1]))
+def test_shards(n: int, comm: Comm) -> list[slice]:
+    """The test shards of this rank's devices: the test set split evenly over all devices."""
+    bounds = np.linspace(0, n, comm.devices + 1).astype(int)
+    return [slice(int(bounds[d]), int(bounds[d + 1])) for d in range(comm.first, comm.first + comm.local)]
 
 
 @torch.no_grad()
-def evaluate(flat: FlatModel, comm: Comm, x: torch.Tensor, y: torch.Tensor, normalize, average: bool,
-             average_buffers: bool = True, batch_size: int = 1000) -> tuple[float, float]:
-    """(test loss, test accuracy) of the model, or of the devices' average model if ``average``.
+def evaluate(bank: DeviceBank, comm: Comm, shards: list[tuple[torch.Tensor, torch.Tensor]], normalize,
+             average: bool, average_buffers: bool = True, batch_size: int = 1000) -> tuple[float, float]:
+    """(test loss, test accuracy) of the devices' models, or of their average model if ``average``.
 
-    The average includes BatchNorm statistics unless ``average_buffers`` is false, in which
-    case each device scores its test shard with the averaged weights and its own statistics.
-    Averaging is measurement, not the method's traffic, so it is not counted in the ledger;
-    each device's own model is restored after.
+    Each device of this rank scores its own shard (``shards``, one per device) with its own
+    model, so the figures are those of one device per rank. The average includes BatchNorm
+    statistics unless ``average_buffers`` is false, in which case each device uses the
+    averaged weights with its own statistics. Averaging is measurement, not the method's
+    traffic, so it is not counted in the ledger; the model is restored after.
     """
-    saved = flat.storage.clone() if average else None
+    flat = bank.flat
+    saved = flat.storage.clone()
+    mean = None
     if average:
-        comm.average_uncounted_(flat.exchanged(average_buffers))
+        mean = bank.exchanged(average_buffers).mean(0)
+        comm.average_uncounted_(mean)
     model = flat.model
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb, yb = normalize(x[start:start + batch_size]), y[start:start + batch_size]
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum())
+    loss_sum, correct, count = 0.0, 0, 0
+    for device, (x, y) in enumerate(shards):
+        flat.storage.copy_(bank.storage[device])
+        if mean is not None:
+            flat.exchanged(average_buffers).copy_(mean)
+        for start in range(0, len(x), batch_size):
+            xb, yb = normalize(x[start:start + batch_size]), y[start:start + batch_size]
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += int((logits.argmax(1) == yb).sum())
+        count += len(x)
     model.train(was_training)
-    if saved is not None:
-        flat.storage.copy_(saved)
-    total_loss, total_correct, total = comm.reduce_metrics([loss_sum, correct, len(x)])
+    flat.storage.copy_(saved)
+    total_loss, total_correct, total = comm.reduce_metrics([loss_sum, correct, count])
     return total_loss / total, total_correct / total

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from edgempi import algorithms, data, models
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.evaluate import evaluate, test_shard
+from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.models.syncbn import convert_sync_bn
 from edgempi.devices import DeviceBank
@@ -215,8 +215,8 @@ class Trainer:
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
                                                setup.optimizer, self.bank))
-        part = test_shard(len(setup.dataset.test_y), setup.peers)
-        self.test_x, self.test_y = setup.dataset.test_x[part], setup.dataset.test_y[part]
+        test = setup.dataset
+        self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
         self.progress = progress and comm.rank == 0
         self.step = 0
@@ -233,11 +233,9 @@ class Trainer:
                 "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
 
     def record_eval(self, step: int) -> None:
-        average, average_buffers = self.policy.models_differ, self.cfg.algorithm.eval_stats == "average"
-        self.bank.show(average, average_buffers)
         with self.comm.uncounted():
-            test_loss, test_acc = evaluate(self.flat, self.setup.peers, self.test_x, self.test_y,
-                                           self.loaders[0].normalize, average, average_buffers)
+            test_loss, test_acc = evaluate(self.bank, self.setup.peers, self.test_shards, self.loaders[0].normalize,
+                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)
@@ -269,7 +267,7 @@ class Trainer:
         steps_now = not self.policy.exchanges_gradients
         loss_sum = 0.0
         for device in bank.each(save_grads=not steps_now):
-            tick = time.perf_counter()
+            tick, comm_before = time.perf_counter(), comm.ledger.comm_s  # spatial/SyncBN talk in forward
             x, y = self.loaders[device].batch(step)
             flat.zero_grad()
             loss = F.cross_entropy(flat.model(x), y)
@@ -277,11 +275,10 @@ class Trainer:
             if steps_now:
                 optimizer.step()
             loss_sum += loss.item()
-            comm.add_compute(time.perf_counter() - tick, device)
+            comm.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before), device)
         later = np.zeros(bank.count)
         tick, comm_before = time.perf_counter(), comm.ledger.comm_s
-        self.policy.after_backward(step)
-        if not steps_now:
+        if self.policy.after_backward(step) and not steps_now:
             for device in bank.each(load_grads=bank.count > 1):
                 started = time.perf_counter()
                 optimizer.step()

@@ -36,6 +36,7 @@ BAD = [
     (["network.step_ms=-1"], "network.step_ms"),
     (["network.step_ms=10", "network.deadline_s=0"], "network.deadline_s"),
     (["network.step_ms=10", "network.deadline_s=1", "compression.name=topk"], "network.deadline_s"),
+    (["network.step_ms=10", "network.deadline_s=1", "algorithm.sync_bn=true"], "network.deadline_s"),
 ])
 def test_combinations_the_devices_and_stragglers_refuse(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: "):

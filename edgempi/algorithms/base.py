@@ -32,19 +32,10 @@ class Context:
             self.bank = DeviceBank(self.flat, self.optimizer, 1, keep_grads=False)
 
 
-def reporters(ctx: Context, round_index: int, up_bytes: int) -> np.ndarray | None:
-    """Who reports in a round: the sampled, not dropped-out devices (:func:`participants`) that
-    also deliver their ``up_bytes`` before the deadline (``network.deadline_s``); None: all."""
-    mask = participants(ctx.cfg, ctx.comm.devices, round_index)
-    on_time = ctx.comm.on_time(up_bytes)
-    if on_time is None:
-        return mask
-    return on_time if mask is None else mask & on_time
-
-
 def participants(cfg: RunConfig, devices: int, round_index: int) -> np.ndarray | None:
-    """Who reports in a round: a seeded sample of devices (``algorithm.participation``), less the
-    seeded dropouts (``algorithm.dropout``); None when everyone does.
+    """Who is asked to report in a round: a seeded sample of devices (``algorithm.participation``),
+    less the seeded dropouts (``algorithm.dropout``); None when everyone is. (Stragglers that miss
+    ``network.deadline_s`` are dropped by the exchange itself, :meth:`Comm.allreduce_mean_`.)
 
     A function of (seed, round) only, so every rank draws the same mask without talking.
     """
@@ -73,8 +64,10 @@ class Policy:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def after_backward(self, step: int) -> None:
-        """Between backward and the optimizer step: the place to exchange gradients."""
+    def after_backward(self, step: int) -> bool:
+        """Between backward and the optimizer step: the place to exchange gradients. Returns
+        False when there is nothing to step with (no device reported)."""
+        return True
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         """After the optimizer step: the place to exchange weights; returns a sync record."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context, Policy, reporters
+from edgempi.algorithms.base import Context, Policy, participants
 
 
 class DriftPolicy(Policy):
@@ -38,18 +37,15 @@ class DriftPolicy(Policy):
         self.w0.copy_(state["w0"])
         self.rounds = state["rounds"]
 
-    def reporters(self) -> np.ndarray | None:
-        """The devices that take part in the next sync (None: all); see ``algorithm.participation``
-        and ``network.deadline_s``."""
-        rows = self.ctx.bank.exchanged(self.ctx.cfg.algorithm.average_buffers)
-        return reporters(self.ctx, self.rounds + 1, rows.shape[1] * rows.element_size())
-
-    def sync(self, mask: np.ndarray | None = None) -> torch.Tensor:
-        """Average the weights over all (or the ``mask``ed) devices and restart from there;
-        returns w₀_new − w₀_old."""
+    def sync(self) -> torch.Tensor | None:
+        """Average the weights over the devices that report (``algorithm.participation``,
+        ``dropout``, ``network.deadline_s``) and restart from there; returns w₀_new − w₀_old,
+        or None if nobody reported (every device keeps its model, the next sync draws anew)."""
         bank = self.ctx.bank
         self.rounds += 1
-        self.ctx.comm.allreduce_mean_(bank.exchanged(self.ctx.cfg.algorithm.average_buffers), mask)
+        mask = participants(self.ctx.cfg, self.ctx.comm.devices, self.rounds)
+        if self.ctx.comm.allreduce_mean_(bank.exchanged(self.ctx.cfg.algorithm.average_buffers), mask) == 0:
+            return None
         update = self.drift()  # every device now holds the mean
         self.w0.copy_(bank.params[0])
         return update

@@ -30,8 +30,6 @@ class Dynamic(DriftPolicy):
             return None
         violated = [[float(torch.dot(delta, delta)) > self.delta] for delta in self.drifts()]
         (violators,) = self.ctx.comm.allreduce_ctrl(violated)
-        mask = self.reporters()
-        if violators == 0 or (mask is not None and not mask.any()):
+        if violators == 0 or self.sync() is None:
             return None
-        self.sync(mask)
         return {"step": step + 1, "violators": int(violators)}

@@ -127,8 +127,10 @@ class FDA(DriftPolicy):
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         estimate = self.estimate()
-        mask = self.reporters()
-        if not estimate > self.theta or (mask is not None and not mask.any()):
+        if not estimate > self.theta:
             return None
-        self.state.synced(self.sync(mask))
+        update = self.sync()
+        if update is None:
+            return None
+        self.state.synced(update)
         return {"step": step + 1, "estimate": estimate}

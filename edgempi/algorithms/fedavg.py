@@ -6,7 +6,7 @@ error feedback); the server replies with the dense mean update (counted as such)
 from typing import Any
 
 
-from edgempi.algorithms.base import Context, Policy, reporters
+from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 
 
@@ -25,18 +25,15 @@ class FedAvg(Policy):
         if (step + 1) % self.period:
             return None
         with_buffers = self.ctx.cfg.algorithm.average_buffers
-        rows = self.ctx.bank.exchanged(with_buffers)
-        mask = reporters(self.ctx, (step + 1) // self.period, rows.shape[1] * rows.element_size())
-        if mask is not None and not mask.any():
-            return {"step": step + 1, "participants": 0}  # nobody reported: every device keeps its model
-        if self.exchange is None:
-            self.ctx.comm.allreduce_mean_(rows, mask)
-        else:  # one device per rank (config): its model is the bank's only row
-            state = self.ctx.flat.exchanged(with_buffers)
-            update = state - self.reference
-            self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
-            state.copy_(self.reference.add_(update))
-        return {"step": step + 1, "participants": self.ctx.comm.devices if mask is None else int(mask.sum())}
+        if self.exchange is None:  # nobody reported (0): every device keeps its model
+            mask = participants(self.ctx.cfg, self.ctx.comm.devices, (step + 1) // self.period)
+            return {"step": step + 1,
+                    "participants": self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)}
+        state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)
+        update = state - self.reference
+        self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
+        state.copy_(self.reference.add_(update))
+        return {"step": step + 1, "participants": self.ctx.comm.devices}
 
     def state_dict(self) -> dict[str, Any]:
         return {"exchange": exchange_state(self.exchange), "reference": self.reference}

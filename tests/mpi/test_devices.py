@@ -13,7 +13,7 @@ import torch
 from edgempi.algorithms.large_batch import LargeBatch
 from edgempi.comm import Comm, self_comm
 from edgempi.network import Deadline, device_links
-from edgempi.train import Seeds
+from edgempi.train import Seeds, build
 from test_methods import LENET, run, same_on_all_ranks
 
 pytestmark = pytest.mark.mpi(min_size=4)
@@ -24,6 +24,10 @@ COMMON = ["train.steps=12", "train.log_every=3", "train.eval_every=6", "data.par
           "network.compute_spread=0.5"]
 METHODS = {
     "large_batch": ["algorithm.name=large_batch", "train.momentum=0.9"],
+    "large_batch_bn": ["algorithm.name=large_batch", "model.norm=batch"],  # each device scores its own model
+    "fedavg_local_stats": ["algorithm.name=fedavg", "algorithm.local_steps=3", "model.norm=batch",
+                           "algorithm.average_buffers=false", "algorithm.eval_stats=local"],
+    "fedavg_dropout": ["algorithm.name=fedavg", "algorithm.local_steps=2", "model.name=fda_cnn", "train.steps=6"],
     "fedavg_bn_adam": ["algorithm.name=fedavg", "algorithm.local_steps=3", "model.norm=batch",
                        "train.optimizer=adam", "train.lr=0.002", "algorithm.participation=0.75",
                        "algorithm.dropout=0.2"],
@@ -53,7 +57,9 @@ def test_devices_per_rank_equal_as_many_ranks(method):
     single, single_w, _ = devices_run(METHODS[method], self_comm(), 4)
     assert half.size == 2 and half.local == 2
     for other, weights in ((halves, halves_w), (single, single_w)):
-        assert torch.allclose(weights, ranks_w, rtol=1e-4, atol=1e-5), float((weights - ranks_w).abs().max())
+        # Sums in another order: 1e-7 differences, grown by training to at most 7e-5 (fda_cnn);
+        # a device with another's optimizer state or random stream is off by more than 2e-3.
+        assert torch.allclose(weights, ranks_w, rtol=1e-4, atol=2e-4), float((weights - ranks_w).abs().max())
         assert [s["step"] for s in other.syncs] == [s["step"] for s in ranks.syncs]
         assert [pytest.approx(s, rel=1e-6) for s in other.syncs] == ranks.syncs
         for table in ("steps", "evals"):
@@ -96,8 +102,9 @@ def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
     def checked(self, step):
         grads = torch.stack(comm.allgather_object(self.ctx.flat.grads.clone()))
         mask = torch.from_numpy(self.ctx.comm.on_time(4 * LENET))
-        original(self, step)
+        applied = original(self, step)
         seen.append((int(mask.sum()), torch.allclose(self.ctx.flat.grads, grads[mask].mean(0), atol=1e-7)))
+        return applied
 
     LargeBatch.after_backward = checked
     try:
@@ -105,3 +112,21 @@ def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
     finally:
         LargeBatch.after_backward = original
     assert all(ok for _, ok in seen) and 0 < seen[0][0] < comm.size, seen
+
+
+@pytest.mark.parametrize("method", [["algorithm.name=large_batch", "train.momentum=0.9"],
+                                    ["algorithm.name=fedavg", "algorithm.local_steps=2"]], ids=["large_batch", "fedavg"])
+def test_a_round_nobody_makes_changes_nothing_but_the_clock(method):
+    """A deadline below the link latency: no device reports and no byte moves; Large Batch
+    never steps, FedAvg's devices keep their local models; every round costs exactly the
+    deadline (the server waited for nobody)."""
+    comm = Comm()
+    setup, outcome, _ = run(["train.steps=6", "network.preset=4g", "network.step_ms=20", "network.deadline_s=0.01",
+                             *method], comm)
+    large_batch = "algorithm.name=large_batch" in method
+    start = build(setup.cfg, self_comm()).flat.storage
+    assert torch.equal(outcome.storage, start) == large_batch
+    assert comm.ledger.rounds == comm.ledger.bytes_up == comm.ledger.bytes_down == 0
+    rounds = 6 if large_batch else 3
+    assert outcome.steps[-1]["sim_s"] == pytest.approx(rounds * 0.01, rel=1e-9)
+    assert all(s["participants"] == 0 for s in outcome.syncs)

@@ -126,8 +126,8 @@ def test_all_ranks_take_the_same_decisions_and_hold_the_same_weights(monkeypatch
     verdicts = []
     original = DriftPolicy.sync
 
-    def checked(self, mask=None):
-        update = original(self, mask)
+    def checked(self):
+        update = original(self)
         verdicts.append(same_on_all_ranks(comm, self.ctx.flat.storage))
         return update
 
