@@ -121,10 +121,11 @@ class Comm:
         start = time.perf_counter()
         rows = buf.view(self.local, -1)
         nbytes = rows.shape[1] * rows.element_size()
+        late = None
         on_time = self.on_time(nbytes)
-        late = None if on_time is None else ~on_time if participants is None else participants & ~on_time
         if on_time is not None:
-            participants = on_time if participants is None else participants & on_time
+            asked = np.ones(self.devices, bool) if participants is None else participants
+            participants, late = asked & on_time, asked & ~on_time
         reported = self.devices if participants is None else int(participants.sum())
         mine = np.ones(self.local, bool) if participants is None else participants[self.first:self.first + self.local]
         late_mine = None if late is None else late[self.first:self.first + self.local]

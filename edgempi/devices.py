@@ -1,9 +1,9 @@
 """The devices of one rank (``parallel.devices_per_rank``), kept as rows of a few dense banks.
 
 A rank can stand for many edge devices: each has its own model, BatchNorm statistics,
-optimizer state and random stream (dropout), but only one model exists as modules. A device's step copies its row into
-that model, trains, and copies it back, so an idle device costs its numbers and nothing else
-(no modules, no autograd state). Optimizer state is never copied: the optimizer is handed
+optimizer state and random stream (dropout), but only one model exists as modules. A device's
+step copies its row into that model, trains, and copies it back, so an idle device costs its
+numbers and nothing else (no modules, no autograd state). Optimizer state is never copied: the optimizer is handed
 views of the device's rows and updates them in place.
 
 With one device per rank the bank *is* the model's storage and every swap is a no-op.

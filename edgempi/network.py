@@ -39,12 +39,6 @@ class Link:
     def download_s(self, down: int) -> float:
         return self.latency_s + down / self.down_bytes_per_s
 
-    def transfer_s(self, up: int, down: int) -> float:
-        """Time for one exchange: upload then download, each paying the latency once."""
-        if up == 0 and down == 0:
-            return 0.0
-        return self.upload_s(up) + self.download_s(down)
-
     def compute_s(self, measured_s: float) -> float:
         """The modelled device's time for one local step that took ``measured_s`` here."""
         return self.step_s if self.step_s is not None else measured_s * self.compute_factor

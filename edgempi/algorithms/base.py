@@ -54,7 +54,8 @@ class Policy:
 
     ``models_differ``: devices may hold different models between syncs, so evaluation uses
     their average. ``exchanges_gradients``: the loop keeps every device's gradient until
-    :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds besides its step (for /syncs).
+    :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds
+    besides its step (for /syncs).
     """
 
     models_differ = False

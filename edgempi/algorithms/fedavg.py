@@ -25,10 +25,10 @@ class FedAvg(Policy):
         if (step + 1) % self.period:
             return None
         with_buffers = self.ctx.cfg.algorithm.average_buffers
-        if self.exchange is None:  # nobody reported (0): every device keeps its model
+        if self.exchange is None:
             mask = participants(self.ctx.cfg, self.ctx.comm.devices, (step + 1) // self.period)
-            return {"step": step + 1,
-                    "participants": self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)}
+            reported = self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)
+            return {"step": step + 1, "participants": reported}  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)
         update = state - self.reference
         self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
