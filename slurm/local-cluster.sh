@@ -31,15 +31,18 @@ DAEMONS=(slurmctld slurmd)
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
+# The pid in file $1. A daemon deletes its pid file as it exits, so the file can vanish
+# between any two reads: that is "no pid", never an error (bash's $(<file) would end the script).
+read_pid() { cat -- "$1" 2>/dev/null; }
+
 # Is pid file $1 pointing at a live (non-zombie) daemon of this cluster?
 alive() {
     local pidfile=$1 pid state
-    [[ -s $pidfile ]] || return 1
-    pid=$(<"$pidfile")
+    pid=$(read_pid "$pidfile") || return 1
     [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/status ]] || return 1
-    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status")
+    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
     [[ $state != Z ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$CONF"
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CONF"
 }
 
 write_conf() {
@@ -147,11 +150,11 @@ stop_daemons() {
     fi
     for d in slurmd slurmctld; do
         alive "$DIR/run/$d.pid" || { rm -f "$DIR/run/$d.pid"; continue; }
-        pid=$(<"$DIR/run/$d.pid")
+        pid=$(read_pid "$DIR/run/$d.pid") || { rm -f "$DIR/run/$d.pid"; continue; }
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + TIMEOUT))
         while ((SECONDS < deadline)) && alive "$DIR/run/$d.pid"; do sleep 0.2; done
-        if alive "$DIR/run/$d.pid"; then
+        if ((SECONDS >= deadline)) && alive "$DIR/run/$d.pid"; then
             echo "local-cluster: $d ($pid) ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -168,7 +171,7 @@ cmd_status() {
     local d up=0
     for d in "${DAEMONS[@]}"; do
         if alive "$DIR/run/$d.pid"; then
-            echo "$d: running (pid $(<"$DIR/run/$d.pid"))"
+            echo "$d: running (pid $(read_pid "$DIR/run/$d.pid"))"
         else
             echo "$d: stopped"
             up=1
