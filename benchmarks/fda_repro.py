@@ -8,11 +8,13 @@ summed over the K devices (the per-device means × K), plus the control bytes fr
 
     python benchmarks/fda_repro.py --devices 4 8 --target 0.85            # run, then print the table
     python benchmarks/fda_repro.py --devices 4 --table-only               # table of the runs so far
+    python benchmarks/fda_repro.py --devices 16 --max-ranks 2             # 16 devices as 2 ranks × 8
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,11 +64,19 @@ def completed(path: Path) -> bool:
         return f.attrs.get("status") == "completed"
 
 
-def execute(run: Run, base: Path, out: Path, extra: list[str]) -> None:
+def command(run: Run, base: Path, out: Path, extra: list[str], max_ranks: int | None) -> list[str]:
+    """The run on K ranks, or on max_ranks ranks of K / max_ranks devices each: the same run
+    (tests/mpi/test_devices.py) on fewer processes than a small machine can hold."""
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
-    sets = [*run.overrides, *extra, f"output.name={run.name}.h5"]
-    cmd = [mpiexec, "-n", str(run.devices), sys.executable, "-m", "edgempi", "run", str(base), "--out", str(out),
-           "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    ranks = min(run.devices, max_ranks or run.devices)
+    if run.devices % ranks:
+        sys.exit(f"fda_repro: {run.devices} devices do not split evenly over {ranks} ranks")
+    sets = [*run.overrides, *extra, f"parallel.devices_per_rank={run.devices // ranks}", f"output.name={run.name}.h5"]
+    return [mpiexec, "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(base), "--out", str(out),
+            "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+
+
+def execute(run: Run, cmd: list[str]) -> None:
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip().splitlines()[-1:]})"
@@ -138,6 +148,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", help="methods of the grid to run (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fda")
+    p.add_argument("--max-ranks", type=int, help="run K devices on at most this many ranks "
+                   "(parallel.devices_per_rank = K / ranks)")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to reach")
     p.add_argument("--table-only", action="store_true", help="do not run, tabulate the files present")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
@@ -146,14 +158,14 @@ def main() -> None:
     grid = yaml.safe_load(args.grid.read_text())
     runs = expand(grid, args.devices or grid["devices"], args.partitions, args.methods)
     base = args.grid.parent / grid["base"]
+    commands = {run.name: command(run, base, args.out, args.set, args.max_ranks) for run in runs}
     if args.dry_run:
-        print("\n".join(f"{r.name}: mpiexec -n {r.devices} edgempi run {base} --set {' --set '.join(r.overrides)}"
-                        for r in runs))
+        print("\n".join(f"{name}: {shlex.join(cmd)}" for name, cmd in commands.items()))
         return
     if not args.table_only:
         for run in runs:
             if not completed(args.out / f"{run.name}.h5"):
-                execute(run, base, args.out, args.set)
+                execute(run, commands[run.name])
     print(table(runs, args.out, args.target))
 
 
