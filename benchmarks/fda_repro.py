@@ -134,7 +134,8 @@ def table(runs: list[Run], out: Path, target: float) -> str:
         fedavg = min((v[0] for (p, kk, m), v in best.items() if (p, kk) == (partition, k) and m.startswith("fedavg")),
                      default=None)
         sync = best.get((partition, k, "large_batch"))
-        ratio = [f"{ref / total:.1f}" if ref else "-" for ref in (fedavg, sync[0] if sync else None)]
+        ratio = ["-" if not ref else f"{ref / total:.1f}" if total else "∞ (no bytes)"
+                 for ref in (fedavg, sync[0] if sync else None)]
         lines.append(f"| {partition} | {k} | {method} | {point or '-'} | {int(step)} | {fmt_bytes(total)} "
                      f"| {ratio[0]} | {ratio[1]} |")
     return "\n".join(lines)
