@@ -121,10 +121,15 @@ class Recorder:
         self.file.flush()
 
     def close(self, status: str, error: str | None = None) -> None:
-        """Leave SWMR and write the final status; a file closed here is never left 'running'."""
+        """Leave SWMR and write the final status; a file closed here is never left 'running'.
+
+        Without HDF5's file lock: a reader watching the run (edgempi info, a live plot) holds
+        a shared lock that would refuse this reopening and leave the run 'running' forever.
+        The writer closed above was the file's only one, so the lock guards nothing here.
+        """
         if self.file.id.valid:
             self.file.close()
-        with h5py.File(self.path, "r+", libver="latest") as f:
+        with h5py.File(self.path, "r+", libver="latest", locking=False) as f:
             f.attrs["status"] = status
             f.attrs["finished"] = now()
             if error is not None:
@@ -133,29 +138,6 @@ class Recorder:
 
 class NullRecorder:
     """What ranks other than 0 hold: the same calls, no file."""
-
-    @classmethod
-    def resume(cls, path: Path, step: int) -> "Recorder":
-        """Reopen a run's file to continue after ``step``: rows recorded later are dropped, so
-        the history stays one continuous sequence, as if the run had never stopped."""
-        self = cls.__new__(cls)
-        self.path = Path(path)
-        self.file = h5py.File(self.path, "r+", libver="latest")
-        self.columns = {}
-        for table in ("steps", "evals", "syncs"):
-            group = self.file[table]
-            keep = int(np.searchsorted(group["step"][()], step, side="right"))
-            for ds in group.values():
-                ds.resize((keep,))
-            self.columns[table] = tuple(group)
-        self.file.attrs["status"] = "running"
-        self.file.attrs["resumed"] = now()
-        for key in ("finished", "error"):
-            if key in self.file.attrs:
-                del self.file.attrs[key]
-        self.file.swmr_mode = True
-        self.file.flush()
-        return self
 
     def append(self, table: str, row: Mapping[str, float]) -> None:
         pass

@@ -78,6 +78,29 @@ def test_running_file_is_readable_and_survives_kill_9(tmp_path):
         assert list(f["steps"]["step"][:n]) == [2.0 * (i + 1) for i in range(n)]
 
 
+def test_run_that_ends_while_a_reader_has_its_file_open_completes(tmp_path):
+    """Watching a run (edgempi info, a live plot) must not break its end: rank 0 reopens the
+    file to write the final status while the reader still holds it (an HDF5 file lock)."""
+    cfg = small_config(train={"steps": 400, "log_every": 2, "eval_every": 200})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "edgempi", "run", str(path), "--out",
+                             str(tmp_path), "--set", "output.name=watched"], env=child_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    h5 = tmp_path / "watched.h5"
+    try:
+        wait_for_rows(h5, "steps", 2, proc)
+        with open_for_reading(h5) as f:
+            assert f.attrs["status"] == "running"
+            assert proc.poll() is None, "the run ended before the reader opened its file: make it longer"
+            _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    with open_for_reading(h5) as f:
+        assert f.attrs["status"] == "completed" and f["steps"]["step"][-1] == 400
+
+
 def test_existing_results_file_is_never_overwritten(tmp_path):
     path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 4}))
     h5 = tmp_path / "keep.h5"
