@@ -26,8 +26,9 @@ from edgempi.record import open_for_reading
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
-def run_once(devices: int, ranks: int, rounds: int, local_steps: int, out: Path) -> dict[str, float]:
-    per_rank = devices // ranks
+def run_once(devices: int, comm: Comm, rounds: int, local_steps: int, out: Path) -> dict[str, float] | None:
+    """The run's figures on rank 0 (None elsewhere: only the writer's rank knows the file is final)."""
+    per_rank = devices // comm.size
     name = f"k{devices}"
     code = main(["run", str(CONFIG), "--out", str(out), "--overwrite", "--set", f"output.name={name}",
                  "--set", "algorithm.name=fedavg", "--set", f"algorithm.local_steps={local_steps}",
@@ -37,6 +38,8 @@ def run_once(devices: int, ranks: int, rounds: int, local_steps: int, out: Path)
                  "--set", "train.batch_size=16", "--set", "train.momentum=0.9"])
     if code != 0:
         raise SystemExit(f"edgempi run exited {code} for {devices} devices")
+    if comm.rank != 0:
+        return None
     with open_for_reading(out / f"{name}.h5") as f:
         wall = np.diff(f["steps"]["wall_s"][()])  # the first row's round includes start-up
         acc = float(f["evals"]["test_acc"][-1])
@@ -55,15 +58,13 @@ def main_bench() -> None:
     out = Path(comm.broadcast_object(tempfile.mkdtemp(prefix="edgempi-devices-") if comm.rank == 0 else None))
     rows = []
     for devices in [comm.size, *args.devices]:  # the peer first: one device per rank
-        row = run_once(devices, comm.size, args.rounds, args.local_steps, out)
+        row = run_once(devices, comm, args.rounds, args.local_steps, out)
         # ru_maxrss is the process's high-water mark so far (KiB on Linux): runs go from small to large.
-        row["peak_rss_mb"] = max(comm.allgather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)) / 1024
-        rows.append(row)
-    if comm.rank == 0:
-        base = rows[0]["s_per_device_step"]
-        for row in rows:
-            row["ratio_vs_one_device"] = row["s_per_device_step"] / base
-            print(json.dumps(row))
+        peak_kib = max(comm.allgather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        if row is not None:
+            rows.append({**row, "peak_rss_mb": peak_kib / 1024})
+    for row in rows:  # rank 0's
+        print(json.dumps({**row, "ratio_vs_one_device": row["s_per_device_step"] / rows[0]["s_per_device_step"]}))
 
 
 if __name__ == "__main__":
