@@ -146,6 +146,31 @@ class Comm:
         self._count(np.where(mine, nbytes, 0), nbytes, start, late=late_mine)
         return reported
 
+    def average_members(self, buf: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
+        """The mean of the ``members``' rows (a mask over all devices), known to every rank;
+        the rows are left as they are: what a coordinator computes before it answers
+        (Kamp's balancing, :meth:`adopt_`). One round; members not yet ``uploaded`` upload
+        their row, nobody downloads anything yet.
+        """
+        start = time.perf_counter()
+        rows = buf.view(self.local, -1)
+        mine = members[self.first:self.first + self.local]
+        total = rows[torch.from_numpy(mine)].sum(0)
+        self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(total), op=MPI.SUM)
+        total.div_(int(members.sum()))
+        fresh = (members & ~uploaded)[self.first:self.first + self.local]
+        self._count(np.where(fresh, rows.shape[1] * rows.element_size(), 0), 0, start)
+        return total
+
+    def adopt_(self, buf: torch.Tensor, value: torch.Tensor, members: np.ndarray) -> None:
+        """The ``members`` (a mask over all devices) download ``value`` into their rows; no
+        collective: every rank already holds it (:meth:`average_members`)."""
+        start = time.perf_counter()
+        rows = buf.view(self.local, -1)
+        mine = members[self.first:self.first + self.local]
+        rows[torch.from_numpy(mine)] = value
+        self._count(0, np.where(mine, rows.shape[1] * rows.element_size(), 0), start, rounds=0)
+
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
         """Sum a summable payload (fp32, fp16 ...) over devices in place.
@@ -275,10 +300,25 @@ class Comm:
         rows = np.asarray(values, dtype=np.float32).reshape(self.local, -1)
         local = getattr(rows, op)(axis=0) if self.local > 1 else np.ascontiguousarray(rows[0])
         out = self._reduce(local, op)
-        nbytes = local.nbytes
+        self._count_ctrl(local.nbytes, start)
+        return out
+
+    def gather_ctrl(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Every device's small float32 control vector (e.g. its violation flag), one row per
+        device in device order: what a coordinator learns from each. Control bytes, no round.
+
+        ``values`` is one vector, or one row per device of this rank."""
+        start = time.perf_counter()
+        rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
+        out = np.empty((self.size, *rows.shape), dtype=np.float32)
+        self.mpi.Allgather(rows, out)
+        self._count_ctrl(rows[0].nbytes, start)
+        return out.reshape(self.devices, -1)
+
+    def _count_ctrl(self, nbytes: int, start: float) -> None:
+        """Each device of this rank sent and received ``nbytes`` of control values."""
         self.ledger.ctrl_bytes += nbytes * self.local
         self._time(np.full(self.local, nbytes), np.full(self.local, nbytes), start)
-        return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
     def reduce_metrics(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:

@@ -93,6 +93,7 @@ class AlgorithmConfig:
     average_buffers: bool = True
     check_every: int = 1  # dynamic: local steps between checks of ‖w − r‖² > delta
     delta: float | None = None  # dynamic: the divergence threshold Δ (required)
+    balancing: bool = False  # dynamic: average the violators (plus random others) before a full sync
     variant: str = "linear"  # fda: naive, linear or sketch
     theta: float | None = None  # fda: the variance threshold Θ; when unset, theta_per_param × d
     theta_per_param: float = 3.0e-5  # in the range the FDA authors fitted: 2.7e-5 … 4.9e-5
@@ -358,6 +359,9 @@ def validate(cfg: RunConfig) -> None:
            "dynamic needs the divergence threshold algorithm.delta (e.g. 1.0 for LeNet-5)")
     _check(a.delta is None or a.delta >= 0, "algorithm.delta", "must be >= 0")
     _check(a.check_every > 0, "algorithm.check_every", "must be > 0")
+    _check(not a.balancing or a.name == "dynamic", "algorithm.balancing", "is dynamic averaging's (Kamp et al.)")
+    _check(not a.balancing or (a.participation == 1 and a.dropout == 0 and cfg.network.deadline_s is None),
+           "algorithm.balancing", "is not combined with partial participation, dropouts or deadlines")
     _one_of(a.variant, FDA_VARIANTS, "algorithm.variant")
     _check(a.theta is None or a.theta >= 0, "algorithm.theta", "must be >= 0")
     _check(a.theta_per_param >= 0, "algorithm.theta_per_param", "must be >= 0")

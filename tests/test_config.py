@@ -37,8 +37,13 @@ BAD = [
     (["network.step_ms=10", "network.deadline_s=0"], "network.deadline_s"),
     (["network.step_ms=10", "network.deadline_s=1", "compression.name=topk"], "network.deadline_s"),
     (["network.step_ms=10", "network.deadline_s=1", "algorithm.sync_bn=true"], "network.deadline_s"),
+    (["algorithm.name=fedavg", "algorithm.local_steps=2", "algorithm.balancing=true"], "algorithm.balancing"),
+    (["algorithm.name=dynamic", "algorithm.delta=1", "algorithm.balancing=true", "algorithm.participation=0.5"],
+     "algorithm.balancing"),
+    (["algorithm.name=dynamic", "algorithm.delta=1", "algorithm.balancing=true", "network.step_ms=10",
+      "network.deadline_s=1"], "algorithm.balancing"),
 ])
-def test_combinations_the_devices_and_stragglers_refuse(overrides, key):
+def test_combinations_the_devices_stragglers_and_balancing_refuse(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: "):
         from_dict(small_config(), overrides)
 

@@ -54,6 +54,8 @@ def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
     ("large_batch", {"compression": {"name": "topk", "ratio": 0.05}}),  # error feedback + DGC momentum
     ("fda", {"algorithm": {"variant": "linear", "theta": 0.05}}),  # w0 and xi
     ("dynamic", {"algorithm": {"delta": 0.05, "check_every": 2}}),
+    ("dynamic", {"algorithm": {"delta": 0.02, "check_every": 2, "balancing": True},  # 8 devices: partial syncs
+                 "parallel": {"devices_per_rank": 4}}),
     ("fedavg", {"parallel": {"devices_per_rank": 3}, "model": {"norm": "batch"}}),  # device banks, BN, momentum
     ("large_batch", {"parallel": {"devices_per_rank": 2},  # stragglers: the deadline's step count is saved
                      "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2}}),

@@ -32,6 +32,8 @@ METHODS = {
                        "train.optimizer=adam", "train.lr=0.002", "algorithm.participation=0.75",
                        "algorithm.dropout=0.2"],
     "dynamic": ["algorithm.name=dynamic", "algorithm.delta=0.05", "algorithm.check_every=2", "train.momentum=0.5"],
+    "dynamic_balancing": ["algorithm.name=dynamic", "algorithm.delta=0.05", "algorithm.check_every=2",
+                          "algorithm.balancing=true"],
     "fda_linear": ["algorithm.name=fda", "algorithm.variant=linear", "algorithm.theta_per_param=1e-6"],
     "fda_sketch": ["algorithm.name=fda", "algorithm.variant=sketch", "algorithm.theta_per_param=1e-6"],
     "fedavg_deadline": ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3"],

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.dynamic import Dynamic
 from edgempi.algorithms.fda import FDA, SketchState
 from edgempi.comm import Comm
 from test_methods import LENET, run, same_on_all_ranks
@@ -138,3 +139,58 @@ def test_all_ranks_take_the_same_decisions_and_hold_the_same_weights(monkeypatch
     assert 2 <= len(verdicts) <= 15 and all(verdicts) and comm.ledger.rounds == len(verdicts)
     if "algorithm.name=dynamic" in overrides:  # some checks pass, some syncs have only some violators
         assert len(verdicts) < 10 and any(s["violators"] < comm.size for s in outcome.syncs), outcome.syncs
+
+
+BALANCING = ["train.steps=24", "algorithm.name=dynamic", "algorithm.check_every=2", "algorithm.balancing=true"]
+
+
+def test_balancing_with_delta_zero_is_a_full_sync_at_every_check():
+    """Δ = 0: every device violates, so the first set is everyone: the plain protocol, exactly."""
+    _, plain, comm = run(["train.steps=12", "algorithm.name=dynamic", "algorithm.delta=0", "algorithm.check_every=3"])
+    _, balanced, bcomm = run(BALANCING[1:] + ["train.steps=12", "algorithm.delta=0", "algorithm.check_every=3"])
+    assert torch.equal(plain.storage, balanced.storage)
+    assert balanced.syncs == [{"step": s, "violators": comm.size, "averaged": comm.size} for s in (3, 6, 9, 12)]
+    for counter in ("rounds", "bytes_up", "bytes_down", "ctrl_bytes"):
+        assert getattr(comm.ledger, counter) == getattr(bcomm.ledger, counter), counter
+
+
+def test_balancing_averages_the_violators_first_and_keeps_the_reference(monkeypatch):
+    """Each balancing: the violators are in the set, the set (and only it) holds its average,
+    that average is within Δ of r unless the set is everyone (then r is the average), and every
+    member uploads once and downloads once. 8 devices (4 ranks × 2): with 4, one violator alone
+    never balances (its own model violates) and two already make half."""
+    comm = Comm()
+    seen = []
+    original = Dynamic.balance
+
+    def everyone(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(t) for t in comm.allgather_object(tensor.clone())])
+
+    def traffic() -> np.ndarray:
+        return np.sum(comm.allgather_object([comm.ledger.bytes_up, comm.ledger.bytes_down]), axis=0)
+
+    def checked(self, step, violators):
+        before, w0, sent = everyone(self.ctx.bank.params), self.w0.clone(), traffic()
+        record = original(self, step, violators)
+        after = everyone(self.ctx.bank.params)
+        members = (after != before).any(dim=1).numpy()
+        mean = before[torch.from_numpy(members)].double().mean(0)
+        assert members.sum() == record["averaged"] and not (violators & ~members).any()
+        assert torch.allclose(after[torch.from_numpy(members)].double(), mean.expand(int(members.sum()), -1),
+                              atol=1e-6)
+        if members.all():
+            assert torch.equal(self.w0, after[0])
+        else:
+            assert torch.equal(self.w0, w0) and float(((mean - w0.double()) ** 2).sum()) <= self.delta * (1 + 1e-5)
+        assert (traffic() - sent).tolist() == [int(members.sum()) * 4 * LENET] * 2
+        seen.append(int(members.sum()))
+        return record
+
+    monkeypatch.setattr(Dynamic, "balance", checked)
+    _, outcome, _ = run([*BALANCING, "algorithm.delta=0.016", "parallel.devices_per_rank=2"], comm)
+    records = comm.allgather_object(outcome.syncs)
+    assert all(r == records[0] for r in records)
+    assert [s["averaged"] for s in outcome.syncs] == seen
+    assert any(n == comm.devices for n in seen), seen  # some fell back to a full sync,
+    assert any(s["violators"] < s["averaged"] < comm.devices for s in outcome.syncs), outcome.syncs  # some grew
+    assert any(s["violators"] == s["averaged"] for s in outcome.syncs), outcome.syncs  # some did not need to
