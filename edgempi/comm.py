@@ -258,7 +258,7 @@ class Comm:
                 slowest = max(slowest, pending)
                 continue
             else:
-                arrives = pending + link.upload_s(u)
+                arrives = pending + (link.upload_s(u) if u else 0.0)
             slowest = max(slowest, arrives + (link.download_s(d) if d else 0.0))
         ledger.segments.append(slowest)
         ledger.pending_compute_s = [0.0] * self.local

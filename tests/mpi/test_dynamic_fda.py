@@ -145,13 +145,19 @@ BALANCING = ["train.steps=24", "algorithm.name=dynamic", "algorithm.check_every=
 
 
 def test_balancing_with_delta_zero_is_a_full_sync_at_every_check():
-    """Δ = 0: every device violates, so the first set is everyone: the plain protocol, exactly."""
-    _, plain, comm = run(["train.steps=12", "algorithm.name=dynamic", "algorithm.delta=0", "algorithm.check_every=3"])
-    _, balanced, bcomm = run(BALANCING[1:] + ["train.steps=12", "algorithm.delta=0", "algorithm.check_every=3"])
+    """Δ = 0: every device violates, so the first set is everyone: the plain protocol, exactly,
+    also on the simulated clock (the upload and the download become two segments, which on
+    identical links add up to the plain round's one)."""
+    clock = ["network.preset=4g", "network.step_ms=20"]
+    _, plain, comm = run(["train.steps=12", "algorithm.name=dynamic", "algorithm.delta=0", "algorithm.check_every=3",
+                          *clock])
+    _, balanced, bcomm = run(BALANCING[1:] + ["train.steps=12", "algorithm.delta=0", "algorithm.check_every=3",
+                                              *clock])
     assert torch.equal(plain.storage, balanced.storage)
     assert balanced.syncs == [{"step": s, "violators": comm.size, "averaged": comm.size} for s in (3, 6, 9, 12)]
     for counter in ("rounds", "bytes_up", "bytes_down", "ctrl_bytes"):
         assert getattr(comm.ledger, counter) == getattr(bcomm.ledger, counter), counter
+    assert balanced.steps[-1]["sim_s"] == pytest.approx(plain.steps[-1]["sim_s"], rel=1e-9)
 
 
 def test_balancing_averages_the_violators_first_and_keeps_the_reference(monkeypatch):
