@@ -9,8 +9,9 @@ divergence (1/m)Σ‖wᵢ − w̄‖² ≤ (1/m)Σ‖wᵢ − r‖² ≤ Δ.
 With ``algorithm.balancing`` (the paper's balancing, as in the authors' platform code) the
 coordinator first averages only the violators B; if ‖avg_B − r‖² ≤ Δ, B adopts avg_B and r
 stays, so every local condition holds again and the bound above with it. Otherwise it adds
-2·|B| random devices and tries again, and falls back to a full sync once |B| ≥ m/2. Each device
-uploads its model at most once per balancing and only B downloads.
+2·|B| random devices and tries again; a set grown to m/2 devices or more becomes a full sync
+(r moves), as does a check that every device violated. Each device uploads its model at most
+once per balancing and only B downloads.
 """
 from __future__ import annotations
 
@@ -46,24 +47,30 @@ class Dynamic(DriftPolicy):
 
     def balance(self, step: int, violators: np.ndarray) -> dict[str, Any]:
         """Average ever larger sets of devices, starting from the violators, until the set's
-        average lies within Δ of r or the set holds half of the devices (then all of them)."""
+        average lies within Δ of r; a set grown to half of the devices becomes all of them."""
         comm, rows = self.ctx.comm, self.ctx.bank.exchanged(self.ctx.cfg.algorithm.average_buffers)
         members, uploaded = violators.copy(), np.zeros_like(violators)
+        full = bool(members.all())
         rng = np.random.default_rng([self.ctx.cfg.seed, 0xBA1A, step])  # the same draw on every rank
         while True:
-            full = 2 * int(members.sum()) >= comm.devices
-            members |= full
             mean = comm.average_members(rows, members, uploaded)
             uploaded |= members
-            drift = mean[:self.w0.numel()] - self.w0
-            # Every rank holds the same mean up to the Allreduce's rounding: agree on the verdict.
-            (distance,) = comm.reduce_metrics([float(torch.dot(drift, drift))], op="max")
-            if full or distance <= self.delta:
+            if full or self.within_delta(mean):
                 break
             others = np.flatnonzero(~members)
             members[rng.choice(others, size=min(len(others), 2 * int(members.sum())), replace=False)] = True
+            if 2 * int(members.sum()) >= comm.devices:
+                members[:], full = True, True
         comm.adopt_(rows, mean, members)
         if full:
             self.rounds += 1
             self.w0.copy_(mean[:self.w0.numel()])
         return {"step": step, "violators": int(violators.sum()), "averaged": int(members.sum())}
+
+    def within_delta(self, mean: torch.Tensor) -> bool:
+        """‖mean − r‖² ≤ Δ, agreed by all ranks: each holds the same mean only up to the
+        Allreduce's rounding, so they take the largest distance (uncounted: the coordinator
+        computes it alone)."""
+        drift = mean[:self.w0.numel()] - self.w0
+        (distance,) = self.ctx.comm.reduce_metrics([float(torch.dot(drift, drift))], op="max")
+        return distance <= self.delta
