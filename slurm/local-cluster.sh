@@ -35,14 +35,21 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 # between any two reads: that is "no pid", never an error (bash's $(<file) would end the script).
 read_pid() { cat -- "$1" 2>/dev/null; }
 
-# Is pid file $1 pointing at a live (non-zombie) daemon of this cluster?
-alive() {
-    local pidfile=$1 pid state
-    pid=$(read_pid "$pidfile") || return 1
-    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/status ]] || return 1
+# Is process $1 a live (non-zombie) daemon of this cluster? Checked on the process, not on its
+# pid file, which the daemon deletes before it has finished exiting.
+pid_alive() {
+    local pid=$1 state
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
     state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
-    [[ $state != Z ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CONF"
+    [[ -n $state && $state != Z ]] || return 1
+    [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"$CONF"* ]]
+}
+
+# Is pid file $1 pointing at a live daemon of this cluster?
+alive() {
+    local pid
+    pid=$(read_pid "$1") || return 1
+    pid_alive "$pid"
 }
 
 write_conf() {
@@ -149,12 +156,11 @@ stop_daemons() {
         done
     fi
     for d in slurmd slurmctld; do
-        alive "$DIR/run/$d.pid" || { rm -f "$DIR/run/$d.pid"; continue; }
-        pid=$(read_pid "$DIR/run/$d.pid") || { rm -f "$DIR/run/$d.pid"; continue; }
+        pid=$(read_pid "$DIR/run/$d.pid") && pid_alive "$pid" || { rm -f "$DIR/run/$d.pid"; continue; }
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + TIMEOUT))
-        while ((SECONDS < deadline)) && alive "$DIR/run/$d.pid"; do sleep 0.2; done
-        if ((SECONDS >= deadline)) && alive "$DIR/run/$d.pid"; then
+        while ((SECONDS < deadline)) && pid_alive "$pid"; do sleep 0.2; done
+        if pid_alive "$pid"; then
             echo "local-cluster: $d ($pid) ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
@@ -168,10 +174,10 @@ cmd_down() {
 }
 
 cmd_status() {
-    local d up=0
+    local d pid up=0
     for d in "${DAEMONS[@]}"; do
-        if alive "$DIR/run/$d.pid"; then
-            echo "$d: running (pid $(read_pid "$DIR/run/$d.pid"))"
+        if pid=$(read_pid "$DIR/run/$d.pid") && pid_alive "$pid"; then
+            echo "$d: running (pid $pid)"
         else
             echo "$d: stopped"
             up=1

@@ -189,37 +189,47 @@ def test_sweep_task_with_wrong_world_size_fails(cluster: Cluster, tmp_path: Path
 
 
 
-def test_down_stops_a_daemon_whose_pid_file_comes_and_goes(tmp_path: Path) -> None:
-    """slurmd deletes its pid file as it exits, so `down` may find the file gone between two
-    reads. This fake daemon, once told to stop, rewrites and deletes its pid file in a tight loop
-    for two seconds, so many checks straddle a deletion."""
+def fake_daemon(pid_file: Path, conf: Path) -> subprocess.Popen:
+    """A stand-in for slurmd, which deletes its pid file as it exits: this one, once told to
+    stop, rewrites and deletes its pid file in a tight loop for two seconds, then exits 0."""
+    code = (f"import os, signal, time\npid_file = {str(pid_file)!r}\n"
+            "def stop(*_):\n"
+            "    end = time.monotonic() + 2\n"
+            "    while time.monotonic() < end:\n"
+            "        with open(pid_file, 'w') as f: f.write(f'{os.getpid()}\\n')\n"
+            "        time.sleep(0.0005)\n"
+            "        try: os.unlink(pid_file)\n"
+            "        except FileNotFoundError: pass\n"
+            "        time.sleep(0.0005)\n"
+            "    os._exit(0)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "with open(pid_file, 'w') as f: f.write(f'{os.getpid()}\\n')\n"
+            "while True: time.sleep(0.05)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "slurmd", "-f", str(conf)])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():  # written once the daemon handles SIGTERM
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    return proc
+
+
+def test_status_and_down_while_a_daemon_pid_file_comes_and_goes(tmp_path: Path) -> None:
+    """`status` never crashes on a pid file that vanishes between two reads, and `down` waits
+    for the daemon itself, not for its pid file, to be gone."""
     cluster = Cluster(tmp_path / "slurm")
     run = tmp_path / "slurm" / "run"
     run.mkdir(parents=True)
     pid_file, conf = run / "slurmd.pid", tmp_path / "slurm" / "slurm.conf"
-    daemon = (f"import os, signal, time\npid_file = {str(pid_file)!r}\n"
-              "def stop(*_):\n"
-              "    end = time.monotonic() + 2\n"
-              "    while time.monotonic() < end:\n"
-              "        with open(pid_file, 'w') as f: f.write(f'{os.getpid()}\\n')\n"
-              "        time.sleep(0.0005)\n"
-              "        try: os.unlink(pid_file)\n"
-              "        except FileNotFoundError: pass\n"
-              "        time.sleep(0.0005)\n"
-              "    os._exit(0)\n"
-              "signal.signal(signal.SIGTERM, stop)\n"
-              "with open(pid_file, 'w') as f: f.write(f'{os.getpid()}\\n')\n"
-              "while True: time.sleep(0.05)\n")
-    fake = subprocess.Popen([sys.executable, "-c", daemon, "slurmd", "-f", str(conf)])
-    deadline = time.monotonic() + 30
-    while not pid_file.exists():  # written once the daemon handles SIGTERM
-        assert time.monotonic() < deadline and fake.poll() is None
-        time.sleep(0.05)
+    fake = fake_daemon(pid_file, conf)
     assert "slurmd: running" in cluster.script("status").stdout
     fake.terminate()
-    for _ in range(15):
+    for _ in range(15):  # the old script died on ~1 in 4 of these
         status = cluster.script("status")
         assert status.stderr == "" and "slurmd: " in status.stdout, status.stderr
+    assert fake.wait(timeout=30) == 0
+
+    fake = fake_daemon(pid_file, conf)
     down = cluster.script("down")
     assert down.returncode == 0 and "down" in down.stderr, down.stderr
-    assert fake.wait(timeout=10) == 0 and not pid_file.exists()
+    assert fake.poll() == 0, "down returned before the daemon had exited"  # its pid file came and went
+    assert not pid_file.exists()
