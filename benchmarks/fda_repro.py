@@ -141,6 +141,13 @@ def table(runs: list[Run], out: Path, target: float) -> str:
     return "\n".join(lines)
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", type=Path, default=GRID)
@@ -149,7 +156,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", help="methods of the grid to run (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fda")
-    p.add_argument("--max-ranks", type=int, help="run K devices on at most this many ranks "
+    p.add_argument("--max-ranks", type=positive, help="run K devices on at most this many ranks "
                    "(parallel.devices_per_rank = K / ranks)")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to reach")
     p.add_argument("--table-only", action="store_true", help="do not run, tabulate the files present")
@@ -159,14 +166,13 @@ def main() -> None:
     grid = yaml.safe_load(args.grid.read_text())
     runs = expand(grid, args.devices or grid["devices"], args.partitions, args.methods)
     base = args.grid.parent / grid["base"]
-    commands = {run.name: command(run, base, args.out, args.set, args.max_ranks) for run in runs}
     if args.dry_run:
-        print("\n".join(f"{name}: {shlex.join(cmd)}" for name, cmd in commands.items()))
+        print("\n".join(f"{r.name}: {shlex.join(command(r, base, args.out, args.set, args.max_ranks))}" for r in runs))
         return
     if not args.table_only:
         for run in runs:
             if not completed(args.out / f"{run.name}.h5"):
-                execute(run, commands[run.name])
+                execute(run, command(run, base, args.out, args.set, args.max_ranks))
     print(table(runs, args.out, args.target))
 
 
