@@ -180,8 +180,28 @@ class Comm:
         """
         start = time.perf_counter()
         arr = numpy_view(buf)
-        self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        if arr.dtype == np.float16:
+            self._sum_half_(arr)
+        else:
+            self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
         self._count(arr.nbytes, arr.nbytes if down_bytes is None else down_bytes, start, rounds)
+
+    def _sum_half_(self, arr: np.ndarray) -> None:
+        """Sum a float16 vector over ranks in place, adding in torch (in float32, rounded once).
+
+        MPICH adds float16 in software, 5–10× slower than a float32 Allreduce of twice the
+        bytes, and other MPIs may not know the type. So: a reduce-scatter by Alltoallv of raw
+        16-bit words, each rank sums its slice, an Allgatherv of the slices — the traffic of a
+        ring Allreduce, and every rank ends with the same bits.
+        """
+        size, words = self.size, arr.view(np.uint16)
+        counts = np.array([arr.size // size + (r < arr.size % size) for r in range(size)], np.int64)
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        mine = int(counts[self.rank])
+        pieces = np.empty(size * mine, np.uint16)
+        self.mpi.Alltoallv([words, (counts, displs)], [pieces, (np.full(size, mine), np.arange(size) * mine)])
+        total = torch.from_numpy(pieces.view(np.float16)).view(size, mine).float().sum(0).half()
+        self.mpi.Allgatherv(total.numpy().view(np.uint16), [words, (counts, displs)])
 
     def allgather_parts(self, parts: Sequence[np.ndarray | torch.Tensor],
                         down_bytes: int | None = None) -> list[list[np.ndarray]]:

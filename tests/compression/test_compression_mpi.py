@@ -122,3 +122,20 @@ def test_powersgd_is_two_allreduces_of_the_factors_in_one_round() -> None:
     factors = 2 * (8 + 5) + 2 * (6 + 12) + 2 * (4 + 9)
     assert (comm.ledger.rounds, comm.ledger.bytes_up) == (1, 4 * (factors + 7))
     assert sum(t.numel() for t in single) == factors + 7
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("numel", [1001, 3])
+def test_half_precision_sum_adds_in_float32_and_agrees_bitwise(numel: int) -> None:
+    """fp16 payloads are summed by the comm layer itself (a reduce-scatter, float32 adds, an
+    allgather), for lengths that do not split evenly over the ranks, or leave a rank no slice."""
+    comm = Comm()
+    values = [torch.empty(numel).uniform_(-1, 1, generator=torch.Generator().manual_seed(r)).half()
+              for r in range(comm.size)]
+    buf = values[comm.rank].clone()
+    comm.allreduce_sum_(buf)
+    everyone = gather(comm, buf)
+    expected = torch.stack(values).double().sum(0).half()
+    assert bitwise_equal(everyone)
+    assert torch.allclose(buf.float(), expected.float(), rtol=1e-3, atol=1e-3)
+    assert comm.ledger.bytes_up == comm.ledger.bytes_down == 2 * numel
