@@ -1,8 +1,11 @@
-"""Per-step time of edgempi's ``large_batch`` against torch DistributedDataParallel (gloo).
+"""Per-step time of edgempi's ``large_batch`` against torch DistributedDataParallel (gloo),
+and, with ``--compressors``, of ``large_batch`` with each compressor against ``none``.
 
 Run under MPI, e.g. ``mpiexec -n 4 python benchmarks/micro/step_vs_ddp.py --model resnet18``.
-Both sides train the same model on the same local batch in the same processes, alternating
-blocks of steps so machine noise hits both alike; the ratio of medians is printed.
+All variants train the same model on the same local batch in the same processes, alternating
+blocks of steps so machine noise hits them alike; the ratios of medians are printed.
+
+    mpiexec -n 4 python benchmarks/micro/step_vs_ddp.py --compressors fp16 topk:ratio=0.001 qsgd
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import socket
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,6 +25,12 @@ from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.flat import FlatModel
 from edgempi.train import make_optimizer, threads_per_rank
+
+
+def compression_overrides(spec: str) -> list[str]:
+    """``topk:ratio=0.001`` → the config overrides of that compression setting."""
+    name, _, options = spec.partition(":")
+    return [f"compression.name={name}", *(f"compression.{kv}" for kv in options.split(",") if kv)]
 
 
 def free_port() -> int:
@@ -35,11 +45,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--compressors", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="also time large_batch with these compression settings, e.g. topk:ratio=0.001")
     args = p.parse_args()
 
     comm = Comm()
     shape = (1, 28) if args.model == "lenet5" else (3, 32)
-    cfg = from_dict({"model": {"name": args.model}, "train": {"batch_size": args.batch, "lr": 0.01}})
+    base = {"model": {"name": args.model}, "train": {"batch_size": args.batch, "lr": 0.01}}
+    cfg = from_dict(base)
     torch.set_num_threads(threads_per_rank(cfg, comm))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.broadcast_object(free_port())))
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
@@ -49,20 +62,24 @@ def main() -> None:
     y = torch.randint(10, (args.batch,))
 
     ours = FlatModel(models.create(args.model, in_channels=shape[0], input_size=shape[1]))
-    policy = algorithms.create(algorithms.Context(cfg, comm, ours, steps_per_epoch=1))
     ours_opt = make_optimizer(cfg, ours)
+    variants = {"none": cfg, **{spec: from_dict(base, compression_overrides(spec)) for spec in args.compressors}}
+    policies = {name: algorithms.create(algorithms.Context(c, comm, ours, steps_per_epoch=1, optimizer=ours_opt))
+                for name, c in variants.items()}
 
     ddp = torch.nn.parallel.DistributedDataParallel(models.create(args.model, in_channels=shape[0],
                                                                   input_size=shape[1]))
     ddp_opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
 
-    def edgempi_step() -> float:
-        ours.zero_grad()
-        loss = F.cross_entropy(ours.model(x), y)
-        loss.backward()
-        policy.after_backward(0)
-        ours_opt.step()
-        return loss.item()
+    def edgempi_step(policy: algorithms.Policy) -> Callable[[], float]:
+        def step() -> float:
+            ours.zero_grad()
+            loss = F.cross_entropy(ours.model(x), y)
+            loss.backward()
+            policy.after_backward(0)
+            ours_opt.step()
+            return loss.item()
+        return step
 
     def ddp_step() -> float:
         ddp_opt.zero_grad()
@@ -79,16 +96,19 @@ def main() -> None:
         comm.barrier()
         return (time.perf_counter() - start) / args.steps
 
-    for step in (edgempi_step, ddp_step):  # warm-up: allocator, gloo connections
+    steps = {**{name: edgempi_step(policy) for name, policy in policies.items()}, "ddp": ddp_step}
+    for step in steps.values():  # warm-up: allocator, gloo connections, compressor state
         block(step)
-    times = {"edgempi": [], "ddp": []}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
-        times["edgempi"].append(block(edgempi_step))
-        times["ddp"].append(block(ddp_step))
+        for name, step in steps.items():
+            times[name].append(block(step))
     if comm.rank == 0:
-        ours_ms, ddp_ms = (statistics.median(times[k]) * 1e3 for k in ("edgempi", "ddp"))
-        print(f"{args.model} ranks={comm.size} batch={args.batch}: edgempi {ours_ms:.2f} ms/step, "
-              f"DDP {ddp_ms:.2f} ms/step, ratio {ours_ms / ddp_ms:.3f}")
+        ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        print(f"{args.model} ranks={comm.size} batch={args.batch}: edgempi {ms['none']:.2f} ms/step, "
+              f"DDP {ms['ddp']:.2f} ms/step, ratio {ms['none'] / ms['ddp']:.3f}")
+        for name in args.compressors:
+            print(f"  large_batch with {name}: {ms[name]:.2f} ms/step, ratio to none {ms[name] / ms['none']:.3f}")
     dist.destroy_process_group()
 
 
