@@ -103,6 +103,10 @@ class Comm:
         """The index of this rank's first device among all devices of the group."""
         return self.rank * self.local
 
+    def mine(self, mask: np.ndarray) -> np.ndarray:
+        """This rank's devices' entries of a mask over all devices of the group."""
+        return mask[self.first:self.first + self.local]
+
     def on_time(self, up_bytes: int) -> np.ndarray | None:
         """Which devices deliver an upload of ``up_bytes`` before the deadline (None: no deadline)."""
         return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes)
@@ -127,8 +131,8 @@ class Comm:
             asked = np.ones(self.devices, bool) if participants is None else participants
             participants, late = asked & on_time, asked & ~on_time
         reported = self.devices if participants is None else int(participants.sum())
-        mine = np.ones(self.local, bool) if participants is None else participants[self.first:self.first + self.local]
-        late_mine = None if late is None else late[self.first:self.first + self.local]
+        mine = np.ones(self.local, bool) if participants is None else self.mine(participants)
+        late_mine = None if late is None else self.mine(late)
         if reported == 0:  # the server waited (until the deadline, if any) for nobody
             self._time(np.zeros(self.local, np.int64), np.zeros(self.local, np.int64), start, late_mine)
             return 0
@@ -154,11 +158,10 @@ class Comm:
         """
         start = time.perf_counter()
         rows = buf.view(self.local, -1)
-        mine = members[self.first:self.first + self.local]
-        total = rows[torch.from_numpy(mine)].sum(0)
+        total = rows[torch.from_numpy(self.mine(members))].sum(0)
         self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(total), op=MPI.SUM)
         total.div_(int(members.sum()))
-        fresh = (members & ~uploaded)[self.first:self.first + self.local]
+        fresh = self.mine(members & ~uploaded)
         self._count(np.where(fresh, rows.shape[1] * rows.element_size(), 0), 0, start)
         return total
 
@@ -167,7 +170,7 @@ class Comm:
         collective: every rank already holds it (:meth:`average_members`)."""
         start = time.perf_counter()
         rows = buf.view(self.local, -1)
-        mine = members[self.first:self.first + self.local]
+        mine = self.mine(members)
         rows[torch.from_numpy(mine)] = value
         self._count(0, np.where(mine, rows.shape[1] * rows.element_size(), 0), start, rounds=0)
 
