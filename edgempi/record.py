@@ -1,8 +1,9 @@
 """The results file: one HDF5 file per run, written by rank 0 while training.
 
-Rows are appended to one resizable 1-D dataset per column and flushed at once, under SWMR,
-so ``edgempi plot`` can follow a running job and a job killed with SIGKILL leaves every
-flushed row readable. HDF5 forbids new objects and attributes in SWMR mode, so every table is
+Rows are appended to one resizable 1-D dataset per column and flushed once per row, under
+SWMR, so ``edgempi plot`` can follow a running job and a job killed with SIGKILL leaves every
+flushed row readable. A reader can see one row written to some columns only (a running file,
+or a kill inside an append); ``edgempi.analysis.runs`` cuts every table to its shortest column. HDF5 forbids new objects and attributes in SWMR mode, so every table is
 created before SWMR starts and the final status is written after the file is reopened.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 
 from helpers import ROOT, child_env, mpiexec, small_config, write_config
+from edgempi.analysis.runs import read_run
 from edgempi.record import open_for_reading
 
 
@@ -71,11 +72,13 @@ def test_running_file_is_readable_and_survives_kill_9(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     with open_for_reading(h5) as f:  # a killed SWMR writer leaves its flags set: read as SWMR
-        assert f.attrs["status"] == "running"
-        n = f["steps"]["step"].shape[0]
-        assert n >= seen
-        assert all(f["steps"][c].shape[0] == n for c in f["steps"])
-        assert list(f["steps"]["step"][:n]) == [2.0 * (i + 1) for i in range(n)]
+        lengths = {f["steps"][c].shape[0] for c in f["steps"]}
+    assert max(lengths) - min(lengths) <= 1  # a kill inside an append leaves at most one partial row
+    run = read_run(h5)  # the reader drops that partial row
+    assert run.status == "running"
+    n = min(lengths)
+    assert n >= seen - 1 and {len(v) for v in run.steps.values()} == {n}
+    assert list(run.steps["step"]) == [2.0 * (i + 1) for i in range(n)]
 
 
 def test_run_that_ends_while_a_reader_has_its_file_open_completes(tmp_path):
