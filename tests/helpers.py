@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -55,3 +59,73 @@ def edgempi(*args: str, ranks: int | None = None, timeout: float = 300, **kw) ->
     if ranks is not None:
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), **kw)
+
+
+def launch(config: Path, out: Path, name: str, *extra: str, ranks: int = 2) -> subprocess.Popen:
+    """Start ``mpiexec -n ranks edgempi run`` in the background, to be watched, signalled or killed."""
+    return subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(config),
+                             "--out", str(out), "--set", f"output.name={name}", *extra],
+                            env=child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_rows(path: Path, table: str, rows: int, proc: subprocess.Popen, timeout: float = 120) -> int:
+    """Wait until a running job's file has ``rows`` rows in ``table``: proof every rank is training."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if path.exists():
+            try:
+                with open_for_reading(path) as f:
+                    n = f[table]["step"].shape[0]
+                    if n >= rows:
+                        return n
+            except OSError:
+                pass  # the writer has not switched to SWMR yet
+        time.sleep(0.2)
+    raise AssertionError(f"no {rows} rows in {path} after {timeout} s")
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from the parent pids in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill_job(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGKILL a launched job and return once none of its processes can write any more.
+
+    Hydra puts mpiexec, its proxy and every rank in sessions of their own, so killing
+    mpiexec's group leaves the ranks to be killed by the proxy a moment later: a rank could
+    still append to its files after ``proc.wait()``. Every process of the tree is killed here.
+    """
+    tree = _process_tree(proc.pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while any(_running(pid) for pid in tree):
+        assert time.monotonic() < deadline, "processes of the killed job still running"
+        time.sleep(0.05)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from helpers import child_env, edgempi, mpiexec, small_config, write_config
+from helpers import edgempi, kill_job, launch, small_config, wait_for_rows, write_config
 from edgempi.record import open_for_reading
 
 CLOCKS = {"wall_s", "sim_s", "compute_s", "comm_s"}
@@ -28,13 +26,6 @@ def assert_same_history(a, b):
         assert a[table].keys() == b[table].keys()
         for col in a[table]:
             np.testing.assert_array_equal(a[table][col], b[table][col], err_msg=f"{table}/{col}")
-
-
-def launch(config, out, name, *extra, ranks=2):
-    return subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(config),
-                             "--out", str(out), "--set", f"output.name={name}", *extra],
-                            env=child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
 
 
 def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
@@ -70,8 +61,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm, ex
 
     proc = launch(config, tmp_path, "cut")
     wait_for_checkpoint(tmp_path / "cut.ckpt", proc, 40)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_job(proc)
     resumed = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=cut", "--resume", ranks=2)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_history(tables(tmp_path / "full.h5"), tables(tmp_path / "cut.h5"))
@@ -83,10 +73,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     cfg = small_config(train={"steps": 100000, "log_every": 5})
     config = write_config(tmp_path / "c.yaml", cfg)
     proc = launch(config, tmp_path, "term")
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "term.h5").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)
+    wait_for_rows(tmp_path / "term.h5", "steps", 2, proc)  # both ranks train: their handlers are set
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
@@ -102,8 +89,7 @@ def test_mismatched_or_corrupt_checkpoint_is_refused(tmp_path):
     config = write_config(tmp_path / "c.yaml", cfg)
     proc = launch(config, tmp_path, "x")
     wait_for_checkpoint(tmp_path / "x.ckpt", proc, 10)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_job(proc)
     before = (tmp_path / "x.h5").read_bytes()
     other = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=x", "--set", "train.lr=0.5",
                     "--resume", ranks=2)
