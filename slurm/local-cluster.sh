@@ -35,14 +35,19 @@ die() { echo "local-cluster: $*" >&2; exit 1; }
 # between any two reads: that is "no pid", never an error (bash's $(<file) would end the script).
 read_pid() { cat -- "$1" 2>/dev/null; }
 
-# Is process $1 a live (non-zombie) daemon of this cluster? Checked on the process, not on its
-# pid file, which the daemon deletes before it has finished exiting.
+# Is process $1 still running (not yet a zombie)? An exiting process loses its command line
+# before it becomes a zombie, so this, not pid_alive, says when a stopped daemon is gone.
+pid_running() {
+    local state
+    [[ $1 =~ ^[0-9]+$ ]] || return 1
+    state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# Is process $1 a live daemon of this cluster? Checked on the process, not on its pid file,
+# which the daemon deletes before it has finished exiting.
 pid_alive() {
-    local pid=$1 state
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z ]] || return 1
-    [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"$CONF"* ]]
+    pid_running "$1" && [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") == *"$CONF"* ]]
 }
 
 # Is pid file $1 pointing at a live daemon of this cluster?
@@ -120,6 +125,7 @@ cmd_up() {
     # The controller restores the node's last state from its state files, so "idle" alone
     # could be stale: also wait until it has heard from the slurmd started here.
     local d started ready=0 begun=$SECONDS deadline=$((SECONDS + TIMEOUT)) state=""
+    local -A seen=()
     started=$(date +%Y-%m-%dT%H:%M:%S)
     slurmctld -f "$CONF" || die "slurmctld failed to start; see $DIR/log/slurmctld.log"
     slurmd -f "$CONF" || die "slurmd failed to start; see $DIR/log/slurmd.log"
@@ -133,8 +139,12 @@ cmd_up() {
             down* | drain*) SLURM_CONF=$CONF scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true ;;
         esac
         sleep 0.5
-        for d in "${DAEMONS[@]}"; do  # a daemon that died (port taken, bad config): say why now
-            if ((SECONDS - begun > 3)) && ! alive "$DIR/run/$d.pid"; then
+        # A daemon that died (port taken, bad config): say why now. Under load a daemon can be
+        # slow to write its pid file, so only one seen before, or silent for 10 s, counts.
+        for d in "${DAEMONS[@]}"; do
+            if alive "$DIR/run/$d.pid"; then
+                seen[$d]=1
+            elif [[ -n ${seen[$d]:-} ]] || ((SECONDS - begun > 10)); then
                 stop_daemons
                 die "$d exited: $(tail -n 1 "$DIR/log/$d.log" 2>/dev/null)"
             fi
@@ -159,8 +169,8 @@ stop_daemons() {
         pid=$(read_pid "$DIR/run/$d.pid") && pid_alive "$pid" || { rm -f "$DIR/run/$d.pid"; continue; }
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + TIMEOUT))
-        while ((SECONDS < deadline)) && pid_alive "$pid"; do sleep 0.2; done
-        if pid_alive "$pid"; then
+        while ((SECONDS < deadline)) && pid_running "$pid"; do sleep 0.2; done
+        if pid_running "$pid"; then
             echo "local-cluster: $d ($pid) ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi

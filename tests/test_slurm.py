@@ -6,6 +6,7 @@ scratch folder on free ports, so a developer's cluster (or another test run) is 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -58,16 +59,17 @@ except sweep.SweepError as exc:
 
 
 def free_port_pair() -> int:
-    """A port p with p and p+1 free (slurmctld and slurmd)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
+    """A port p with p and p+1 free (slurmctld and slurmd), drawn below the kernel's ephemeral
+    range: a port from bind(0) is free now, but any outgoing connection may take it before
+    the daemons bind it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(min(10000, low // 2), low - 1), 50):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
         return port
     raise RuntimeError("no two consecutive free ports")
 
@@ -203,7 +205,8 @@ def fake_daemon(pid_file: Path, conf: Path) -> subprocess.Popen:
             "        time.sleep(0.0005)\n"
             "    os._exit(0)\n"
             "signal.signal(signal.SIGTERM, stop)\n"
-            "with open(pid_file, 'w') as f: f.write(f'{os.getpid()}\\n')\n"
+            "with open(pid_file + '.tmp', 'w') as f: f.write(f'{os.getpid()}\\n')\n"
+            "os.replace(pid_file + '.tmp', pid_file)\n"  # never seen empty, as a daemon writes it
             "while True: time.sleep(0.05)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, "slurmd", "-f", str(conf)])
     deadline = time.monotonic() + 30
