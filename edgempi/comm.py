@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -397,11 +398,13 @@ class Comm:
             child.ledger = self.ledger
         return child
 
-    def node_size(self) -> int:
-        """How many ranks share this node (to divide its cores between them)."""
+    def cores_per_rank(self) -> int:
+        """This node's usable cores (the union of its ranks' affinity masks) shared out among
+        its ranks: right whether the launcher bound each rank to its own cores or none at all."""
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            return local.Get_size()
+            cores = set().union(*local.allgather(os.sched_getaffinity(0)))
+            return max(1, len(cores) // local.Get_size())
         finally:
             local.Free()
 

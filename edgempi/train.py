@@ -6,7 +6,6 @@ weights after the optimizer step; the loop itself never talks to MPI. Read it to
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -157,7 +156,7 @@ def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int, total: int) -
 
 
 def threads_per_rank(cfg: RunConfig, comm: Comm) -> int:
-    return cfg.train.threads or max(1, (os.cpu_count() or 1) // comm.node_size())
+    return cfg.train.threads or comm.cores_per_rank()
 
 
 @dataclass

@@ -182,14 +182,15 @@ def test_partial_participation_averages_only_the_participants(monkeypatch):
 
 
 def test_simulated_time_follows_the_network_model():
-    """sim_s adds, per exchange, the slowest device's transfer on its modelled link."""
-    _, lan, _ = run(["train.steps=10", "network.preset=lan"])
-    _, slow, _ = run(["train.steps=10", "network.preset=3g"])
+    """sim_s adds, per exchange, the slowest device's transfer on its modelled link (compute
+    fixed by step_ms, so the gap holds however loaded the machine is)."""
+    _, lan, _ = run(["train.steps=10", "network.preset=lan", "network.step_ms=20"])
+    _, slow, _ = run(["train.steps=10", "network.preset=3g", "network.step_ms=20"])
     up, down, latency = 1e6 / 8, 3e6 / 8, 0.1  # the 3g preset, bytes/s and seconds
     per_step = 2 * latency + 4 * LENET / up + 4 * LENET / down
     gap = slow.steps[-1]["sim_s"] - lan.steps[-1]["sim_s"]
     assert abs(gap - 10 * per_step) < 0.05 * 10 * per_step, (gap, 10 * per_step)
-    _, spread, _ = run(["train.steps=10", "network.preset=3g", "network.spread=0.5"])
+    _, spread, _ = run(["train.steps=10", "network.preset=3g", "network.spread=0.5", "network.step_ms=20"])
     assert spread.steps[-1]["sim_s"] > slow.steps[-1]["sim_s"]  # the slowest of the drawn links paces
 
 
