@@ -29,7 +29,8 @@ CASES: list[tuple[str, dict]] = [
     ("topk", {"ratio": 0.01}),
     ("randomk", {"ratio": 0.01}),
     ("qsgd", {"levels": 127, "bucket_size": 512}),
-    ("qsgd", {"levels": 8, "bucket_size": 512}),
+    ("qsgd", {"levels": 7, "bucket_size": 512}),  # 4-bit codes
+    ("qsgd", {"levels": 1, "bucket_size": 512}),  # 2-bit (ternary) codes
     ("signsgd", {}),
     ("powersgd", {"rank": 4}),
 ]

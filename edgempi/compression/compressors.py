@@ -188,15 +188,18 @@ class RandomK(Compressor):
 class QSGD(Compressor):
     """Stochastic quantisation (Alistarh et al. 2017), unbiased: per bucket of ``bucket_size``
     elements, |x|/‖bucket‖₂ · levels is rounded up or down at random in proportion to its
-    remainder. Payload: one signed int8 level per element plus one fp32 norm per bucket."""
+    remainder. Payload: each element's signed level (one of 2·levels + 1 codes) packed in as few
+    bits as divide a byte (2 bits for levels = 1, 4 for ≤ 7, 8 for ≤ 127), plus one fp32 norm
+    per bucket, so fewer levels do cost fewer bytes."""
 
     def __init__(self, levels: int = 127, bucket_size: int = 512, seed: int = 0) -> None:
         _require(1 <= levels <= 127 and float(levels).is_integer(), "levels",
-                 f"must be a whole number in [1, 127] (the payload is int8), got {levels}")
+                 f"must be a whole number in [1, 127] (a level fits in one byte), got {levels}")
         _require(bucket_size >= 1 and float(bucket_size).is_integer(), "bucket_size",
                  f"must be a whole number >= 1, got {bucket_size}")
         self.levels = int(levels)
         self.bucket_size = int(bucket_size)
+        self.bits = 2 if self.levels == 1 else 4 if self.levels <= 7 else 8
         self.gen = torch.Generator().manual_seed(seed)
         self.scratch = _Scratch()
 
@@ -210,6 +213,11 @@ class QSGD(Compressor):
             x = buf
         return x.view(-1, self.bucket_size)
 
+    def _codes(self, numel: int) -> torch.Tensor:
+        """A kept uint8 buffer of whole bytes' worth of codes, viewed one packed byte per row."""
+        per = 8 // self.bits
+        return self.scratch.get("codes", math.ceil(numel / per) * per, torch.uint8).view(-1, per)
+
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         buckets = self._buckets(x)
         norms = torch.linalg.vector_norm(buckets, dim=1)
@@ -217,14 +225,29 @@ class QSGD(Compressor):
         scaled.mul_((self.levels / torch.where(norms > 0, norms, 1.0)).unsqueeze(1))
         noise = torch.rand(buckets.shape, generator=self.gen,
                            out=self.scratch.get("noise", buckets.numel()).view_as(buckets))
-        scaled.add_(noise).floor_().clamp_(max=self.levels).copysign_(buckets)
-        return scaled.view(-1)[:x.numel()].to(torch.int8), norms
+        scaled.add_(noise).floor_().clamp_(max=self.levels).copysign_(buckets).add_(self.levels)
+        if self.bits == 8:
+            return scaled.view(-1)[:x.numel()].to(torch.uint8), norms
+        codes = self._codes(x.numel())
+        codes.view(-1)[:x.numel()].copy_(scaled.view(-1)[:x.numel()])
+        codes.view(-1)[x.numel():].zero_()
+        packed = codes[:, 0] << (8 - self.bits)
+        for j in range(1, codes.shape[1]):
+            packed |= codes[:, j] << (8 - self.bits * (j + 1))
+        return packed, norms
 
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
-        levels, norms = payload
+        packed, norms = payload
+        if self.bits == 8:
+            out.copy_(packed)
+        else:
+            codes, mask = self._codes(out.numel()), (1 << self.bits) - 1
+            for j in range(codes.shape[1]):
+                torch.bitwise_and(packed >> (8 - self.bits * (j + 1)), mask, out=codes[:, j])
+            out.copy_(codes.view(-1)[:out.numel()])
+        out.sub_(self.levels)
         step = norms / self.levels
         full = out.numel() // self.bucket_size
-        out.copy_(levels)
         out[:full * self.bucket_size].view(full, self.bucket_size).mul_(step[:full].unsqueeze(1))
         out[full * self.bucket_size:].mul_(step[full:])  # the last, shorter bucket (if any)
 

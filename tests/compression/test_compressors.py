@@ -91,11 +91,16 @@ def test_qsgd_is_unbiased() -> None:
     assert (mean - x).abs().le(5 * sigma).all()
 
 
-def test_qsgd_error_is_within_one_level_per_bucket_with_a_short_last_bucket() -> None:
-    x, bucket, levels = vector(1000), 64, 127
+@pytest.mark.parametrize("levels", [1, 5, 7, 8, 127])  # codes packed 4, 2, 2, 1 and 1 to a byte
+@pytest.mark.parametrize("numel", [1000, 1003])  # 1003: the last byte holds fewer codes
+def test_qsgd_error_is_within_one_level_per_bucket_with_a_short_last_bucket(levels: int, numel: int) -> None:
+    x, bucket = vector(numel), 64
     y = roundtrip("qsgd", x, levels=levels, bucket_size=bucket)
-    norms = torch.linalg.vector_norm(torch.nn.functional.pad(x, (0, 24)).view(-1, bucket), dim=1)
-    assert (y - x).abs().le(norms.repeat_interleave(bucket)[:1000] / levels + 1e-6).all()
+    norms = torch.linalg.vector_norm(torch.nn.functional.pad(x, (0, -numel % bucket)).view(-1, bucket), dim=1)
+    step = norms.repeat_interleave(bucket)[:numel] / levels
+    assert (y - x).abs().le(step + 1e-6).all()
+    on_grid = y / step
+    assert torch.allclose(on_grid, on_grid.round(), atol=1e-4) and on_grid.abs().max() <= levels + 1e-4
     assert not torch.equal(y, x)
 
 
@@ -112,6 +117,8 @@ def test_signsgd_sends_scaled_signs() -> None:
     ("topk", {"ratio": 0.01}, lambda d, p: 8 * round(0.01 * d)),
     ("randomk", {"ratio": 0.01}, lambda d, p: 4 * p[0].numel()),
     ("qsgd", {"levels": 8, "bucket_size": 128}, lambda d, p: d + 4 * math.ceil(d / 128)),
+    ("qsgd", {"levels": 7, "bucket_size": 128}, lambda d, p: math.ceil(d / 2) + 4 * math.ceil(d / 128)),
+    ("qsgd", {"levels": 1, "bucket_size": 128}, lambda d, p: math.ceil(d / 4) + 4 * math.ceil(d / 128)),
     ("signsgd", {}, lambda d, p: math.ceil(d / 8) + 4),
 ])
 def test_payload_bytes(name: str, kw: dict, expected) -> None:
