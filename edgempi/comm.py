@@ -400,11 +400,13 @@ class Comm:
 
     def cores_per_rank(self) -> int:
         """This node's usable cores (the union of its ranks' affinity masks) shared out among
-        its ranks: right whether the launcher bound each rank to its own cores or none at all."""
+        its ranks, and never more than this rank's own mask: right whether the launcher bound
+        each rank to its own cores or none at all. A CPU quota (cgroup ``cpu.max``) is not seen."""
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            cores = set().union(*local.allgather(os.sched_getaffinity(0)))
-            return max(1, len(cores) // local.Get_size())
+            own = os.sched_getaffinity(0)
+            cores = set().union(*local.allgather(own))
+            return max(1, min(len(own), len(cores) // local.Get_size()))
         finally:
             local.Free()
 

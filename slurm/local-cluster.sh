@@ -7,7 +7,8 @@
 #
 # Everything lives in one scratch folder, ${EDGEMPI_SLURM_DIR:-/tmp/edgempi-slurm}: config,
 # state, spool, logs and pid files. Nothing in /etc changes. Only daemons whose pid files are
-# in that folder (and whose command line names its slurm.conf) are ever signalled.
+# in that folder (and whose command line names its slurm.conf, or is already gone as it exits)
+# are ever signalled.
 #
 # Why the config looks like this (see the project's environment notes):
 # - no munge, no systemd, no cgroups: auth/cred none, proctrack linuxproc, task none;
@@ -48,6 +49,12 @@ pid_running() {
 # which the daemon deletes before it has finished exiting.
 pid_alive() {
     pid_running "$1" && [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") == *"$CONF"* ]]
+}
+
+# Is process $1 ours to stop: a live daemon of this cluster, or one already exiting (running,
+# its command line gone)? Never a process that merely reuses a stale pid.
+pid_ours() {
+    pid_alive "$1" || { pid_running "$1" && [[ -z $(tr -d '\0' 2>/dev/null <"/proc/$1/cmdline") ]]; }
 }
 
 # Is pid file $1 pointing at a live daemon of this cluster?
@@ -166,11 +173,11 @@ stop_daemons() {
         done
     fi
     for d in slurmd slurmctld; do
-        pid=$(read_pid "$DIR/run/$d.pid") && pid_alive "$pid" || { rm -f "$DIR/run/$d.pid"; continue; }
+        pid=$(read_pid "$DIR/run/$d.pid") && pid_ours "$pid" || { rm -f "$DIR/run/$d.pid"; continue; }
         kill -TERM "$pid" 2>/dev/null || true
         deadline=$((SECONDS + TIMEOUT))
         while ((SECONDS < deadline)) && pid_running "$pid"; do sleep 0.2; done
-        if pid_running "$pid"; then
+        if pid_ours "$pid"; then
             echo "local-cluster: $d ($pid) ignored SIGTERM for ${TIMEOUT}s; sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi

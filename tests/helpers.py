@@ -116,16 +116,21 @@ def kill_job(proc: subprocess.Popen, timeout: float = 30) -> None:
 
     Hydra puts mpiexec, its proxy and every rank in sessions of their own, so killing
     mpiexec's group leaves the ranks to be killed by the proxy a moment later: a rank could
-    still append to its files after ``proc.wait()``. Every process of the tree is killed here.
+    still append to its files after ``proc.wait()``. Every process of the tree is killed here,
+    remembered across rounds since a killed parent's children are handed to init.
     """
-    tree = _process_tree(proc.pid)
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=timeout)
     deadline = time.monotonic() + timeout
-    while any(_running(pid) for pid in tree):
-        assert time.monotonic() < deadline, "processes of the killed job still running"
+    known: set[int] = set()
+    while proc.returncode is None:  # a reaped mpiexec's pid may belong to someone else by now
+        known.update(_process_tree(proc.pid))
+        running = [pid for pid in known if _running(pid)]
+        if not running:
+            break
+        assert time.monotonic() < deadline, f"processes {running} of the killed job still running"
+        for pid in running:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         time.sleep(0.05)
+    proc.wait(timeout=timeout)

@@ -62,7 +62,7 @@ def test_running_file_is_readable_and_survives_kill_9(tmp_path):
     assert list(run.steps["step"]) == [2.0 * (i + 1) for i in range(n)]
 
 
-def test_run_that_ends_while_a_reader_has_its_file_open_completes(tmp_path):
+def test_run_that_ends_while_a_reader_has_its_file_open_records_its_final_status(tmp_path):
     """Watching a run (edgempi info, a live plot) must not break its end: rank 0 reopens the
     file to write the final status while the reader still holds it (an HDF5 file lock). The
     run is ended by SIGTERM while the reader is open, so the test does not race its length."""

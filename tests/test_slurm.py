@@ -62,8 +62,9 @@ def free_port_pair() -> int:
     """A port p with p and p+1 free (slurmctld and slurmd), drawn below the kernel's ephemeral
     range: a port from bind(0) is free now, but any outgoing connection may take it before
     the daemons bind it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.Random().sample(range(min(10000, low // 2), low - 1), 50):
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    below, above = range(10000, low - 1), range(high + 1, 65535)
+    for port in random.Random().sample(below if len(below) >= len(above) else above, 50):
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))
