@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from edgempi.cpu_quota import cgroup_cpu_limit, fair_share
 from edgempi.network import Deadline, Link
 
 ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
@@ -400,13 +401,14 @@ class Comm:
 
     def cores_per_rank(self) -> int:
         """This node's usable cores (the union of its ranks' affinity masks) shared out among
-        its ranks, and never more than this rank's own mask: right whether the launcher bound
-        each rank to its own cores or none at all. A CPU quota (cgroup ``cpu.max``) is not seen."""
+        its ranks, never more than this rank's own mask, nor than its share of a cgroup CPU
+        quota among the ranks under it: right whether the launcher bound each rank to its own
+        cores or none at all, and inside a CPU-limited container."""
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            own = os.sched_getaffinity(0)
-            cores = set().union(*local.allgather(own))
-            return max(1, min(len(own), len(cores) // local.Get_size()))
+            own, (quota, limiter) = os.sched_getaffinity(0), cgroup_cpu_limit()
+            masks, limiters = zip(*local.allgather((own, limiter)))
+            return fair_share(len(own), len(set().union(*masks)), local.Get_size(), quota, limiters.count(limiter))
         finally:
             local.Free()
 
