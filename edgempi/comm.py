@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edgempi.cpu_quota import cgroup_cpu_limit, fair_share
-from edgempi.network import Deadline, Link
+from edgempi.network import Deadline, Jitter, Link
 
 ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
 
@@ -50,6 +50,7 @@ class Ledger:
     sim_s: float = 0.0
     pending_compute_s: list[float] = field(default_factory=lambda: [0.0])  # per device of this rank
     pending_steps: int = 0  # local steps since the last exchange
+    exchanges: int = 0  # closed segments: the number of the open one, for network.jitter
     segments: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,17 +73,20 @@ class Comm:
     """
 
     def __init__(self, mpi_comm: Any = None, links: Sequence[Link | None] = (None,),
-                 deadline: Deadline | None = None) -> None:
+                 deadline: Deadline | None = None, jitter: Jitter | None = None) -> None:
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
         self.ledger = Ledger()
-        self.host(links, deadline)
+        self.host(links, deadline, jitter)
 
-    def host(self, links: Sequence[Link | None], deadline: Deadline | None = None) -> None:
-        """The devices this rank simulates, by their modelled links, and the round deadline."""
+    def host(self, links: Sequence[Link | None], deadline: Deadline | None = None,
+             jitter: Jitter | None = None) -> None:
+        """The devices this rank simulates, by their modelled links, the round deadline, and
+        the per-round variation of their speed."""
         self.links = list(links)
         self.deadline = deadline
+        self.jitter = jitter
         self.ledger.pending_compute_s = [0.0] * len(self.links)
 
     @property
@@ -111,7 +115,12 @@ class Comm:
 
     def on_time(self, up_bytes: int) -> np.ndarray | None:
         """Which devices deliver an upload of ``up_bytes`` before the deadline (None: no deadline)."""
-        return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes)
+        return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes,
+                                                                        self.slowdown())
+
+    def slowdown(self) -> np.ndarray | float:
+        """Every device's slowdown in the open exchange (``network.jitter``; 1 without)."""
+        return 1.0 if self.jitter is None else self.jitter.factors(self.ledger.exchanges)
 
     # -- model-sized exchanges (counted as rounds) -------------------------------------
     def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> int:
@@ -275,19 +284,21 @@ class Comm:
         ledger = self.ledger
         ledger.comm_s += (time.perf_counter() - start) * self.local  # every device waited for it
         slowest = 0.0
-        for i, (link, pending, u, d) in enumerate(zip(self.links, ledger.pending_compute_s, up.tolist(),
-                                                      down.tolist())):
+        slowdown = np.broadcast_to(self.slowdown(), (self.devices,))
+        for i, (link, pending, u, d, f) in enumerate(zip(self.links, ledger.pending_compute_s, up.tolist(),
+                                                         down.tolist(), self.mine(slowdown).tolist())):
             if late is not None and late[i]:
                 arrives = self.deadline.seconds
             elif link is None or u == d == 0:
                 slowest = max(slowest, pending)
                 continue
             else:
-                arrives = pending + (link.upload_s(u) if u else 0.0)
-            slowest = max(slowest, arrives + (link.download_s(d) if d else 0.0))
+                arrives = pending + (link.upload_s(u) * f if u else 0.0)
+            slowest = max(slowest, arrives + (link.download_s(d) * f if d else 0.0))
         ledger.segments.append(slowest)
         ledger.pending_compute_s = [0.0] * self.local
         ledger.pending_steps = 0
+        ledger.exchanges += 1
 
     # -- the simulated edge clock ------------------------------------------------------
     def add_compute(self, seconds: float, device: int = 0, step: bool = True) -> None:
@@ -298,8 +309,9 @@ class Comm:
         self.ledger.compute_s += seconds
         if link is None:
             self.ledger.pending_compute_s[device] += seconds
-        elif step or link.step_s is None:
-            self.ledger.pending_compute_s[device] += link.compute_s(seconds)
+        elif step or link.step_s is None:  # the open exchange's slowdown now, so sim_s never goes back
+            slowdown = 1.0 if self.jitter is None else float(self.mine(self.slowdown())[device])
+            self.ledger.pending_compute_s[device] += link.compute_s(seconds) * slowdown
         if step and device == 0:
             self.ledger.pending_steps += 1
 
@@ -394,7 +406,8 @@ class Comm:
     def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> "Comm":
         """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
         this one's with ``share_ledger``, so a device's traffic in all its groups adds up."""
-        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.links, self.deadline)
+        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.links, self.deadline,
+                     self.jitter)
         if share_ledger:
             child.ledger = self.ledger
         return child

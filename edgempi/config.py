@@ -129,6 +129,7 @@ class NetworkConfig:
     compute_spread: float = 0.0
     step_ms: float | None = None  # modelled time of one local step (× compute factor) instead of the measured one
     deadline_s: float | None = None  # stragglers: a round closes this long after it opened (needs step_ms)
+    jitter: float = 0.0  # sigma of a log-normal slowdown of each device's round, drawn afresh every exchange
 
 
 @dataclass
@@ -390,6 +391,7 @@ def validate(cfg: RunConfig) -> None:
     _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
     _check(n.step_ms is None or n.step_ms > 0, "network.step_ms", "must be > 0")
     _check(n.deadline_s is None or n.deadline_s > 0, "network.deadline_s", "must be > 0")
+    _check(n.jitter >= 0, "network.jitter", "must be >= 0 (sigma of a log-normal factor per device and round)")
     _check(n.deadline_s is None or n.step_ms is not None, "network.deadline_s",
            "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
     _check(n.deadline_s is None or (cfg.compression.name == "none" and a.name != "centralized" and not a.sync_bn),
@@ -404,6 +406,7 @@ def validate(cfg: RunConfig) -> None:
         _check(par.groups == "auto" or isinstance(par.groups, list), "parallel.groups",
                "must be auto or a list of [first, last] layer ranges")
         _check(n.deadline_s is None, "network.deadline_s", "stragglers are not modelled in spatial mode")
+        _check(n.jitter == 0, "network.jitter", "per-round variation is not modelled in spatial mode")
     _check(par.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
     if par.devices_per_rank > 1:
         _check(par.mode == "data" and a.name != "centralized" and cfg.compression.name == "none" and not a.sync_bn,

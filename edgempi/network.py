@@ -13,6 +13,8 @@ import numpy as np
 if TYPE_CHECKING:
     from edgempi.config import NetworkConfig
 
+JITTER_STREAM = 0x4A17  # keeps the per-round draws apart from the per-device ones of the same seed
+
 # preset: (uplink Mbit/s, downlink Mbit/s, one-way latency ms)
 PRESETS: dict[str, tuple[float, float, float]] = {
     "lan": (1000.0, 1000.0, 0.5),
@@ -77,6 +79,25 @@ class Deadline:
         self.latency_s = np.array([link.latency_s for link in links])
         self.up_bytes_per_s = np.array([link.up_bytes_per_s for link in links])
 
-    def on_time(self, steps: int, up_bytes: int) -> np.ndarray:
-        """Which devices deliver ``up_bytes`` after ``steps`` local steps before the deadline."""
-        return steps * self.step_s + self.latency_s + up_bytes / self.up_bytes_per_s <= self.seconds
+    def on_time(self, steps: int, up_bytes: int, slowdown: np.ndarray | float = 1.0) -> np.ndarray:
+        """Which devices deliver ``up_bytes`` after ``steps`` local steps before the deadline,
+        each taking ``slowdown`` times as long this round (:class:`Jitter`)."""
+        return (steps * self.step_s + self.latency_s + up_bytes / self.up_bytes_per_s) * slowdown <= self.seconds
+
+
+class Jitter:
+    """Per-round variation (``network.jitter``): in each exchange every device's round, its
+    local steps and its transfers, takes a fresh log-normal factor as long, so the stragglers
+    differ from round to round. The factors depend on the seed and the exchange's number
+    alone: every rank, and a resumed run, draws the same without talking."""
+
+    def __init__(self, sigma: float, seed: int, devices: int) -> None:
+        self.sigma, self.seed, self.devices = sigma, seed, devices
+        self._drawn: tuple[int, np.ndarray] = (-1, np.ones(devices))
+
+    def factors(self, exchange: int) -> np.ndarray:
+        """Every device's slowdown in exchange number ``exchange`` (0, 1, …)."""
+        if self._drawn[0] != exchange:
+            rng = np.random.default_rng([self.seed, JITTER_STREAM, exchange])
+            self._drawn = (exchange, np.exp(rng.normal(0.0, self.sigma, self.devices)))
+        return self._drawn[1]

@@ -22,7 +22,7 @@ from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.models.syncbn import convert_sync_bn
 from edgempi.devices import DeviceBank
-from edgempi.network import Deadline, device_links
+from edgempi.network import Deadline, Jitter, device_links
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -86,9 +86,11 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     dataset = dataset or load_dataset(cfg)
     local = cfg.parallel.devices_per_rank
     # The devices' modelled edge links (before any split, so sub-groups inherit them).
-    links = device_links(cfg.network, Seeds.from_seed(cfg.seed, comm.size * local).network, comm.size * local)
+    network_seed = Seeds.from_seed(cfg.seed, comm.size * local).network
+    links = device_links(cfg.network, network_seed, comm.size * local)
     deadline = Deadline(cfg.network.deadline_s, links) if cfg.network.deadline_s is not None else None
-    comm.host(links[comm.rank * local:(comm.rank + 1) * local], deadline)
+    jitter = Jitter(cfg.network.jitter, network_seed, comm.size * local) if cfg.network.jitter > 0 else None
+    comm.host(links[comm.rank * local:(comm.rank + 1) * local], deadline, jitter)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
         group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)

@@ -35,6 +35,8 @@ BAD = [
     (["parallel.devices_per_rank=2", "algorithm.sync_bn=true"], "parallel.devices_per_rank"),
     (["network.step_ms=-1"], "network.step_ms"),
     (["network.step_ms=10", "network.deadline_s=0"], "network.deadline_s"),
+    (["network.jitter=-0.1"], "network.jitter"),
+    (["network.jitter=0.5", "parallel.mode=spatial", "parallel.grid=[1,2]"], "network.jitter"),
     (["network.step_ms=10", "network.deadline_s=1", "compression.name=topk"], "network.deadline_s"),
     (["network.step_ms=10", "network.deadline_s=1", "algorithm.sync_bn=true"], "network.deadline_s"),
     (["algorithm.name=fedavg", "algorithm.local_steps=2", "algorithm.balancing=true"], "algorithm.balancing"),

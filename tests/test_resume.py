@@ -49,7 +49,7 @@ def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
                  "parallel": {"devices_per_rank": 4}}),
     ("fedavg", {"parallel": {"devices_per_rank": 3}, "model": {"norm": "batch"}}),  # device banks, BN, momentum
     ("large_batch", {"parallel": {"devices_per_rank": 2},  # stragglers: the deadline's step count is saved
-                     "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2}}),
+                     "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2, "jitter": 0.5}}),
 ])
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm, extra):
     cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9},

@@ -12,7 +12,7 @@ import torch
 
 from edgempi.algorithms.large_batch import LargeBatch
 from edgempi.comm import Comm, self_comm
-from edgempi.network import Deadline, device_links
+from edgempi.network import Deadline, Jitter, device_links
 from edgempi.train import Seeds, build
 from test_methods import LENET, run, same_on_all_ranks
 
@@ -38,6 +38,8 @@ METHODS = {
     "fda_sketch": ["algorithm.name=fda", "algorithm.variant=sketch", "algorithm.theta_per_param=1e-6"],
     "fedavg_deadline": ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3"],
     "large_batch_deadline": ["algorithm.name=large_batch", "network.deadline_s=0.2"],
+    "fedavg_deadline_jitter": ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3",
+                               "network.jitter=0.5"],  # each device's draw follows it to whatever rank holds it
 }
 
 
@@ -92,6 +94,28 @@ def test_stragglers_miss_the_deadline_and_the_rest_are_averaged():
 
     _, everyone, _ = run(["algorithm.name=fedavg", "algorithm.local_steps=2", *overrides], comm)
     assert everyone.steps[-1]["sim_s"] > outcome.steps[-1]["sim_s"]
+
+
+def test_jitter_draws_new_stragglers_every_round():
+    """With ``network.jitter`` a device's round takes a fresh factor as long each exchange, so
+    who misses the deadline changes from round to round, and sim_s follows exactly."""
+    comm = Comm()
+    overrides = ["train.steps=12", "network.preset=4g", "network.spread=0.3", "network.step_ms=20",
+                 "network.jitter=0.8", "algorithm.name=fedavg", "algorithm.local_steps=2"]
+    setup, outcome, _ = run([*overrides, "network.deadline_s=0.3"], comm)
+    seed = Seeds.from_seed(setup.cfg.seed, comm.size).network
+    links, jitter = device_links(setup.cfg.network, seed, comm.size), Jitter(0.8, seed, comm.size)
+    on_time = [Deadline(0.3, links).on_time(2, 4 * LENET, jitter.factors(r)) for r in range(6)]
+    assert len({tuple(m) for m in on_time}) > 1  # the stragglers are not the same devices every round
+    assert [s["participants"] for s in outcome.syncs] == [int(m.sum()) for m in on_time]
+    assert comm.ledger.bytes_up == 4 * LENET * sum(int(m[comm.rank]) for m in on_time)
+    assert same_on_all_ranks(comm, outcome.storage)
+    waits = [max(min(f * (2 * 0.02 * link.compute_factor + link.upload_s(4 * LENET)), 0.3)
+                 + f * link.download_s(4 * LENET) for link, f in zip(links, jitter.factors(r))) for r in range(6)]
+    assert outcome.steps[-1]["sim_s"] == pytest.approx(sum(waits), rel=1e-9)
+
+    _, steady, _ = run([*overrides[:4], *overrides[5:], "network.deadline_s=0.3"], comm)  # no jitter
+    assert len({s["participants"] for s in steady.syncs}) == 1
 
 
 def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
