@@ -122,6 +122,10 @@ class Comm:
         """Every device's slowdown in the open exchange (``network.jitter``; 1 without)."""
         return 1.0 if self.jitter is None else self.jitter.factors(self.ledger.exchanges)
 
+    def _my_slowdown(self) -> np.ndarray:
+        """This rank's devices' entries of :meth:`slowdown`."""
+        return np.ones(self.local) if self.jitter is None else self.mine(self.slowdown())
+
     # -- model-sized exchanges (counted as rounds) -------------------------------------
     def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> int:
         """Average a flat buffer over the reporting devices in place: one round, 4·d up and down.
@@ -284,9 +288,8 @@ class Comm:
         ledger = self.ledger
         ledger.comm_s += (time.perf_counter() - start) * self.local  # every device waited for it
         slowest = 0.0
-        slowdown = np.broadcast_to(self.slowdown(), (self.devices,))
         for i, (link, pending, u, d, f) in enumerate(zip(self.links, ledger.pending_compute_s, up.tolist(),
-                                                         down.tolist(), self.mine(slowdown).tolist())):
+                                                         down.tolist(), self._my_slowdown().tolist())):
             if late is not None and late[i]:
                 arrives = self.deadline.seconds
             elif link is None or u == d == 0:
@@ -310,8 +313,7 @@ class Comm:
         if link is None:
             self.ledger.pending_compute_s[device] += seconds
         elif step or link.step_s is None:  # the open exchange's slowdown now, so sim_s never goes back
-            slowdown = 1.0 if self.jitter is None else float(self.mine(self.slowdown())[device])
-            self.ledger.pending_compute_s[device] += link.compute_s(seconds) * slowdown
+            self.ledger.pending_compute_s[device] += link.compute_s(seconds) * float(self._my_slowdown()[device])
         if step and device == 0:
             self.ledger.pending_steps += 1
 

@@ -93,7 +93,7 @@ class Jitter:
 
     def __init__(self, sigma: float, seed: int, devices: int) -> None:
         self.sigma, self.seed, self.devices = sigma, seed, devices
-        self._drawn: tuple[int, np.ndarray] = (-1, np.ones(devices))
+        self._drawn: tuple[int, np.ndarray] = (-1, np.empty(0))  # (exchange, its factors)
 
     def factors(self, exchange: int) -> np.ndarray:
         """Every device's slowdown in exchange number ``exchange`` (0, 1, …)."""

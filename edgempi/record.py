@@ -3,8 +3,9 @@
 Rows are appended to one resizable 1-D dataset per column and flushed once per row, under
 SWMR, so ``edgempi plot`` can follow a running job and a job killed with SIGKILL leaves every
 flushed row readable. A reader can see one row written to some columns only (a running file,
-or a kill inside an append); ``edgempi.analysis.runs`` cuts every table to its shortest column. HDF5 forbids new objects and attributes in SWMR mode, so every table is
-created before SWMR starts and the final status is written after the file is reopened.
+or a kill inside an append); ``edgempi.analysis.runs`` cuts every table to its shortest
+column. HDF5 forbids new objects and attributes in SWMR mode, so every table is created
+before SWMR starts and the final status is written after the file is reopened.
 """
 from __future__ import annotations
 
