@@ -18,20 +18,15 @@ from typing import Any, Iterable
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A problem with the user's configuration; printed as one line, exit code 2."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
+from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
+from edgempi.models.zoo import NORMS
+from edgempi.network import PRESETS
+from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
+from edgempi.settings import ConfigError, Settings, one_of, require
 
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
-FDA_VARIANTS = ("naive", "linear", "sketch")
 
 
 @dataclass
@@ -55,15 +50,30 @@ class DataConfig:
 
     def partition_args(self) -> dict[str, object]:
         """The partition parameters that were set (each scheme refuses those it does not take)."""
-        from edgempi.data.partition import PARAMETERS
-
         return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
+
+    def check(self, cfg: "RunConfig") -> None:
+        DATASETS.get(self.name)
+        one_of(self.partition, SCHEMES, "data.partition")
+        takes = scheme_parameters(self.partition)
+        for key in self.partition_args():
+            require(key in takes, f"data.{key}", f"not used by partition {self.partition!r} "
+                    f"(it takes: {', '.join(takes) or 'nothing'})")
+        require(self.min_samples is None or self.min_samples > 0, "data.min_samples", "must be > 0")
+        require(self.synthetic_train > 0, "data.synthetic_train", "must be > 0")
+        require(self.synthetic_test > 0, "data.synthetic_test", "must be > 0")
+        require(self.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
 
 
 @dataclass
 class ModelConfig:
     name: str = "lenet5"
     norm: str | None = None
+
+    def check(self, cfg: "RunConfig") -> None:
+        MODELS.get(self.name)
+        if self.norm is not None:
+            one_of(self.norm, NORMS, "model.norm")
 
 
 @dataclass
@@ -84,38 +94,23 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0
 
-
-@dataclass
-class AlgorithmConfig:
-    name: str = "large_batch"
-    local_steps: int | None = None
-    local_epochs: float | None = None
-    average_buffers: bool = True
-    check_every: int = 1  # dynamic: local steps between checks of ‖w − r‖² > delta
-    delta: float | None = None  # dynamic: the divergence threshold Δ (required)
-    balancing: bool = False  # dynamic: average the violators (plus random others) before a full sync
-    variant: str = "linear"  # fda: naive, linear or sketch
-    theta: float | None = None  # fda: the variance threshold Θ; when unset, theta_per_param × d
-    theta_per_param: float = 3.0e-5  # in the range the FDA authors fitted: 2.7e-5 … 4.9e-5
-    sketch_depth: int = 5
-    sketch_width: int = 250
-    sync_bn: bool = False
-    participation: float = 1.0  # fedavg: seeded fraction of devices taking part in each round
-    dropout: float = 0.0  # fedavg: seeded probability that a chosen device fails to report
-    eval_stats: str = "average"
-
-
-@dataclass
-class CompressionConfig:
-    name: str = "none"
-    ratio: float = 0.01  # topk / randomk: fraction of elements kept
-    warmup_epochs: int = 0  # topk: DGC density warm-up (0 = off)
-    sample_ratio: float = 0.01  # topk: sample for the threshold
-    levels: int = 127  # qsgd
-    bucket_size: int = 512  # qsgd
-    rank: int = 4  # powersgd
-    error_feedback: bool = True
-    clip_norm: float = 0.0  # DGC local gradient clipping (0 = off)
+    def check(self, cfg: "RunConfig") -> None:
+        require(self.epochs is None or self.steps is None, "train.steps", "set only one of train.epochs and train.steps")
+        require(self.epochs is None or self.epochs > 0, "train.epochs", "must be > 0")
+        require(self.steps is None or self.steps > 0, "train.steps", "must be > 0")
+        require(self.batch_size > 0, "train.batch_size", "must be > 0")
+        one_of(self.optimizer, OPTIMIZERS, "train.optimizer")
+        require(self.lr > 0, "train.lr", "must be > 0")
+        require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        require(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        one_of(self.schedule, SCHEDULES, "train.schedule")
+        require(all(m > 0 for m in self.milestones), "train.milestones", "epochs must be > 0")
+        require(0 < self.gamma <= 1, "train.gamma", "must be in (0, 1]")
+        require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
+        require(self.log_every > 0, "train.log_every", "must be > 0")
+        require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
 
 
 @dataclass
@@ -131,11 +126,33 @@ class NetworkConfig:
     deadline_s: float | None = None  # stragglers: a round closes this long after it opened (needs step_ms)
     jitter: float = 0.0  # sigma of a log-normal slowdown of each device's round, drawn afresh every exchange
 
+    def check(self, cfg: "RunConfig") -> None:
+        one_of(self.preset, PRESETS, "network.preset")
+        for key in ("up_mbps", "down_mbps"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"network.{key}", "must be > 0")
+        require(self.latency_ms is None or self.latency_ms >= 0, "network.latency_ms", "must be >= 0")
+        require(self.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
+        require(self.compute_factor > 0, "network.compute_factor", "must be > 0")
+        require(self.compute_spread >= 0, "network.compute_spread", "must be >= 0")
+        require(self.step_ms is None or self.step_ms > 0, "network.step_ms", "must be > 0")
+        require(self.deadline_s is None or self.deadline_s > 0, "network.deadline_s", "must be > 0")
+        require(self.jitter >= 0, "network.jitter", "must be >= 0 (sigma of a log-normal factor per device and round)")
+        require(self.deadline_s is None or self.step_ms is not None, "network.deadline_s",
+                "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
+        require(self.deadline_s is None or (cfg.compression.name == "none" and cfg.algorithm.drops_stragglers),
+                "network.deadline_s", "stragglers are dropped from dense exchanges only (not with compression, "
+                "sync_bn or centralized)")
+
 
 @dataclass
 class OutputConfig:
     dir: str = "results"
     name: str | None = None
+
+    def check(self, cfg: "RunConfig") -> None:
+        require(self.name is None or (self.name and "/" not in self.name),
+                "output.name", "must be a file name without a directory")
 
 
 @dataclass
@@ -146,11 +163,34 @@ class ParallelConfig:
     groups: str | list[list[int]] = "auto"  # spatial: fused layer groups [[first, last], ...] or auto
     devices_per_rank: int = 1  # virtual devices trained one after another on each rank
 
+    def check(self, cfg: "RunConfig") -> None:
+        one_of(self.mode, ("data", "spatial"), "parallel.mode")
+        if self.mode == "spatial":
+            require(cfg.algorithm.spatial, "parallel.mode",
+                    f"spatial partitioning trains with algorithm.name=large_batch, not {cfg.algorithm.name}")
+            require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
+            require(self.layers >= 1, "parallel.layers", "must be >= 1")
+            require(self.groups == "auto" or isinstance(self.groups, list), "parallel.groups",
+                    "must be auto or a list of [first, last] layer ranges")
+            require(cfg.network.deadline_s is None, "network.deadline_s", "stragglers are not modelled in spatial mode")
+            require(cfg.network.jitter == 0, "network.jitter", "per-round variation is not modelled in spatial mode")
+        require(self.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
+        if self.devices_per_rank > 1:
+            require(self.mode == "data" and cfg.algorithm.virtual_devices and cfg.compression.name == "none",
+                    "parallel.devices_per_rank", "several devices per rank are for data-parallel methods "
+                    "(not centralized) without compression or sync_bn")
+
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0
     every_minutes: float = 0.0
+
+    def check(self, cfg: "RunConfig") -> None:
+        require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
+        require(self.every_steps % cfg.train.log_every == 0, "checkpoint.every_steps",
+                f"must be a multiple of train.log_every ({cfg.train.log_every}): checkpoints are taken at /steps rows")
+        require(self.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0 (0 = off)")
 
 
 @dataclass
@@ -159,8 +199,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    # Read into the settings class of the method / compressor that ``name`` picks (edgempi.registry).
+    algorithm: Settings = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
+    compression: Settings = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
     network: NetworkConfig = field(default_factory=NetworkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -223,20 +264,46 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(prefix or "config", f"expected a mapping, got {values!r}")
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}{name}"
-        if name not in known:
-            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if name not in fields:
+            raise ConfigError(key, f"unknown key (known: {', '.join(sorted(fields))})")
+        hint, registry = hints[name], fields[name].metadata.get("registry")
+        if registry is not None:
+            kwargs[name] = read_section(registry, value if value is not None else {}, f"{key}.")
+        elif dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value if value is not None else {}, f"{key}.")
         else:
             kwargs[name] = _coerce(key, value, hint)
     return cls(**kwargs)
+
+
+def read_section(registry: SettingsRegistry, values: Any, prefix: str) -> Settings:
+    """A section read into the settings class of the entry its ``name`` picks. Keys that only
+    other entries take are left out (so ``--set algorithm.name=fedavg`` can switch a file's
+    method), unless the field says that setting it elsewhere would silently do nothing."""
+    if not isinstance(values, dict):
+        raise ConfigError(prefix.rstrip("."), f"expected a mapping, got {values!r}")
+    name = _coerce(registry.key, values.get("name", registry.default), str)
+    cls = registry.settings_class(name)
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = registry.foreign_fields(cls)
+    kept = {}
+    for key, value in values.items():
+        if key in own:
+            kept[key] = value
+            continue
+        if key not in foreign:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known: {', '.join(sorted(own | set(foreign)))})")
+        f, takers = foreign[key]
+        reason = f.metadata.get("exclusive")
+        if reason and value is not None and value != f.default:
+            raise ConfigError(f"{prefix}{key}", f"{reason}; not used by {name} (taken by {', '.join(takers)})")
+    return _build(cls, {**kept, "name": name}, prefix)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -292,141 +359,19 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
 
 
 # -- validation ----------------------------------------------------------------------------
-def _check(condition: bool, key: str, reason: str) -> None:
-    if not condition:
-        raise ConfigError(key, reason)
-
-
-def _one_of(value: str, options: Iterable[str], key: str) -> None:
-    options = tuple(options)
-    _check(value in options, key, f"unknown value {value!r} (choose from {', '.join(options)})")
-
-
-def _delegated(check: Any, *args: Any) -> None:
-    """Run a module's own validation, whose ValueErrors read ``section.key: reason``."""
-    try:
-        check(*args)
-    except ValueError as exc:
-        key, _, reason = str(exc).partition(": ")
-        raise ConfigError(key, reason or str(exc)) from exc
-
-
 def validate(cfg: RunConfig) -> None:
-    """Check values and their combinations; world size is checked by :func:`validate_world`."""
-    from edgempi import algorithms, compression, models  # registries know their names; imported late
-    from edgempi.data.partition import SCHEMES, scheme_parameters
-    from edgempi.network import PRESETS
-
-    _check(cfg.seed >= 0, "seed", "must be >= 0")
-    _one_of(cfg.data.name, DATASETS, "data.name")
-    _one_of(cfg.data.partition, SCHEMES, "data.partition")
-    takes = scheme_parameters(cfg.data.partition)
-    for key in cfg.data.partition_args():
-        _check(key in takes, f"data.{key}", f"not used by partition {cfg.data.partition!r} "
-               f"(it takes: {', '.join(takes) or 'nothing'})")
-    _check(cfg.data.min_samples is None or cfg.data.min_samples > 0, "data.min_samples", "must be > 0")
-    _check(cfg.data.synthetic_train > 0, "data.synthetic_train", "must be > 0")
-    _check(cfg.data.synthetic_test > 0, "data.synthetic_test", "must be > 0")
-    _one_of(cfg.model.name, models.names(), "model.name")
-    if cfg.model.norm is not None:
-        _one_of(cfg.model.norm, models.NORMS, "model.norm")
-
-    t = cfg.train
-    _check(t.epochs is None or t.steps is None, "train.steps", "set only one of train.epochs and train.steps")
-    _check(t.epochs is None or t.epochs > 0, "train.epochs", "must be > 0")
-    _check(t.steps is None or t.steps > 0, "train.steps", "must be > 0")
-    _check(t.batch_size > 0, "train.batch_size", "must be > 0")
-    _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
-    _check(t.lr > 0, "train.lr", "must be > 0")
-    _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
-    _check(not t.nesterov or t.momentum > 0, "train.nesterov", "needs train.momentum > 0")
-    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-    _one_of(t.schedule, SCHEDULES, "train.schedule")
-    _check(all(m > 0 for m in t.milestones), "train.milestones", "epochs must be > 0")
-    _check(0 < t.gamma <= 1, "train.gamma", "must be in (0, 1]")
-    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
-    _check(t.log_every > 0, "train.log_every", "must be > 0")
-    _check(t.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
-
-    a = cfg.algorithm
-    _one_of(a.name, algorithms.POLICIES, "algorithm.name")
-    if a.name == "fedavg":
-        _check((a.local_steps is None) != (a.local_epochs is None), "algorithm.local_steps",
-               "fedavg needs exactly one of algorithm.local_steps and algorithm.local_epochs")
-    _check(a.local_steps is None or a.local_steps > 0, "algorithm.local_steps", "must be > 0")
-    _check(a.local_epochs is None or a.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
-    _check(a.name != "dynamic" or a.delta is not None, "algorithm.delta",
-           "dynamic needs the divergence threshold algorithm.delta (e.g. 1.0 for LeNet-5)")
-    _check(a.delta is None or a.delta >= 0, "algorithm.delta", "must be >= 0")
-    _check(a.check_every > 0, "algorithm.check_every", "must be > 0")
-    _check(not a.balancing or a.name == "dynamic", "algorithm.balancing", "is dynamic averaging's (Kamp et al.)")
-    _check(not a.balancing or (a.participation == 1 and a.dropout == 0 and cfg.network.deadline_s is None),
-           "algorithm.balancing", "is not combined with partial participation, dropouts or deadlines")
-    _one_of(a.variant, FDA_VARIANTS, "algorithm.variant")
-    _check(a.theta is None or a.theta >= 0, "algorithm.theta", "must be >= 0")
-    _check(a.theta_per_param >= 0, "algorithm.theta_per_param", "must be >= 0")
-    _check(a.sketch_depth > 0, "algorithm.sketch_depth", "must be > 0")
-    _check(a.sketch_width > 0, "algorithm.sketch_width", "must be > 0")
-    _one_of(a.eval_stats, ("average", "local"), "algorithm.eval_stats")
-    _check(0 < a.participation <= 1, "algorithm.participation", "must be in (0, 1]")
-    _check(0 <= a.dropout < 1, "algorithm.dropout", "must be in [0, 1)")
-    _check(a.name in ("fedavg", "dynamic", "fda") or (a.participation == 1 and a.dropout == 0),
-           "algorithm.participation", "partial participation and dropouts are for fedavg, dynamic and fda")
-    _check(cfg.compression.name == "none" or (a.participation == 1 and a.dropout == 0), "algorithm.participation",
-           "partial participation is not combined with compression")
-    _check(not a.sync_bn or a.name == "large_batch", "algorithm.sync_bn", "only large_batch synchronises BatchNorm")
-    _delegated(compression.validate, cfg.compression.__dict__)
-    _check(cfg.compression.name == "none" or a.name in ("large_batch", "fedavg"), "compression.name",
-           f"{a.name} does not compress (large_batch compresses gradients, fedavg updates)")
-
-    n = cfg.network
-    _one_of(n.preset, PRESETS, "network.preset")
-    for key in ("up_mbps", "down_mbps"):
-        value = getattr(n, key)
-        _check(value is None or value > 0, f"network.{key}", "must be > 0")
-    _check(n.latency_ms is None or n.latency_ms >= 0, "network.latency_ms", "must be >= 0")
-    _check(n.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
-    _check(n.compute_factor > 0, "network.compute_factor", "must be > 0")
-    _check(n.compute_spread >= 0, "network.compute_spread", "must be >= 0")
-    _check(n.step_ms is None or n.step_ms > 0, "network.step_ms", "must be > 0")
-    _check(n.deadline_s is None or n.deadline_s > 0, "network.deadline_s", "must be > 0")
-    _check(n.jitter >= 0, "network.jitter", "must be >= 0 (sigma of a log-normal factor per device and round)")
-    _check(n.deadline_s is None or n.step_ms is not None, "network.deadline_s",
-           "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
-    _check(n.deadline_s is None or (cfg.compression.name == "none" and a.name != "centralized" and not a.sync_bn),
-           "network.deadline_s", "stragglers are dropped from dense exchanges only (not with compression, "
-           "sync_bn or centralized)")
-    par = cfg.parallel
-    _one_of(par.mode, ("data", "spatial"), "parallel.mode")
-    if par.mode == "spatial":
-        _check(a.name == "large_batch", "parallel.mode", "spatial partitioning trains with algorithm.name=large_batch")
-        _check(len(par.grid) == 2 and min(par.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
-        _check(par.layers >= 1, "parallel.layers", "must be >= 1")
-        _check(par.groups == "auto" or isinstance(par.groups, list), "parallel.groups",
-               "must be auto or a list of [first, last] layer ranges")
-        _check(n.deadline_s is None, "network.deadline_s", "stragglers are not modelled in spatial mode")
-        _check(n.jitter == 0, "network.jitter", "per-round variation is not modelled in spatial mode")
-    _check(par.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
-    if par.devices_per_rank > 1:
-        _check(par.mode == "data" and a.name != "centralized" and cfg.compression.name == "none" and not a.sync_bn,
-               "parallel.devices_per_rank", "several devices per rank are for data-parallel large_batch, fedavg, "
-               "dynamic and fda without compression or sync_bn")
-    _check(cfg.data.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
-    _check(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
-    _check(cfg.checkpoint.every_steps % t.log_every == 0, "checkpoint.every_steps",
-           f"must be a multiple of train.log_every ({t.log_every}): checkpoints are taken at /steps rows")
-    _check(cfg.checkpoint.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0 (0 = off)")
-    _check(cfg.output.name is None or (cfg.output.name and "/" not in cfg.output.name),
-           "output.name", "must be a file name without a directory")
+    """Check every section by its own rules; a rule that spans sections lives with the section
+    (or the method, compressor) that needs it. World size: :func:`validate_world`."""
+    require(cfg.seed >= 0, "seed", "must be >= 0")
+    for section in (cfg.data, cfg.model, cfg.train, cfg.algorithm, cfg.compression, cfg.network, cfg.parallel,
+                    cfg.checkpoint, cfg.output):
+        section.check(cfg)
 
 
 def validate_world(cfg: RunConfig, world_size: int) -> None:
     """Does the method fit the number of ranks the job was started with?"""
     if cfg.parallel.mode == "spatial":
         tiles = cfg.parallel.grid[0] * cfg.parallel.grid[1]
-        _check(world_size % tiles == 0, "parallel.grid",
-               f"{cfg.parallel.grid} needs a multiple of {tiles} ranks, the job has {world_size}")
-    if cfg.algorithm.name == "centralized":
-        _check(world_size == 1, "algorithm.name",
-               f"centralized runs on one rank, but the job has {world_size} (drop mpiexec -n)")
+        require(world_size % tiles == 0, "parallel.grid",
+                f"{cfg.parallel.grid} needs a multiple of {tiles} ranks, the job has {world_size}")
+    cfg.algorithm.check_world(world_size)

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
-from edgempi.models.syncbn import convert_sync_bn
 from edgempi.devices import DeviceBank
 from edgempi.network import Deadline, Jitter, device_links
 from edgempi.spatial.model import spatial_groups
@@ -69,6 +68,7 @@ class Setup:
     flat: FlatModel
     optimizer: torch.optim.Optimizer
     peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
+    group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
 
     @property
     def partition_counts(self) -> np.ndarray:
@@ -104,12 +104,14 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     torch.manual_seed(seeds.init)
     model = models.create(cfg.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           input_size=dataset.input_size, norm=cfg.model.norm)
-    if cfg.algorithm.sync_bn:
-        convert_sync_bn(model, comm)
+    model = algorithms.policy_class(cfg.algorithm.name).prepare_model(cfg.algorithm, model, comm)
+    group_reduce = None
     if group is not None:
         model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size)
+        group_reduce = model.allreduce_grads_
     flat = FlatModel(model)
-    return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers)
+    return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
+                 group_reduce)
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
@@ -129,7 +131,7 @@ def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray]
                   device: int) -> data.DeviceLoader:
     """The batches device ``device`` draws: its shard, in the order of its own seed."""
     shard = torch.from_numpy(parts[device])
-    augment = cfg.data.augment if cfg.data.augment is not None else dataset.name == "cifar10"
+    augment = cfg.data.augment if cfg.data.augment is not None else dataset.augment
     return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
                              seeds.devices[device], dataset.mean, dataset.std, augment)
 
@@ -212,10 +214,10 @@ class Trainer:
         self.recorder = recorder or NullRecorder()
         self.loaders = [loader] if loader is not None else setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
-        policy = algorithms.POLICIES[setup.cfg.algorithm.name]
+        policy = algorithms.policy_class(setup.cfg.algorithm.name)
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
-                                               setup.optimizer, self.bank))
+                                               setup.optimizer, self.bank, setup.group_reduce))
         test = setup.dataset
         self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
@@ -273,6 +275,7 @@ class Trainer:
             flat.zero_grad()
             loss = F.cross_entropy(flat.model(x), y)
             loss.backward()
+            self.policy.before_device_step(device, step)
             if steps_now:
                 optimizer.step()
             loss_sum += loss.item()
@@ -343,5 +346,5 @@ def train(setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = N
 
 
 def tables(setup: Setup) -> dict[str, tuple[str, ...]]:
-    policy = algorithms.POLICIES[setup.cfg.algorithm.name]
+    policy = algorithms.policy_class(setup.cfg.algorithm.name)
     return {"steps": STEP_COLUMNS, "evals": EVAL_COLUMNS, "syncs": ("step", *policy.sync_columns)}

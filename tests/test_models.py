@@ -28,7 +28,7 @@ def test_norms(norm):
 
 
 def test_unknown_model_and_too_small_input():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model.name: unknown value"):
         models.create("vgg99")
     with pytest.raises(ValueError, match="at least 28"):
         models.create("lenet5", input_size=12)

@@ -1,22 +1,17 @@
-"""Training methods as policies of the one loop in :mod:`edgempi.train`."""
-from edgempi.algorithms.base import Context, Policy
-from edgempi.algorithms.centralized import Centralized
-from edgempi.algorithms.dynamic import Dynamic
-from edgempi.algorithms.fda import FDA
-from edgempi.algorithms.fedavg import FedAvg
-from edgempi.algorithms.large_batch import LargeBatch
+"""Training methods as policies of the one loop in :mod:`edgempi.train`.
 
-POLICIES: dict[str, type[Policy]] = {
-    "centralized": Centralized,
-    "large_batch": LargeBatch,
-    "fedavg": FedAvg,
-    "dynamic": Dynamic,
-    "fda": FDA,
-}
+Each module registers its method (``@METHODS.register``); importing it here is the whole of a
+built-in method's registration. A user's own method needs none: ``algorithm.name:
+package.module:Policy``.
+"""
+from edgempi.algorithms import centralized, dynamic, fda, fedavg, large_batch  # noqa: F401  (registration)
+from edgempi.algorithms.base import Context, FederatedSettings, MethodSettings, Policy
+from edgempi.registry import METHODS
 
 
-def create(ctx: Context) -> Policy:
-    return POLICIES[ctx.cfg.algorithm.name](ctx)
+def policy_class(name: str) -> type[Policy]:
+    """The policy of a method name (or of a ``package.module:Policy`` path)."""
+    return METHODS.get(name)
 
 
-__all__ = ["Context", "POLICIES", "Policy", "create"]
+__all__ = ["Context", "FederatedSettings", "METHODS", "MethodSettings", "Policy", "policy_class"]

@@ -1,8 +1,12 @@
-"""What a training method is: a synchronisation rule with two hooks in the one loop."""
+"""What a training method is: its settings, and a synchronisation rule with hooks in the one loop.
+
+A method is one module: a :class:`MethodSettings` dataclass with its keys and checks, and a
+:class:`Policy` that names it (``Settings``) and registers itself with ``@METHODS.register``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -11,6 +15,64 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
+from edgempi.settings import Settings, exclusive, one_of, require
+
+
+@dataclass
+class MethodSettings(Settings):
+    """The ``algorithm`` section as every method reads it; a method derives its own keys.
+
+    The class variables and properties say what the method supports, for the checks of other
+    sections (compression, ``parallel.devices_per_rank``, ``network.deadline_s``, spatial mode)."""
+
+    eval_stats: str = "average"
+
+    compresses: ClassVar[str | None] = None  # what a compressed exchange of this method carries
+    spatial: ClassVar[bool] = False  # trains tile groups in spatial mode
+    exchanges: ClassVar[bool] = True  # False: one device that never talks (the centralized baseline)
+
+    @classmethod
+    def section(cls) -> str:
+        return "algorithm"
+
+    @property
+    def virtual_devices(self) -> bool:
+        """Several devices per rank (``parallel.devices_per_rank``) are supported."""
+        return self.exchanges
+
+    @property
+    def drops_stragglers(self) -> bool:
+        """Devices that miss ``network.deadline_s`` can be left out of its exchanges."""
+        return self.exchanges
+
+    def check(self, cfg: "RunConfig") -> None:
+        one_of(self.eval_stats, ("average", "local"), "algorithm.eval_stats")
+        require(cfg.compression.name == "none" or self.compresses is not None, "compression.name",
+                f"{self.name} does not compress (large_batch compresses gradients, fedavg updates)")
+
+    def check_world(self, world_size: int) -> None:
+        """Does the method fit the number of ranks the job was started with?"""
+
+
+@dataclass
+class FederatedSettings(MethodSettings):
+    """What methods that average weights share: which devices report in a round, and whether
+    BatchNorm statistics are averaged with the weights."""
+
+    average_buffers: bool = True
+    participation: float = exclusive(1.0, "partial participation and dropouts are for methods that average weights")
+    dropout: float = exclusive(0.0, "partial participation and dropouts are for methods that average weights")
+
+    def check(self, cfg: "RunConfig") -> None:
+        super().check(cfg)
+        require(0 < self.participation <= 1, "algorithm.participation", "must be in (0, 1]")
+        require(0 <= self.dropout < 1, "algorithm.dropout", "must be in [0, 1)")
+        require(cfg.compression.name == "none" or self.everyone_reports, "algorithm.participation",
+                "partial participation is not combined with compression")
+
+    @property
+    def everyone_reports(self) -> bool:
+        return self.participation == 1 and self.dropout == 0
 
 
 @dataclass
@@ -26,23 +88,24 @@ class Context:
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer | None = None
     bank: DeviceBank = None  # type: ignore[assignment]  # default: the one device of ``flat``
+    group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
 
     def __post_init__(self) -> None:
         if self.bank is None:
             self.bank = DeviceBank(self.flat, self.optimizer, 1, keep_grads=False)
 
 
-def participants(cfg: RunConfig, devices: int, round_index: int) -> np.ndarray | None:
+def participants(settings: FederatedSettings, seed: int, devices: int, round_index: int) -> np.ndarray | None:
     """Who is asked to report in a round: a seeded sample of devices (``algorithm.participation``),
     less the seeded dropouts (``algorithm.dropout``); None when everyone is. (Stragglers that miss
     ``network.deadline_s`` are dropped by the exchange itself, :meth:`Comm.allreduce_mean_`.)
 
     A function of (seed, round) only, so every rank draws the same mask without talking.
     """
-    a = cfg.algorithm
-    if a.participation == 1 and a.dropout == 0:
+    a = settings
+    if a.everyone_reports:
         return None
-    rng = np.random.default_rng([cfg.seed, 0xFEDA, round_index])
+    rng = np.random.default_rng([seed, 0xFEDA, round_index])
     mask = np.zeros(devices, dtype=bool)
     mask[rng.choice(devices, size=max(1, round(a.participation * devices)), replace=False)] = True
     mask &= rng.random(devices) >= a.dropout
@@ -52,6 +115,7 @@ def participants(cfg: RunConfig, devices: int, round_index: int) -> np.ndarray |
 class Policy:
     """Default: train locally and never exchange anything (the centralized baseline).
 
+    ``Settings``: the method's settings dataclass; the instance the run uses is ``self.settings``.
     ``models_differ``: devices may hold different models between syncs, so evaluation uses
     their average. ``exchanges_gradients``: the loop keeps every device's gradient until
     :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds
@@ -61,9 +125,21 @@ class Policy:
     models_differ = False
     exchanges_gradients = False  # True: every device's gradient is exchanged before its optimizer step
     sync_columns: tuple[str, ...] = ()
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.settings = ctx.cfg.algorithm
+
+    @classmethod
+    def prepare_model(cls, settings: MethodSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
+        """Change the model before it is flattened (e.g. synchronised BatchNorm); most keep it."""
+        return model
+
+    def before_device_step(self, device: int, step: int) -> None:
+        """After device ``device`` (of this rank) has its gradient in ``ctx.flat.grads``, before
+        that gradient is exchanged or its optimizer steps: the place to change a device's local
+        objective (FedProx's proximal term, SCAFFOLD's correction)."""
 
     def after_backward(self, step: int) -> bool:
         """Between backward and the optimizer step: the place to exchange gradients. Returns

@@ -1,7 +1,6 @@
 """A compressed exchange as a policy uses it: built from the config, with checkpointable state."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool
         return None
     shapes = ctx.flat.shapes + (ctx.flat.buffer_shapes if with_buffers else [])
     momentum = cfg.train.momentum if ctx.optimizer is not None and cfg.train.optimizer == "sgd" else 0.0
-    exchange = GradientExchange.from_config(dataclasses.asdict(cfg.compression), ctx.comm, shapes, seed=cfg.seed,
+    exchange = GradientExchange.from_config(cfg.compression, ctx.comm, shapes, seed=cfg.seed,
                                             momentum=momentum, dense_downlink=dense_downlink)
     if exchange.owns_momentum:  # DGC's momentum correction replaces the optimizer's momentum
         for group in ctx.optimizer.param_groups:

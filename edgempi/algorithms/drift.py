@@ -9,10 +9,11 @@ from typing import Any, Iterator
 
 import torch
 
-from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.base import Context, FederatedSettings, Policy, participants
 
 
 class DriftPolicy(Policy):
+    settings: FederatedSettings
     models_differ = True
 
     def __init__(self, ctx: Context) -> None:
@@ -43,8 +44,8 @@ class DriftPolicy(Policy):
         or None if nobody reported (every device keeps its model, the next sync draws anew)."""
         bank = self.ctx.bank
         self.rounds += 1
-        mask = participants(self.ctx.cfg, self.ctx.comm.devices, self.rounds)
-        if self.ctx.comm.allreduce_mean_(bank.exchanged(self.ctx.cfg.algorithm.average_buffers), mask) == 0:
+        mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, self.rounds)
+        if self.ctx.comm.allreduce_mean_(bank.exchanged(self.settings.average_buffers), mask) == 0:
             return None
         update = self.drift()  # every device now holds the mean
         self.w0.copy_(bank.params[0])

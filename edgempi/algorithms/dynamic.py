@@ -15,23 +15,48 @@ once per balancing and only B downloads.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context
+from edgempi.algorithms.base import Context, FederatedSettings
 from edgempi.algorithms.drift import DriftPolicy
+from edgempi.config import RunConfig
+from edgempi.registry import METHODS
+from edgempi.settings import exclusive, require
 
 
+@dataclass
+class DynamicSettings(FederatedSettings):
+    """Every ``check_every`` steps, test ‖w − r‖² > ``delta``; ``balancing``: the paper's variant."""
+
+    check_every: int = 1
+    delta: float | None = None
+    balancing: bool = exclusive(False, "is dynamic averaging's (Kamp et al.)")
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        require(self.delta is not None, "algorithm.delta",
+                "dynamic needs the divergence threshold algorithm.delta (e.g. 1.0 for LeNet-5)")
+        require(self.delta is None or self.delta >= 0, "algorithm.delta", "must be >= 0")
+        require(self.check_every > 0, "algorithm.check_every", "must be > 0")
+        require(not self.balancing or (self.everyone_reports and cfg.network.deadline_s is None),
+                "algorithm.balancing", "is not combined with partial participation, dropouts or deadlines")
+
+
+@METHODS.register("dynamic")
 class Dynamic(DriftPolicy):
+    Settings = DynamicSettings
+    settings: DynamicSettings
     sync_columns = ("violators", "averaged")  # averaged: the balancing set's size (NaN: no balancing)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.check_every = ctx.cfg.algorithm.check_every
-        self.delta = ctx.cfg.algorithm.delta
-        self.balancing = ctx.cfg.algorithm.balancing
+        self.check_every = self.settings.check_every
+        self.delta = self.settings.delta
+        self.balancing = self.settings.balancing
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.check_every:
@@ -48,7 +73,7 @@ class Dynamic(DriftPolicy):
     def balance(self, step: int, violators: np.ndarray) -> dict[str, Any]:
         """Average ever larger sets of devices, starting from the violators, until the set's
         average lies within Δ of r; a set grown to half of the devices becomes all of them."""
-        comm, rows = self.ctx.comm, self.ctx.bank.exchanged(self.ctx.cfg.algorithm.average_buffers)
+        comm, rows = self.ctx.comm, self.ctx.bank.exchanged(self.settings.average_buffers)
         members, uploaded = violators.copy(), np.zeros_like(violators)
         full = bool(members.all())
         rng = np.random.default_rng([self.ctx.cfg.seed, 0xBA1A, step])  # the same draw on every rank

@@ -9,15 +9,37 @@ or by an AMS sketch of mean Δ (sketch). Optimizer state stays local.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context
+from edgempi.algorithms.base import Context, FederatedSettings
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.sketch import AmsSketch
-from edgempi.config import AlgorithmConfig
+from edgempi.config import RunConfig
+from edgempi.registry import METHODS
+from edgempi.settings import one_of, require
+
+
+@dataclass
+class FDASettings(FederatedSettings):
+    """Θ is ``theta``, or ``theta_per_param`` × d when unset (the authors fitted 2.7e-5 … 4.9e-5)."""
+
+    variant: str = "linear"
+    theta: float | None = None
+    theta_per_param: float = 3.0e-5
+    sketch_depth: int = 5
+    sketch_width: int = 250
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        one_of(self.variant, VARIANTS, "algorithm.variant")
+        require(self.theta is None or self.theta >= 0, "algorithm.theta", "must be >= 0")
+        require(self.theta_per_param >= 0, "algorithm.theta_per_param", "must be >= 0")
+        require(self.sketch_depth > 0, "algorithm.sketch_depth", "must be > 0")
+        require(self.sketch_width > 0, "algorithm.sketch_width", "must be > 0")
 
 
 class NaiveState:
@@ -25,7 +47,7 @@ class NaiveState:
 
     extra = 0  # state values beyond ‖Δ‖²
 
-    def __init__(self, dim: int, cfg: AlgorithmConfig, seed: int) -> None:
+    def __init__(self, dim: int, cfg: FDASettings, seed: int) -> None:
         self.state = torch.zeros(1 + self.extra, dtype=torch.float32)
 
     def local(self, delta: torch.Tensor) -> torch.Tensor:
@@ -48,7 +70,7 @@ class LinearState(NaiveState):
 
     extra = 1
 
-    def __init__(self, dim: int, cfg: AlgorithmConfig, seed: int) -> None:
+    def __init__(self, dim: int, cfg: FDASettings, seed: int) -> None:
         super().__init__(dim, cfg, seed)
         self.xi = torch.randn(dim, generator=torch.Generator().manual_seed(seed))
         self.xi.div_(self.xi.norm())
@@ -74,7 +96,7 @@ class SketchState(NaiveState):
     (1 ± ε)‖mean Δ‖² with high probability, so M/(1 + ε) is (w.h.p.) below it.
     """
 
-    def __init__(self, dim: int, cfg: AlgorithmConfig, seed: int) -> None:
+    def __init__(self, dim: int, cfg: FDASettings, seed: int) -> None:
         self.sketch = AmsSketch(dim, cfg.sketch_depth, cfg.sketch_width, seed)
         super().__init__(dim, cfg, seed)
 
@@ -94,17 +116,20 @@ class SketchState(NaiveState):
 VARIANTS: dict[str, type[NaiveState]] = {"naive": NaiveState, "linear": LinearState, "sketch": SketchState}
 
 
-def threshold(cfg: AlgorithmConfig, dim: int) -> float:
+def threshold(cfg: FDASettings, dim: int) -> float:
     """Θ: ``theta`` if set, else ``theta_per_param`` × d."""
     return cfg.theta if cfg.theta is not None else cfg.theta_per_param * dim
 
 
+@METHODS.register("fda")
 class FDA(DriftPolicy):
+    Settings = FDASettings
+    settings: FDASettings
     sync_columns = ("estimate",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        a, dim = ctx.cfg.algorithm, ctx.flat.numel
+        a, dim = self.settings, ctx.flat.numel
         # Same seed on every rank: ξ and the sketch's hashes must agree for the mean to mean anything.
         seed = int(np.random.SeedSequence([ctx.cfg.seed, 0xFDA]).generate_state(1)[0])
         self.state = VARIANTS[a.variant](dim, a, seed)

@@ -3,30 +3,57 @@
 With compression, what is sent is the update w − w_ref since the last sync (with its own
 error feedback); the server replies with the dense mean update (counted as such).
 """
+from dataclasses import dataclass
 from typing import Any
 
-
-from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.base import Context, FederatedSettings, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
+from edgempi.config import RunConfig
+from edgempi.registry import METHODS
+from edgempi.settings import require
 
 
+@dataclass
+class FedAvgSettings(FederatedSettings):
+    """A round is ``local_steps`` steps, or ``local_epochs`` passes over a device's shard."""
+
+    local_steps: int | None = None
+    local_epochs: float | None = None
+
+    compresses = "updates"
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        require((self.local_steps is None) != (self.local_epochs is None), "algorithm.local_steps",
+                f"{self.name} needs exactly one of algorithm.local_steps and algorithm.local_epochs")
+        require(self.local_steps is None or self.local_steps > 0, "algorithm.local_steps", "must be > 0")
+        require(self.local_epochs is None or self.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
+
+    def period(self, steps_per_epoch: int) -> int:
+        """Local steps per round."""
+        return self.local_steps or max(1, round(self.local_epochs * steps_per_epoch))
+
+
+@METHODS.register("fedavg")
 class FedAvg(Policy):
+    Settings = FedAvgSettings
+    settings: FedAvgSettings
     models_differ = True
     sync_columns = ("participants",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        a = ctx.cfg.algorithm
-        self.period = a.local_steps or max(1, round(a.local_epochs * ctx.steps_per_epoch))
+        a = self.settings
+        self.period = a.period(ctx.steps_per_epoch)
         self.exchange = make_exchange(ctx, with_buffers=a.average_buffers, dense_downlink=True)
         self.reference = ctx.flat.exchanged(a.average_buffers).clone() if self.exchange else None
 
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.period:
             return None
-        with_buffers = self.ctx.cfg.algorithm.average_buffers
+        with_buffers = self.settings.average_buffers
         if self.exchange is None:
-            mask = participants(self.ctx.cfg, self.ctx.comm.devices, (step + 1) // self.period)
+            mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, (step + 1) // self.period)
             reported = self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)
             return {"step": step + 1, "participants": reported}  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)

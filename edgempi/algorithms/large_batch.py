@@ -1,26 +1,57 @@
 """Synchronous data-parallel SGD: every step, the devices' gradients averaged by one Allreduce
 (or by the configured compressed exchange, with its error feedback)."""
+from dataclasses import dataclass
 from typing import Any
 
-from edgempi.algorithms.base import Context, Policy
+import torch
+
+from edgempi.algorithms.base import Context, MethodSettings, Policy
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
-from edgempi.spatial.model import SpatialModel
+from edgempi.comm import Comm
+from edgempi.models.syncbn import convert_sync_bn
+from edgempi.registry import METHODS
+from edgempi.settings import exclusive
 
 
+@dataclass
+class LargeBatchSettings(MethodSettings):
+    """``sync_bn``: BatchNorm statistics over the global batch (reduced in forward and backward)."""
+
+    sync_bn: bool = exclusive(False, "only large_batch synchronises BatchNorm")
+
+    compresses = "gradients"
+    spatial = True
+
+    @property
+    def virtual_devices(self) -> bool:
+        return not self.sync_bn
+
+    @property
+    def drops_stragglers(self) -> bool:
+        return not self.sync_bn
+
+
+@METHODS.register("large_batch")
 class LargeBatch(Policy):
     """Devices that miss the round's deadline (``network.deadline_s``) are left out of the mean;
     if none made it, the step is skipped."""
 
+    Settings = LargeBatchSettings
     exchanges_gradients = True
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.exchange = make_exchange(ctx)
 
+    @classmethod
+    def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
+        if settings.sync_bn:
+            convert_sync_bn(model, comm)
+        return model
+
     def after_backward(self, step: int) -> bool:
-        model = self.ctx.flat.model
-        if isinstance(model, SpatialModel):  # the tile group's ranks are one device: sum their parts
-            model.allreduce_grads_(self.ctx.flat.grads)
+        if self.ctx.group_reduce is not None:  # spatial: a tile group's ranks are one device
+            self.ctx.group_reduce(self.ctx.flat.grads)
             if self.ctx.comm.size == 1:
                 return True
         if self.exchange is None:

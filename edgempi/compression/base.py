@@ -7,9 +7,15 @@ state: the memory (:mod:`.memory`) and the exchange (:mod:`.exchange`) are separ
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import torch
+
+from edgempi.settings import Settings, require
+
+if TYPE_CHECKING:
+    from edgempi.config import RunConfig
 
 Payload = tuple[torch.Tensor, ...]
 #: ``allreduce_sum_(buf, first)``: sum ``buf`` over devices in place; ``first`` is False for
@@ -20,6 +26,34 @@ AllreduceSum = Callable[[torch.Tensor, bool], None]
 def payload_bytes(payload: Sequence[torch.Tensor]) -> int:
     """What the payload costs on the wire: the bytes of its tensors, nothing else."""
     return sum(t.numel() * t.element_size() for t in payload)
+
+
+@dataclass
+class CompressionSettings(Settings):
+    """The ``compression`` section as every compressor reads it; a compressor derives its own
+    keys. ``error_feedback`` and ``clip_norm`` belong to the exchange around it."""
+
+    error_feedback: bool = True
+    clip_norm: float = 0.0  # DGC local gradient clipping (0 = off)
+
+    @classmethod
+    def section(cls) -> str:
+        return "compression"
+
+    def check(self, cfg: "RunConfig | None" = None) -> None:
+        """The section's own values; which methods compress is the method's rule."""
+        require(self.clip_norm >= 0.0, "compression.clip_norm",
+                f"must be >= 0 (0 turns local clipping off), got {self.clip_norm}")
+
+
+@dataclass
+class RatioSettings(CompressionSettings):
+    ratio: float = 0.01  # the fraction of elements kept
+
+    def check(self, cfg: "RunConfig | None" = None) -> None:
+        super().check(cfg)
+        require(0.0 < self.ratio <= 1.0, "compression.ratio",
+                f"must be in (0, 1] (the fraction of elements kept), got {self.ratio}")
 
 
 class Compressor(ABC):
@@ -39,6 +73,14 @@ class Compressor(ABC):
     #: compression itself needs the devices' sums mid-way (PowerSGD): it runs its
     #: collectives through :meth:`reduce_mean` instead of compress → exchange → decompress.
     collective: ClassVar[bool] = False
+    Settings: ClassVar[type[CompressionSettings]] = CompressionSettings
+
+    @classmethod
+    def from_settings(cls, settings: CompressionSettings, shapes: Sequence[Sequence[int]], seed: int,
+                      unbiased: bool) -> "Compressor":
+        """Build from the checked ``compression`` section; the run supplies the model layout
+        (``shapes``), a seed, and whether the payload must be unbiased (no error feedback)."""
+        return cls()
 
     @abstractmethod
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:

@@ -6,21 +6,16 @@ Hot paths work on whole flat vectors; the selection of ``topk`` runs in numpy be
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .base import Compressor, Payload
+from edgempi.registry import COMPRESSORS
+from edgempi.settings import require
 
-
-def _require(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ValueError(f"compression.{key}: {problem}")
-
-
-def _check_ratio(ratio: float) -> float:
-    _require(0.0 < ratio <= 1.0, "ratio", f"must be in (0, 1] (the fraction of elements kept), got {ratio}")
-    return float(ratio)
+from .base import CompressionSettings, Compressor, Payload, RatioSettings
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -45,6 +40,7 @@ class _Scratch:
         return buf
 
 
+@COMPRESSORS.register("none")
 class NoCompression(Compressor):
     """The dense fp32 vector itself: the baseline every other scheme is measured against."""
 
@@ -59,6 +55,7 @@ class NoCompression(Compressor):
             out.copy_(payload[0])
 
 
+@COMPRESSORS.register("fp16")
 class FP16(Compressor):
     """Half precision: 2 bytes per element. The exchange divides by the device count before
     summing, so the fp16 sum cannot overflow where the fp32 mean would not."""
@@ -75,6 +72,19 @@ class FP16(Compressor):
         out.add_(payload[0], alpha=alpha)
 
 
+@dataclass
+class TopKSettings(RatioSettings):
+    warmup_epochs: int = 0  # DGC density warm-up (0 = off)
+    sample_ratio: float = 0.01  # sample for the threshold
+
+    def check(self, cfg: object = None) -> None:
+        super().check()
+        require(self.warmup_epochs >= 0, "compression.warmup_epochs",
+                f"must be a whole number of epochs >= 0 (0 turns warm-up off), got {self.warmup_epochs}")
+        require(0.0 < self.sample_ratio <= 1.0, "compression.sample_ratio", f"must be in (0, 1], got {self.sample_ratio}")
+
+
+@COMPRESSORS.register("topk")
 class TopK(Compressor):
     """Top-k sparsification as in Deep Gradient Compression (Lin et al. 2018).
 
@@ -92,16 +102,20 @@ class TopK(Compressor):
     min_sample_hits = 64
     oversample = 1.25
 
+    Settings = TopKSettings
+
     def __init__(self, ratio: float = 0.01, warmup_epochs: int = 0, sample_ratio: float = 0.01,
                  seed: int = 0) -> None:
-        self.ratio = _check_ratio(ratio)
-        _require(warmup_epochs >= 0 and float(warmup_epochs).is_integer(), "warmup_epochs",
-                 f"must be a whole number of epochs >= 0 (0 turns warm-up off), got {warmup_epochs}")
-        _require(0.0 < sample_ratio <= 1.0, "sample_ratio", f"must be in (0, 1], got {sample_ratio}")
+        self.ratio = float(ratio)
         self.warmup_epochs = int(warmup_epochs)
         self.sample_ratio = float(sample_ratio)
         self.rng = np.random.default_rng(seed)
         self.scratch = _Scratch()
+
+    @classmethod
+    def from_settings(cls, settings: TopKSettings, shapes: Sequence[Sequence[int]], seed: int,
+                      unbiased: bool) -> "TopK":
+        return cls(settings.ratio, settings.warmup_epochs, settings.sample_ratio, seed=seed)
 
     def density(self, epoch: float) -> float:
         e = max(0, math.floor(epoch))
@@ -111,7 +125,7 @@ class TopK(Compressor):
 
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         numel = x.numel()
-        _require(numel < 2**31, "name", "topk indices are int32: vectors must hold < 2^31 elements")
+        require(numel < 2**31, "compression.name", "topk indices are int32: vectors must hold < 2^31 elements")
         k = _kept(self.density(epoch), numel)
         if k == numel:
             return x.clone(), torch.arange(numel, dtype=torch.int32)
@@ -142,6 +156,7 @@ class TopK(Compressor):
         out.index_add_(0, idx, values, alpha=alpha)
 
 
+@COMPRESSORS.register("randomk")
 class RandomK(Compressor):
     """k random elements, the same on every device (the indices come from a seed shared per
     step), so only the values travel and they can be summed by Allreduce: 4 bytes per element.
@@ -153,12 +168,18 @@ class RandomK(Compressor):
     """
 
     summable = True
+    Settings = RatioSettings
 
     def __init__(self, ratio: float = 0.01, unbiased: bool = True, seed: int = 0) -> None:
-        self.ratio = _check_ratio(ratio)
+        self.ratio = float(ratio)
         self.unbiased = bool(unbiased)
         self.seed = seed
         self._last: tuple[int, int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RatioSettings, shapes: Sequence[Sequence[int]], seed: int,
+                      unbiased: bool) -> "RandomK":
+        return cls(settings.ratio, unbiased=unbiased, seed=seed)
 
     def chosen(self, numel: int, step: int) -> torch.Tensor:
         if self._last is None or self._last[:2] != (numel, step):
@@ -185,6 +206,19 @@ class RandomK(Compressor):
         out.index_add_(0, self._last[2], payload[0], alpha=alpha)
 
 
+@dataclass
+class QSGDSettings(CompressionSettings):
+    levels: int = 127
+    bucket_size: int = 512
+
+    def check(self, cfg: object = None) -> None:
+        super().check()
+        require(1 <= self.levels <= 127, "compression.levels",
+                f"must be a whole number in [1, 127] (a level fits in one byte), got {self.levels}")
+        require(self.bucket_size >= 1, "compression.bucket_size", f"must be a whole number >= 1, got {self.bucket_size}")
+
+
+@COMPRESSORS.register("qsgd")
 class QSGD(Compressor):
     """Stochastic quantisation (Alistarh et al. 2017), unbiased: per bucket of ``bucket_size``
     elements, |x|/‖bucket‖₂ · levels is rounded up or down at random in proportion to its
@@ -192,11 +226,14 @@ class QSGD(Compressor):
     bits as divide a byte (2 bits for levels = 1, 4 for ≤ 7, 8 for ≤ 127), plus one fp32 norm
     per bucket, so fewer levels do cost fewer bytes."""
 
+    Settings = QSGDSettings
+
+    @classmethod
+    def from_settings(cls, settings: QSGDSettings, shapes: Sequence[Sequence[int]], seed: int,
+                      unbiased: bool) -> "QSGD":
+        return cls(settings.levels, settings.bucket_size, seed=seed)
+
     def __init__(self, levels: int = 127, bucket_size: int = 512, seed: int = 0) -> None:
-        _require(1 <= levels <= 127 and float(levels).is_integer(), "levels",
-                 f"must be a whole number in [1, 127] (a level fits in one byte), got {levels}")
-        _require(bucket_size >= 1 and float(bucket_size).is_integer(), "bucket_size",
-                 f"must be a whole number >= 1, got {bucket_size}")
         self.levels = int(levels)
         self.bucket_size = int(bucket_size)
         self.bits = 2 if self.levels == 1 else 4 if self.levels <= 7 else 8
@@ -252,6 +289,7 @@ class QSGD(Compressor):
         out[full * self.bucket_size:].mul_(step[full:])  # the last, shorter bucket (if any)
 
 
+@COMPRESSORS.register("signsgd")
 class SignSGD(Compressor):
     """EF-signSGD (Karimireddy et al. 2019): ‖x‖₁/d · sign(x), meant to run with error
     feedback. Payload: the sign bits packed 8 to a byte plus one fp32 scale (zero counts as +)."""

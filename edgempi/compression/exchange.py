@@ -12,41 +12,26 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from edgempi.registry import COMPRESSORS
+from edgempi.settings import require
+
 from ..comm import Comm
-from .base import Compressor
-from .compressors import _require
+from .base import CompressionSettings, Compressor
 from .memory import ErrorFeedback, MomentumCorrection, NoMemory
-from .registry import COMPRESSORS, create, options
+from .registry import build, settings_of
 
-#: keys of the ``compression`` config section that the exchange reads itself; the others
-#: go to the compressor that takes them.
-EXCHANGE_KEYS = ("name", "error_feedback", "clip_norm")
 _SEED_STREAM = 0xC0DEC
-#: compressor options the exchange derives itself rather than reading from the config.
-_GIVEN = ("seed", "shapes", "unbiased")
 
 
-def build_compressor(settings: Mapping[str, Any], shapes: Sequence[Sequence[int]], seed: int) -> Compressor:
-    """The compressor named by ``settings`` (the ``compression`` config section as a mapping).
-
-    Keys the named compressor does not take are ignored (the section carries every scheme's
-    defaults); keys that no scheme takes are an error.
-    """
-    known = set(EXCHANGE_KEYS).union(*(options(n) for n in COMPRESSORS)) - set(_GIVEN)
-    for key in sorted(set(settings) - known):
-        raise ValueError(f"compression.{key}: unknown key")
-    name = settings.get("name", "none")
-    takes = options(name)
-    given = {"seed": seed, "shapes": [tuple(s) for s in shapes],
-             "unbiased": not settings.get("error_feedback", False)}
-    kwargs = {k: v for k, v in {**settings, **given}.items() if k in takes}
-    return create(name, **kwargs)
+def build_compressor(section: Mapping[str, Any] | CompressionSettings, shapes: Sequence[Sequence[int]],
+                     seed: int) -> Compressor:
+    """The compressor a ``compression`` section names (keys of other compressors are ignored)."""
+    return build(section, shapes, seed)
 
 
-def validate(settings: Mapping[str, Any]) -> None:
+def validate(section: Mapping[str, Any] | CompressionSettings) -> None:
     """Check the ``compression`` section before any MPI work; raises ValueError naming the key."""
-    build_compressor(settings, shapes=[(1,)], seed=0)
-    GradientExchange.check_options(settings.get("clip_norm", 0.0))
+    settings_of(section)
 
 
 class GradientExchange:
@@ -83,25 +68,27 @@ class GradientExchange:
 
     @staticmethod
     def check_options(clip_norm: float) -> None:
-        _require(clip_norm >= 0.0, "clip_norm", f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
+        require(clip_norm >= 0.0, "compression.clip_norm", f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], comm: Comm, shapes: Sequence[Sequence[int]],
-                    seed: int = 0, momentum: float = 0.0, dense_downlink: bool = False) -> "GradientExchange":
-        """Build from the ``compression`` config section (a mapping, e.g. ``dataclasses.asdict``).
+    def from_config(cls, section: Mapping[str, Any] | CompressionSettings, comm: Comm,
+                    shapes: Sequence[Sequence[int]], seed: int = 0, momentum: float = 0.0,
+                    dense_downlink: bool = False) -> "GradientExchange":
+        """Build from the ``compression`` config section (its settings, or a mapping).
 
         ``shapes``: the shapes of the tensors laid out in the flat vector, in order.
         ``seed``: the run's seed; summable compressors get one shared by all devices (their
         choices must agree), the others one per device.
         """
+        if isinstance(section, Mapping):  # a bare mapping (tests, benchmarks): no error feedback unless asked
+            section = {"error_feedback": False, **section}
+        settings = settings_of(section)
         stream = np.random.SeedSequence([seed, _SEED_STREAM])
-        name = settings.get("name", "none")
-        shared = COMPRESSORS.get(name) is not None and COMPRESSORS[name].summable
+        shared = COMPRESSORS.get(settings.name).summable
         own = stream if shared else stream.spawn(comm.size)[comm.rank]
-        compressor = build_compressor(settings, shapes, int(own.generate_state(1)[0]))
-        return cls(compressor, comm, sum(math.prod(s) for s in shapes),
-                   error_feedback=bool(settings.get("error_feedback", False)), momentum=momentum,
-                   clip_norm=settings.get("clip_norm", 0.0), dense_downlink=dense_downlink)
+        compressor = build(settings, shapes, int(own.generate_state(1)[0]))
+        return cls(compressor, comm, sum(math.prod(s) for s in shapes), error_feedback=settings.error_feedback,
+                   momentum=momentum, clip_norm=settings.clip_norm, dense_downlink=dense_downlink)
 
     def exchange_mean_(self, flat: torch.Tensor, step: int, epoch: float) -> None:
         """Replace ``flat`` (this device's gradient or update) by the all-device mean of what was sent."""

@@ -18,8 +18,10 @@ from typing import Sequence
 
 import torch
 
-from .base import AllreduceSum, Compressor, Payload
-from .compressors import _require
+from edgempi.registry import COMPRESSORS
+from edgempi.settings import require
+
+from .base import AllreduceSum, CompressionSettings, Compressor, Payload
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,16 @@ def _noop_allreduce(buf: torch.Tensor, first: bool) -> None:
     """One device: the sum over devices is the device's own value."""
 
 
+@dataclass
+class PowerSGDSettings(CompressionSettings):
+    rank: int = 4
+
+    def check(self, cfg: object = None) -> None:
+        super().check()
+        require(self.rank >= 1, "compression.rank", f"must be a whole number >= 1, got {self.rank}")
+
+
+@COMPRESSORS.register("powersgd")
 class PowerSGD(Compressor):
     """Rank-``rank`` PowerSGD over the model ``shapes`` (the flat layout, in order).
 
@@ -48,9 +60,15 @@ class PowerSGD(Compressor):
     summable = True
     collective = True
 
+    Settings = PowerSGDSettings
+
+    @classmethod
+    def from_settings(cls, settings: PowerSGDSettings, shapes: Sequence[Sequence[int]], seed: int,
+                      unbiased: bool) -> "PowerSGD":
+        return cls(settings.rank, shapes=shapes, seed=seed)
+
     def __init__(self, rank: int = 4, shapes: Sequence[Sequence[int]] | None = None, seed: int = 0) -> None:
-        _require(rank >= 1 and float(rank).is_integer(), "rank", f"must be a whole number >= 1, got {rank}")
-        _require(bool(shapes), "name", "powersgd needs the model layout: pass shapes=[parameter shapes]")
+        require(bool(shapes), "compression.name", "powersgd needs the model layout: pass shapes=[parameter shapes]")
         self.rank = int(rank)
         self.matrices: list[_Matrix] = []
         plain, start = [], 0

@@ -1,4 +1,4 @@
-"""Training-time augmentation on whole batches, and the per-dataset normalisation constants.
+"""Training-time augmentation on whole batches.
 
 The loader draws batches from in-memory tensors, so augmentation runs on a batch [N, C, H, W] at
 once: two gathers (rows, then columns) build every sample's crop and flip, with no Python loop over samples, and the
@@ -8,22 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-# name → (mean, std) per channel, of the training images scaled to [0, 1]
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-}
-
-
-def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of a data set; unknown names are refused rather than silently left unnormalised."""
-    if name not in NORMALIZATION:
-        raise ValueError(f"data.name: no normalisation constants for {name!r} "
-                         f"(known: {', '.join(NORMALIZATION)})")
-    return NORMALIZATION[name]
-
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
     """The standard CIFAR-10 augmentation: a random H×W crop of the zero-padded image, then a

@@ -1,4 +1,8 @@
-"""Model registry: ``create(name, num_classes, in_channels, input_size, norm)`` → nn.Module."""
+"""Model registry: ``create(name, num_classes, in_channels, input_size, norm)`` → nn.Module.
+
+An entry is a builder with that signature whose ``norm`` default is the model's usual
+normalisation; a user's own is ``model.name: package.module:function``.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,31 +12,28 @@ from torch import nn
 from edgempi.models.lenet import lenet5
 from edgempi.models.resnet import resnet18
 from edgempi.models.zoo import NORMS, densenet121, fda_cnn, mlp
+from edgempi.registry import MODELS
 from edgempi.spatial.vgg import spatial_vgg
 
-# name → (builder, default norm)
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "lenet5": (lenet5, "none"),
-    "resnet18": (resnet18, "batch"),
-    "fda_cnn": (fda_cnn, "none"),
-    "densenet121": (densenet121, "batch"),
-    "mlp": (mlp, "none"),
-    "spatial_vgg": (spatial_vgg, "batch"),
-}
+Builder = Callable[..., nn.Module]
+
+for _builder in (lenet5, resnet18, fda_cnn, densenet121, mlp, spatial_vgg):
+    MODELS.add(_builder.__name__, _builder)
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return MODELS.names()
 
 
 def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
            norm: str | None = None) -> nn.Module:
     """Build a model; ``norm=None`` takes the model's usual normalisation."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r} (choose from {', '.join(_REGISTRY)})")
-    builder, default_norm = _REGISTRY[name]
-    return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-                   norm=default_norm if norm is None else norm)
+    builder: Builder = MODELS.get(name)
+    options = {} if norm is None else {"norm": norm}
+    model = builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.name: {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgempi.data.augment import NORMALIZATION, crop_flip, normalization
+from edgempi.data.augment import crop_flip
+from edgempi.registry import DATASETS
+from edgempi.settings import ConfigError
 
 
 def reference(x: torch.Tensor, seed: int, padding: int, flip: bool) -> torch.Tensor:
@@ -59,10 +61,9 @@ def test_refuses_a_single_image():
         crop_flip(torch.zeros(3, 32, 32), torch.Generator())
 
 
-def test_normalization_constants():
-    assert set(NORMALIZATION) == {"mnist", "fashion-mnist", "cifar10"}
-    mean, std = normalization("cifar10")
-    assert len(mean) == len(std) == 3
-    assert normalization("mnist") == ((0.1307,), (0.3081,))
-    with pytest.raises(ValueError, match="data.name.*'svhn'"):
-        normalization("svhn")
+def test_normalization_constants_live_with_each_data_set():
+    assert {"mnist", "fashion-mnist", "cifar10", "synthetic"} <= set(DATASETS.names())
+    assert (DATASETS.get("mnist").mean, DATASETS.get("mnist").std) == ((0.1307,), (0.3081,))
+    assert (DATASETS.get("fashion-mnist").mean, DATASETS.get("fashion-mnist").std) == ((0.2860,), (0.3530,))
+    with pytest.raises(ConfigError, match="data.name.*'svhn'"):
+        DATASETS.get("svhn")

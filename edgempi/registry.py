@@ -1,0 +1,112 @@
+"""The registries of the extensible kinds: methods, compressors, data sets and models.
+
+A plug-in registers itself under a name in the module that defines it
+(``@METHODS.register("fedavg")``); a user's own plug-in needs no registration at all: a config
+names it by a dotted path, ``package.module:attr``, imported on first use. The built-in entries
+are found the same way, by importing the package that holds them on the first lookup, so that
+this module (and ``config.py``, which reads sections through it) imports none of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Generic, TypeVar
+
+from edgempi.settings import ConfigError, Settings
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names → entries of one kind. ``key`` is the config key that names an entry
+    (``algorithm.name``); ``package`` holds the built-in entries; ``default`` is the name a
+    section without one takes."""
+
+    def __init__(self, key: str, package: str, default: str | None = None) -> None:
+        self.key, self.package, self.default = key, package, default
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: file ``entry`` under ``name`` (a plug-in's only registration step)."""
+        def add(entry: T) -> T:
+            if name in self._entries and self._entries[name] is not entry:
+                raise ValueError(f"{self.key}: {name!r} is registered twice")
+            self._entries[name] = entry
+            return entry
+        return add
+
+    def add(self, name: str, entry: T) -> None:
+        """Register an entry that is not a class or function of its own (e.g. a record)."""
+        self.register(name)(entry)
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self.package)
+
+    def names(self) -> tuple[str, ...]:
+        self._load()
+        return tuple(self._entries)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def entries(self) -> dict[str, T]:
+        self._load()
+        return dict(self._entries)
+
+    def get(self, name: str) -> T:
+        """The entry called ``name``, or the object a ``package.module:attr`` path names."""
+        self._load()
+        if name in self._entries:
+            return self._entries[name]
+        if ":" in name:
+            return self._import(name)
+        raise ConfigError(self.key, f"unknown value {name!r} (choose from {', '.join(self._entries)}, "
+                                    "or name your own as package.module:attr)")
+
+    def _import(self, path: str) -> T:
+        module_name, _, attr = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(self.key, f"cannot import {module_name!r} for {path!r} ({exc})") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise ConfigError(self.key, f"{module_name!r} has no {attr!r}") from None
+
+
+class SettingsRegistry(Registry[T]):
+    """A registry whose entries bring a ``Settings`` dataclass (methods, compressors): a config
+    section is read into the settings class its ``name`` picks."""
+
+    def settings_class(self, name: str) -> type[Settings]:
+        cls = getattr(self.get(name), "Settings", None)
+        if not (isinstance(cls, type) and issubclass(cls, Settings)):
+            raise ConfigError(self.key, f"{name!r} declares no Settings dataclass derived from edgempi.settings.Settings")
+        return cls
+
+    def default_settings(self) -> Settings:
+        return self.settings_class(self.default)(name=self.default)
+
+    def foreign_fields(self, chosen: type[Settings]) -> dict[str, tuple[dataclasses.Field, list[str]]]:
+        """Keys of the other registered entries that ``chosen`` does not take: key → (a field
+        declaring it, the names of the entries that take it)."""
+        own = {f.name for f in dataclasses.fields(chosen)}
+        found: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+        for name in self.names():
+            for f in dataclasses.fields(self.settings_class(name)):
+                if f.name not in own:
+                    found.setdefault(f.name, (f, []))[1].append(name)
+        return found
+
+
+METHODS: SettingsRegistry[Any] = SettingsRegistry("algorithm.name", "edgempi.algorithms", default="large_batch")
+COMPRESSORS: SettingsRegistry[Any] = SettingsRegistry("compression.name", "edgempi.compression", default="none")
+DATASETS: Registry[Any] = Registry("data.name", "edgempi.data", default="fashion-mnist")
+MODELS: Registry[Any] = Registry("model.name", "edgempi.models", default="lenet5")
