@@ -44,6 +44,11 @@ BAD = [
      "algorithm.balancing"),
     (["algorithm.name=dynamic", "algorithm.delta=1", "algorithm.balancing=true", "network.step_ms=10",
       "network.deadline_s=1"], "algorithm.balancing"),
+    (["algorithm.name=scaffold", "algorithm.local_steps=2", "train.momentum=0.9"], "train.momentum"),
+    (["algorithm.name=scaffold", "algorithm.local_steps=2", "network.step_ms=10", "network.deadline_s=1"],
+     "network.deadline_s"),
+    (["algorithm.name=fedprox", "algorithm.local_steps=2", "algorithm.mu=-1"], "algorithm.mu"),
+    (["algorithm.name=scaffold", "algorithm.local_steps=2", "compression.name=topk"], "compression.name"),
 ])
 def test_combinations_the_devices_stragglers_and_balancing_refuse(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: "):

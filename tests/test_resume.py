@@ -48,13 +48,17 @@ def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
     ("dynamic", {"algorithm": {"delta": 0.02, "check_every": 2, "balancing": True},  # 8 devices: partial syncs
                  "parallel": {"devices_per_rank": 4}}),
     ("fedavg", {"parallel": {"devices_per_rank": 3}, "model": {"norm": "batch"}}),  # device banks, BN, momentum
+    ("fedprox", {"algorithm": {"mu": 0.1}}),  # the round's anchor
+    ("scaffold", {"algorithm": {"participation": 0.5}, "parallel": {"devices_per_rank": 2},  # control variates
+                  "train": {"momentum": 0.0}}),
     ("large_batch", {"parallel": {"devices_per_rank": 2},  # stragglers: the deadline's step count is saved
                      "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2, "jitter": 0.5}}),
 ])
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm, extra):
-    cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9},
+    cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9,
+                              **extra.get("train", {})},
                        algorithm={"name": algorithm, "local_steps": 3, **extra.get("algorithm", {})},
-                       checkpoint={"every_steps": 10}, **{k: v for k, v in extra.items() if k != "algorithm"})
+                       checkpoint={"every_steps": 10}, **{k: v for k, v in extra.items() if k not in ("algorithm", "train")})
     config = write_config(tmp_path / "c.yaml", cfg)
     full = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=full", ranks=2)
     assert full.returncode == 0, full.stderr

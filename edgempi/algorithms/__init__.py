@@ -4,7 +4,7 @@ Each module registers its method (``@METHODS.register``); importing it here is t
 built-in method's registration. A user's own method needs none: ``algorithm.name:
 package.module:Policy``.
 """
-from edgempi.algorithms import centralized, dynamic, fda, fedavg, large_batch  # noqa: F401  (registration)
+from edgempi.algorithms import centralized, dynamic, fda, fedavg, fedprox, large_batch, scaffold  # noqa: F401
 from edgempi.algorithms.base import Context, FederatedSettings, MethodSettings, Policy
 from edgempi.registry import METHODS
 

@@ -34,38 +34,66 @@ class FedAvgSettings(FederatedSettings):
         return self.local_steps or max(1, round(self.local_epochs * steps_per_epoch))
 
 
-@METHODS.register("fedavg")
-class FedAvg(Policy):
-    Settings = FedAvgSettings
+class PeriodicPolicy(Policy):
+    """A method whose rounds end every ``period`` local steps (FedAvg and its kin)."""
+
     settings: FedAvgSettings
     models_differ = True
     sync_columns = ("participants",)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
+        self.period = self.settings.period(ctx.steps_per_epoch)
+        self.anchor = ctx.flat.params.clone()  # the model every device started this round from
+
+    def round_ending(self, step: int) -> int | None:
+        """The number (1, 2, …) of the round that ends with ``step``; None in mid-round."""
+        return None if (step + 1) % self.period else (step + 1) // self.period
+
+    def restart(self, record: dict[str, Any]) -> dict[str, Any]:
+        """After a round's exchange: if anybody reported, every device now holds the new
+        global model, where the next round starts."""
+        if record["participants"] > 0:
+            self.anchor.copy_(self.ctx.bank.params[0])
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"anchor": self.anchor.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.anchor.copy_(state["anchor"])
+
+
+@METHODS.register("fedavg")
+class FedAvg(PeriodicPolicy):
+    Settings = FedAvgSettings
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
         a = self.settings
-        self.period = a.period(ctx.steps_per_epoch)
         self.exchange = make_exchange(ctx, with_buffers=a.average_buffers, dense_downlink=True)
         self.reference = ctx.flat.exchanged(a.average_buffers).clone() if self.exchange else None
 
     def after_step(self, step: int) -> dict[str, Any] | None:
-        if (step + 1) % self.period:
+        round_index = self.round_ending(step)
+        if round_index is None:
             return None
         with_buffers = self.settings.average_buffers
         if self.exchange is None:
-            mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, (step + 1) // self.period)
+            mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, round_index)
             reported = self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)
-            return {"step": step + 1, "participants": reported}  # 0: every device keeps its model
+            return self.restart({"step": step + 1, "participants": reported})  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)
         update = state - self.reference
         self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
         state.copy_(self.reference.add_(update))
-        return {"step": step + 1, "participants": self.ctx.comm.devices}
+        return self.restart({"step": step + 1, "participants": self.ctx.comm.devices})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"exchange": exchange_state(self.exchange), "reference": self.reference}
+        return {**super().state_dict(), "exchange": exchange_state(self.exchange), "reference": self.reference}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         load_exchange_state(self.exchange, state["exchange"])
         if self.reference is not None:
             self.reference.copy_(state["reference"])

@@ -162,7 +162,7 @@ def test_partial_participation_averages_only_the_participants(monkeypatch):
         before = comm.allgather_object(self.ctx.flat.storage.clone()) if (step + 1) % self.period == 0 else None
         sync = original(self, step)
         if sync is not None:
-            mask = participants(self.ctx.cfg, comm.size, (step + 1) // self.period)
+            mask = participants(self.settings, self.ctx.cfg.seed, comm.size, (step + 1) // self.period)
             expected = torch.stack([b for b, m in zip(before, mask) if m]).mean(0) if mask.any() else before[comm.rank]
             seen.append((mask.tolist(), sync["participants"], torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
                          same_on_all_ranks(comm, self.ctx.flat.storage) or not mask.any()))
@@ -199,7 +199,7 @@ def test_simulated_time_follows_the_network_model():
 def test_partial_participation_in_the_conditional_methods(method):
     comm = Comm()
     setup, outcome, _ = run(["train.steps=12", *method, "algorithm.participation=0.5"], comm)
-    masks = [participants(setup.cfg, comm.size, r + 1) for r in range(len(outcome.syncs))]
+    masks = [participants(setup.cfg.algorithm, setup.cfg.seed, comm.size, r + 1) for r in range(len(outcome.syncs))]
     assert len(outcome.syncs) >= 6 and all(m.sum() == comm.size // 2 for m in masks)
     assert comm.ledger.bytes_up == sum(int(m[comm.rank]) for m in masks) * 4 * LENET
     assert comm.ledger.bytes_down == len(masks) * 4 * LENET
