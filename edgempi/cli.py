@@ -60,7 +60,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
-    from edgempi.runner import SetupError
+    from edgempi.runner import SetupError, abort
     from edgempi.sweep import SweepError
     from edgempi.train import TrainingError
 
@@ -80,7 +80,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
         return 1
     except Exception as exc:  # any rank: say which, then take the whole job down
         print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        comm.abort(1)
+        abort(comm, 1)
         return 1
     if comm.rank == 0 and path is not None:
         print(path)
@@ -134,11 +134,12 @@ def _analysis(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def cmd_partition(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from edgempi import data
-    from edgempi.train import load_dataset, make_partition
+    from edgempi.train import Seeds, load_dataset, make_partition
 
     try:
         dataset = load_dataset(cfg)
-        table = data.counts(dataset.train_y.numpy(), make_partition(cfg, dataset, args.devices), dataset.num_classes)
+        parts = make_partition(cfg, dataset, Seeds.from_seed(cfg.seed, args.devices))
+        table = data.counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     except (ValueError, data.DataError) as exc:
         raise CliError(str(exc)) from exc
     print(f"{cfg.data.name}, partition {cfg.data.partition} {cfg.data.partition_args() or ''}, "

@@ -21,7 +21,7 @@ from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.devices import DeviceBank
-from edgempi.network import Deadline, Jitter, device_links
+from edgempi.sim import Clock
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -47,6 +47,8 @@ class Seeds:
 
     @classmethod
     def from_seed(cls, seed: int, devices: int) -> "Seeds":
+        """Draw every stream of a run of ``devices`` devices once; only the per-device streams
+        depend on ``devices`` (a spatial run's devices are its tile groups, not its ranks)."""
         part, init, dev, net = np.random.SeedSequence(seed).spawn(4)
 
         def draw(ss: np.random.SeedSequence) -> int:
@@ -68,6 +70,7 @@ class Setup:
     flat: FlatModel
     optimizer: torch.optim.Optimizer
     peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
+    clock: Clock  # the simulated edge clock of this rank's devices, told of every exchange
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
 
     @property
@@ -85,17 +88,15 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     """
     dataset = dataset or load_dataset(cfg)
     local = cfg.parallel.devices_per_rank
-    # The devices' modelled edge links (before any split, so sub-groups inherit them).
-    network_seed = Seeds.from_seed(cfg.seed, comm.size * local).network
-    links = device_links(cfg.network, network_seed, comm.size * local)
-    deadline = Deadline(cfg.network.deadline_s, links) if cfg.network.deadline_s is not None else None
-    jitter = Jitter(cfg.network.jitter, network_seed, comm.size * local) if cfg.network.jitter > 0 else None
-    comm.host(links[comm.rank * local:(comm.rank + 1) * local], deadline, jitter)
+    grid = (cfg.parallel.grid[0], cfg.parallel.grid[1])
+    seeds = Seeds.from_seed(cfg.seed, device_count(cfg, comm.size))
+    # Every rank's modelled edge link (before any split, so sub-groups report to the same clock).
+    clock = Clock.for_devices(cfg.network, seeds.network, comm.size * local, comm.rank * local, local)
+    comm.host(local, observer=clock)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
-        group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
-    seeds = Seeds.from_seed(cfg.seed, peers.devices)
-    parts = make_partition(cfg, dataset, peers.devices)
+        group, peers = spatial_groups(comm, grid, share_ledger=True)
+    parts = make_partition(cfg, dataset, seeds)
     loaders = [device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
@@ -107,11 +108,19 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     model = algorithms.policy_class(cfg.algorithm.name).prepare_model(cfg.algorithm, model, comm)
     group_reduce = None
     if group is not None:
-        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size)
+        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size, clock.links[0])
         group_reduce = model.allreduce_grads_
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
-                 group_reduce)
+                 clock, group_reduce)
+
+
+def device_count(cfg: RunConfig, ranks: int) -> int:
+    """How many devices ``ranks`` ranks train: ``devices_per_rank`` each, or, in spatial mode,
+    one per tile group of ``grid`` ranks (the config refuses a grid that does not divide them)."""
+    if cfg.parallel.mode == "spatial":
+        return ranks // math.prod(cfg.parallel.grid)
+    return ranks * cfg.parallel.devices_per_rank
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
@@ -120,10 +129,10 @@ def load_dataset(cfg: RunConfig) -> data.Dataset:
                      synthetic_side=cfg.data.synthetic_side)
 
 
-def make_partition(cfg: RunConfig, dataset: data.Dataset, devices: int) -> list[np.ndarray]:
-    """Every device's training indices: a function of the config and the device count only."""
-    return data.partition(dataset.train_y.numpy(), devices, cfg.data.partition,
-                          Seeds.from_seed(cfg.seed, devices).partition,
+def make_partition(cfg: RunConfig, dataset: data.Dataset, seeds: Seeds) -> list[np.ndarray]:
+    """Every device's training indices: a function of the config and the device count only
+    (one device per stream of ``seeds``)."""
+    return data.partition(dataset.train_y.numpy(), len(seeds.devices), cfg.data.partition, seeds.partition,
                           min_samples=cfg.data.min_samples or cfg.train.batch_size, **cfg.data.partition_args())
 
 
@@ -157,10 +166,6 @@ def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int, total: int) -
         progress = (step - t.warmup_steps) / max(1, total - t.warmup_steps)
         return 0.5 * t.lr * (1 + math.cos(math.pi * progress))
     return t.lr
-
-
-def threads_per_rank(cfg: RunConfig, comm: Comm) -> int:
-    return cfg.train.threads or comm.cores_per_rank()
 
 
 @dataclass
@@ -210,14 +215,14 @@ class Trainer:
 
     def __init__(self, setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
                  loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
-        self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
+        self.setup, self.comm, self.cfg, self.flat, self.clock = setup, comm, setup.cfg, setup.flat, setup.clock
         self.recorder = recorder or NullRecorder()
         self.loaders = [loader] if loader is not None else setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
         policy = algorithms.policy_class(setup.cfg.algorithm.name)
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
-                                               setup.optimizer, self.bank, setup.group_reduce))
+                                               setup.optimizer, self.bank, setup.group_reduce, setup.clock))
         test = setup.dataset
         self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
@@ -228,15 +233,18 @@ class Trainer:
 
     # -- what a row holds ------------------------------------------------------------------
     def counters(self, step: int) -> dict[str, float]:
-        """Cumulative per-device means of the ledger, and the clocks (collective)."""
+        """Cumulative per-device means of the ledger and of the measured compute, and the
+        clocks (collective)."""
         ledger, comm = self.comm.ledger, self.comm
         keys = ("rounds", "bytes_up", "bytes_down", "ctrl_bytes", "compute_s", "comm_s")
-        means = comm.reduce_metrics([getattr(ledger, k) for k in keys]) / comm.devices
+        totals = [ledger.rounds, ledger.bytes_up, ledger.bytes_down, ledger.ctrl_bytes, self.clock.compute_s,
+                  ledger.comm_s]
+        means = comm.reduce_metrics(totals) / comm.devices
         return {"step": step, "epoch": step / self.setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
-                "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
+                "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": self.clock.sim_time(comm)}
 
     def record_eval(self, step: int) -> None:
-        with self.comm.uncounted():
+        with self.comm.uncounted(), self.clock.paused():
             test_loss, test_acc = evaluate(self.bank, self.setup.peers, self.test_shards, self.loaders[0].normalize,
                                            self.policy.models_differ, self.cfg.algorithm.eval_stats == "average")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
@@ -262,15 +270,16 @@ class Trainer:
 
         Each device's step is timed on its own and joins the simulated clock before the step's
         exchanges; an optimizer step after a gradient exchange, and the policy's local work
-        (shared out evenly), join it after them.
+        (shared out evenly), join it after them. Local work is wall time less this rank's time
+        in collectives (one wait, however many devices the rank holds).
         """
-        cfg, flat, optimizer, comm, bank = self.cfg, self.flat, self.setup.optimizer, self.comm, self.bank
+        cfg, flat, optimizer, clock, bank = self.cfg, self.flat, self.setup.optimizer, self.clock, self.bank
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
         steps_now = not self.policy.exchanges_gradients
         loss_sum = 0.0
         for device in bank.each(save_grads=not steps_now):
-            tick, comm_before = time.perf_counter(), comm.ledger.comm_s  # spatial/SyncBN talk in forward
+            mark = clock.mark()  # spatial/SyncBN talk in forward
             x, y = self.loaders[device].batch(step)
             flat.zero_grad()
             loss = F.cross_entropy(flat.model(x), y)
@@ -279,18 +288,18 @@ class Trainer:
             if steps_now:
                 optimizer.step()
             loss_sum += loss.item()
-            comm.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before), device)
+            clock.add_compute(clock.work_since(mark), device)
         later = np.zeros(bank.count)
-        tick, comm_before = time.perf_counter(), comm.ledger.comm_s
+        mark = clock.mark()
         if self.policy.after_backward(step) and not steps_now:
             for device in bank.each(load_grads=bank.count > 1):
                 started = time.perf_counter()
                 optimizer.step()
                 later[device] = time.perf_counter() - started
         sync = self.policy.after_step(step)
-        policy_s = time.perf_counter() - tick - (comm.ledger.comm_s - comm_before) - later.sum()
+        policy_s = clock.work_since(mark) - later.sum()
         for device, seconds in enumerate((later + policy_s / bank.count).tolist()):
-            comm.add_compute(seconds, device, step=False)
+            clock.add_compute(seconds, device, step=False)
         if sync is not None:
             self.recorder.append("syncs", sync)
             self.outcome.syncs.append(sync)
@@ -326,8 +335,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything that makes the next step of this device what it would have been."""
         return {"step": self.step, **self.bank.state_dict(), "policy": self.policy.state_dict(),
-                "ledger": self.comm.ledger.as_dict(), "torch_rng": torch.get_rng_state(),
-                "wall_s": self.wall_before + time.perf_counter() - self.started}
+                "ledger": self.comm.ledger.as_dict(), "clock": self.clock.state_dict(),
+                "torch_rng": torch.get_rng_state(), "wall_s": self.wall_before + time.perf_counter() - self.started}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -335,6 +344,7 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         for key, value in state["ledger"].items():
             setattr(self.comm.ledger, key, value)
+        self.clock.load_state_dict(state["clock"])
         torch.set_rng_state(state["torch_rng"])
         self.wall_before = state["wall_s"]
 

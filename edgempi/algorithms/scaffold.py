@@ -62,7 +62,7 @@ class Scaffold(PeriodicPolicy):
         self.outbox[:, :width] = rows
         torch.sub(fresh, self.c_local, out=self.outbox[:, width:])
         mask = participants(self.settings, ctx.cfg.seed, ctx.comm.devices, round_index)
-        reported = ctx.comm.allreduce_mean_(self.outbox, mask)
+        reported = ctx.average_(self.outbox, mask)
         if reported == 0:  # nobody reported: every device keeps its model and its cᵢ
             return self.restart({"step": step + 1, "participants": 0})
         rows.copy_(self.outbox[:, :width])
