@@ -5,24 +5,31 @@ refuses, with a one-line ValueError, inputs it cannot take.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 from torchvision.models import densenet121 as tv_densenet121
 
 NORMS = ("batch", "group", "none")
 
 
-def norm_layer(norm: str, channels: int, dim: int = 2) -> nn.Module:
+def wu_he_groups(channels: int) -> int:
+    """32 groups as in Wu & He (2018), fewer when the channels do not divide evenly, at least
+    two channels per group."""
+    return max((g for g in range(1, 33) if channels % g == 0 and channels // g >= 2), default=1)
+
+
+def norm_layer(norm: str, channels: int, dim: int = 2, groups: Callable[[int], int] = wu_he_groups) -> nn.Module:
     """A normalisation layer by name, so every model can swap BatchNorm for GroupNorm or nothing.
 
     GroupNorm is the usual choice when BatchNorm statistics are unsafe to keep local (non-IID
-    devices, FedAvg): 32 groups as in Wu & He (2018), fewer when the channels do not divide
-    evenly, at least two channels per group. ``dim`` is 1 for [N, C] features, 2 for feature maps.
+    devices, FedAvg); ``groups`` gives its number of groups for a number of channels (a model
+    may keep a rule of its own). ``dim`` is 1 for [N, C] features, 2 for feature maps.
     """
     if norm == "batch":
         return nn.BatchNorm1d(channels) if dim == 1 else nn.BatchNorm2d(channels)
     if norm == "group":
-        groups = max((g for g in range(1, 33) if channels % g == 0 and channels // g >= 2), default=1)
-        return nn.GroupNorm(groups, channels)
+        return nn.GroupNorm(groups(channels), channels)
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"model.norm: unknown norm {norm!r} (choose from {', '.join(NORMS)})")

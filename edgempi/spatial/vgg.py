@@ -8,14 +8,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def _norm(norm: str, channels: int) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    if norm == "none":
-        return nn.Identity()
-    raise ValueError(f"model.norm: unknown norm {norm!r} (choose from batch, group, none)")
+def _eight_groups(channels: int) -> int:
+    """spatial_vgg's GroupNorm: at most 8 groups (its models have always been built so)."""
+    return min(8, channels)
 
 
 def spatial_vgg(num_classes: int = 10, in_channels: int = 3, input_size: int = 128,
@@ -26,6 +21,8 @@ def spatial_vgg(num_classes: int = 10, in_channels: int = 3, input_size: int = 1
     the head is a global average pool and one linear layer. ``input_size`` only has to survive
     four halvings.
     """
+    from edgempi.models.zoo import norm_layer  # imported here: the model registry imports this module
+
     if input_size < 16:
         raise ValueError(f"data.input_size: spatial_vgg needs at least 16 px, got {input_size}")
     layers: list[nn.Module] = []
@@ -33,8 +30,8 @@ def spatial_vgg(num_classes: int = 10, in_channels: int = 3, input_size: int = 1
     for stage, convs in enumerate((2, 2, 2, 1)):
         out = width * 2 ** stage
         for _ in range(convs):
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=norm == "none"), _norm(norm, out),
-                       nn.ReLU(inplace=False)]
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=norm == "none"),
+                       norm_layer(norm, out, groups=_eight_groups), nn.ReLU(inplace=False)]
             channels = out
         layers.append(nn.MaxPool2d(2))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
