@@ -60,7 +60,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
-    from edgempi.runner import SetupError
+    from edgempi.runner import SetupError, abort
     from edgempi.sweep import SweepError
     from edgempi.train import TrainingError
 
@@ -80,7 +80,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
         return 1
     except Exception as exc:  # any rank: say which, then take the whole job down
         print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        comm.abort(1)
+        abort(comm, 1)
         return 1
     if comm.rank == 0 and path is not None:
         print(path)

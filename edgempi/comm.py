@@ -3,7 +3,9 @@
 Every exchange of the training methods goes through a :class:`Comm`, which keeps the
 :class:`Ledger`: rounds, per-device bytes up/down (the star model of DESIGN.md), control bytes
 and seconds spent in collectives. Algorithms never count bytes themselves, so the figures in a
-results file are the figures of the traffic that really happened.
+results file are the figures of the traffic that really happened. The few MPI calls that
+other modules need (a node's ranks, the job's abort) are thin helpers here, so no other module
+imports MPI.
 
 Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange.
 """
@@ -11,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Sequence
@@ -20,10 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from edgempi.cpu_quota import cgroup_cpu_limit, fair_share
 from edgempi.network import Deadline, Jitter, Link
-
-ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
 
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI
@@ -414,29 +411,17 @@ class Comm:
             child.ledger = self.ledger
         return child
 
-    def cores_per_rank(self) -> int:
-        """This node's usable cores (the union of its ranks' affinity masks) shared out among
-        its ranks, never more than this rank's own mask, nor than its share of a cgroup CPU
-        quota among the ranks under it: right whether the launcher bound each rank to its own
-        cores or none at all, and inside a CPU-limited container."""
-        local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
+    def node_allgather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` from the ranks of this rank's node (those sharing its memory)."""
+        node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            own, (quota, limiter) = os.sched_getaffinity(0), cgroup_cpu_limit()
-            masks, limiters = zip(*local.allgather((own, limiter)))
-            return fair_share(len(own), len(set().union(*masks)), local.Get_size(), quota, limiters.count(limiter))
+            return node.allgather(obj)
         finally:
-            local.Free()
+            node.Free()
 
-    def abort(self, code: int = 1) -> None:
-        """End every rank of the job now: the way a failure on one rank avoids a hang.
-
-        The launcher forwards a rank's stderr through a pipe that it may stop draining once the
-        abort reaches it, so the pause lets the message that says why reach the user first."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if self.size > 1:
-            time.sleep(ABORT_GRACE_S)
-            self.mpi.Abort(code)
+    def mpi_abort(self, code: int = 1) -> None:
+        """Make MPI end every rank of the job now (see :func:`edgempi.runner.abort`)."""
+        self.mpi.Abort(code)
 
 
 def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -159,10 +159,6 @@ def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int, total: int) -
     return t.lr
 
 
-def threads_per_rank(cfg: RunConfig, comm: Comm) -> int:
-    return cfg.train.threads or comm.cores_per_rank()
-
-
 @dataclass
 class Outcome:
     """What a run leaves besides its file: the final weights and the rows it recorded."""

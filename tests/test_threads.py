@@ -13,9 +13,9 @@ import pytest
 from helpers import child_env, mpiexec
 from edgempi.cpu_quota import cgroup_cpu_limit, fair_share
 
-PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.comm\n"
-               "edgempi.comm.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
-               "cores = MPI.COMM_WORLD.gather(edgempi.comm.Comm().cores_per_rank())\n"
+PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.topology\nfrom edgempi.comm import Comm\n"
+               "edgempi.topology.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
+               "cores = MPI.COMM_WORLD.gather(edgempi.topology.cores_per_rank(Comm()))\n"
                "if MPI.COMM_WORLD.rank == 0: print(cores)\n")
 
 

@@ -24,7 +24,8 @@ from edgempi import algorithms, models
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.flat import FlatModel
-from edgempi.train import make_optimizer, threads_per_rank
+from edgempi.topology import threads_per_rank
+from edgempi.train import make_optimizer
 
 
 def compression_overrides(spec: str) -> list[str]:
