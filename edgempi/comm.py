@@ -3,9 +3,10 @@
 Every exchange of the training methods goes through a :class:`Comm`, which keeps the
 :class:`Ledger`: rounds, per-device bytes up/down (the star model of DESIGN.md), control bytes
 and seconds spent in collectives. Algorithms never count bytes themselves, so the figures in a
-results file are the figures of the traffic that really happened. The few MPI calls that
-other modules need (a node's ranks, the job's abort) are thin helpers here, so no other module
-imports MPI.
+results file are the figures of the traffic that really happened. Each exchange is also told
+to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, which this module
+does not know), and the few MPI calls that other modules need (a node's ranks, the job's
+abort) are thin helpers here, so no other module imports MPI.
 
 Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange.
 """
@@ -14,13 +15,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-
-from edgempi.network import Deadline, Jitter, Link
 
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI
@@ -30,28 +29,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without mpi4py i
 
 @dataclass
 class Ledger:
-    """Cumulative traffic and time of this device, as a central server would see them.
-
-    The simulated clock works per exchange: each exchange closes a *segment* holding this
-    device's (speed-scaled) compute since the previous exchange plus its own transfer time on
-    its modelled link; the exchange takes as long as the slowest device's segment, which
-    :meth:`Comm.sim_time` finds with one reduction over all pending segments.
-    """
+    """Cumulative traffic of this rank's devices, as a central server would see them, and the
+    seconds they spent in collectives (each device of the rank waited for each one)."""
 
     rounds: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     ctrl_bytes: int = 0
     comm_s: float = 0.0
-    compute_s: float = 0.0
-    sim_s: float = 0.0
-    pending_compute_s: list[float] = field(default_factory=lambda: [0.0])  # per device of this rank
-    pending_steps: int = 0  # local steps since the last exchange
-    exchanges: int = 0  # closed segments: the number of the open one, for network.jitter
-    segments: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class ExchangeObserver(Protocol):
+    """Told of every counted exchange (e.g. :class:`edgempi.sim.Clock`)."""
+
+    def exchanged(self, up: np.ndarray, down: np.ndarray, seconds: float) -> None:
+        """Each device of this rank sent ``up[i]`` and received ``down[i]`` bytes; the rank
+        waited ``seconds`` (measured) for the exchange."""
 
 
 def numpy_view(tensor: torch.Tensor) -> np.ndarray:
@@ -69,32 +65,18 @@ class Comm:
     the ledger counts every device's traffic as if each were a rank.
     """
 
-    def __init__(self, mpi_comm: Any = None, links: Sequence[Link | None] = (None,),
-                 deadline: Deadline | None = None, jitter: Jitter | None = None) -> None:
+    def __init__(self, mpi_comm: Any = None, local: int = 1, observer: ExchangeObserver | None = None) -> None:
         self.mpi = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
         self.ledger = Ledger()
-        self.host(links, deadline, jitter)
+        self.host(local, observer)
 
-    def host(self, links: Sequence[Link | None], deadline: Deadline | None = None,
-             jitter: Jitter | None = None) -> None:
-        """The devices this rank simulates, by their modelled links, the round deadline, and
-        the per-round variation of their speed."""
-        self.links = list(links)
-        self.deadline = deadline
-        self.jitter = jitter
-        self.ledger.pending_compute_s = [0.0] * len(self.links)
-
-    @property
-    def link(self) -> Link | None:
-        """The modelled link of this rank's (first) device."""
-        return self.links[0]
-
-    @property
-    def local(self) -> int:
-        """How many devices this rank simulates."""
-        return len(self.links)
+    def host(self, local: int, observer: ExchangeObserver | None = None) -> None:
+        """This rank simulates ``local`` devices (one row each in a buffer), and ``observer``
+        (None: nobody) hears of every exchange they make."""
+        self.local = local
+        self.observer = observer
 
     @property
     def devices(self) -> int:
@@ -110,19 +92,6 @@ class Comm:
         """This rank's devices' entries of a mask over all devices of the group."""
         return mask[self.first:self.first + self.local]
 
-    def on_time(self, up_bytes: int) -> np.ndarray | None:
-        """Which devices deliver an upload of ``up_bytes`` before the deadline (None: no deadline)."""
-        return None if self.deadline is None else self.deadline.on_time(self.ledger.pending_steps, up_bytes,
-                                                                        self.slowdown())
-
-    def slowdown(self) -> np.ndarray | float:
-        """Every device's slowdown in the open exchange (``network.jitter``; 1 without)."""
-        return 1.0 if self.jitter is None else self.jitter.factors(self.ledger.exchanges)
-
-    def _my_slowdown(self) -> np.ndarray:
-        """This rank's devices' entries of :meth:`slowdown`."""
-        return np.ones(self.local) if self.jitter is None else self.mine(self.slowdown())
-
     # -- model-sized exchanges (counted as rounds) -------------------------------------
     def allreduce_mean_(self, buf: torch.Tensor, participants: np.ndarray | None = None) -> int:
         """Average a flat buffer over the reporting devices in place: one round, 4·d up and down.
@@ -130,23 +99,17 @@ class Comm:
 
         ``buf`` is one row per device of this rank (a 1-D buffer with one device). The devices
         that report are the ``participants`` (a boolean mask over all devices, the same on every
-        rank; None: all) less, with a deadline (``network.deadline_s``), those whose upload would
-        arrive after it. The others contribute zeros to the one Allreduce and upload nothing in
-        the ledger; every device downloads the result.
+        rank; None: all), e.g. those a sample asked less the stragglers the simulated clock cut
+        (:meth:`edgempi.sim.Clock.reporters`). The others contribute zeros to the one Allreduce
+        and upload nothing in the ledger; every device downloads the result.
         """
         start = time.perf_counter()
         rows = buf.view(self.local, -1)
         nbytes = rows.shape[1] * rows.element_size()
-        late = None
-        on_time = self.on_time(nbytes)
-        if on_time is not None:
-            asked = np.ones(self.devices, bool) if participants is None else participants
-            participants, late = asked & on_time, asked & ~on_time
         reported = self.devices if participants is None else int(participants.sum())
         mine = np.ones(self.local, bool) if participants is None else self.mine(participants)
-        late_mine = None if late is None else self.mine(late)
         if reported == 0:  # the server waited (until the deadline, if any) for nobody
-            self._time(np.zeros(self.local, np.int64), np.zeros(self.local, np.int64), start, late_mine)
+            self._count(0, 0, start, rounds=0)
             return 0
         if self.local == 1:  # in place, no copy
             total = rows[0]
@@ -159,7 +122,7 @@ class Comm:
         total.div_(reported)
         if self.local > 1:
             rows.copy_(total.expand_as(rows))
-        self._count(np.where(mine, nbytes, 0), nbytes, start, late=late_mine)
+        self._count(np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
     def average_members(self, buf: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
@@ -270,62 +233,20 @@ class Comm:
         self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
 
     def _count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
-               late: np.ndarray | None = None) -> None:
-        """Count an exchange: bytes per device of this rank (one number: the same for each)."""
+               ctrl: bool = False) -> None:
+        """Count an exchange that began at ``start``: bytes per device of this rank (one number:
+        the same for each), as payload or, with ``ctrl``, as control bytes; then tell the observer."""
         up, down = (np.broadcast_to(np.asarray(v, np.int64), (self.local,)) for v in (up, down))
-        self.ledger.rounds += rounds * self.local
-        self.ledger.bytes_up += int(up.sum())
-        self.ledger.bytes_down += int(down.sum())
-        self._time(up, down, start, late)
-
-    def _time(self, up: np.ndarray, down: np.ndarray, start: float, late: np.ndarray | None = None) -> None:
-        """Close a segment of the simulated clock: this rank's slowest device's compute since
-        the last exchange plus its transfer. ``late``: this rank's devices the server waited
-        for until the deadline and then dropped (stragglers)."""
-        ledger = self.ledger
-        ledger.comm_s += (time.perf_counter() - start) * self.local  # every device waited for it
-        slowest = 0.0
-        for i, (link, pending, u, d, f) in enumerate(zip(self.links, ledger.pending_compute_s, up.tolist(),
-                                                         down.tolist(), self._my_slowdown().tolist())):
-            if late is not None and late[i]:
-                arrives = self.deadline.seconds
-            elif link is None or u == d == 0:
-                slowest = max(slowest, pending)
-                continue
-            else:
-                arrives = pending + (link.upload_s(u) * f if u else 0.0)
-            slowest = max(slowest, arrives + (link.download_s(d) * f if d else 0.0))
-        ledger.segments.append(slowest)
-        ledger.pending_compute_s = [0.0] * self.local
-        ledger.pending_steps = 0
-        ledger.exchanges += 1
-
-    # -- the simulated edge clock ------------------------------------------------------
-    def add_compute(self, seconds: float, device: int = 0, step: bool = True) -> None:
-        """Local work of a device of this rank, measured here: one local ``step``, or more work
-        of one. The modelled device takes ``compute_factor`` times longer, or, with
-        ``network.step_ms``, the modelled time of a step (and nothing more for the rest)."""
-        link = self.links[device]
-        self.ledger.compute_s += seconds
-        if link is None:
-            self.ledger.pending_compute_s[device] += seconds
-        elif step or link.step_s is None:  # the open exchange's slowdown now, so sim_s never goes back
-            self.ledger.pending_compute_s[device] += link.compute_s(seconds) * float(self._my_slowdown()[device])
-        if step and device == 0:
-            self.ledger.pending_steps += 1
-
-    def sim_time(self) -> float:
-        """Simulated seconds so far: the sum over exchanges of the slowest device's segment.
-
-        Collective (every rank has closed the same exchanges): one MAX reduction of the
-        pending segments plus the compute since the last exchange; not counted as traffic.
-        """
-        ledger = self.ledger
-        values = np.array([*ledger.segments, max(ledger.pending_compute_s)], dtype=np.float64)
-        slowest = self._reduce(values, "max")
-        ledger.sim_s += float(slowest[:-1].sum())
-        ledger.segments.clear()
-        return ledger.sim_s + float(slowest[-1])
+        if ctrl:
+            self.ledger.ctrl_bytes += int(up.sum())
+        else:
+            self.ledger.rounds += rounds * self.local
+            self.ledger.bytes_up += int(up.sum())
+            self.ledger.bytes_down += int(down.sum())
+        elapsed = time.perf_counter() - start
+        self.ledger.comm_s += elapsed * self.local  # every device waited for it
+        if self.observer is not None:
+            self.observer.exchanged(up, down, elapsed)
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
     def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
@@ -336,7 +257,7 @@ class Comm:
         rows = np.asarray(values, dtype=np.float32).reshape(self.local, -1)
         local = getattr(rows, op)(axis=0) if self.local > 1 else np.ascontiguousarray(rows[0])
         out = self._reduce(local, op)
-        self._count_ctrl(local.nbytes, start)
+        self._count(local.nbytes, local.nbytes, start, ctrl=True)
         return out
 
     def gather_ctrl(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -348,13 +269,8 @@ class Comm:
         rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
         out = np.empty((self.size, *rows.shape), dtype=np.float32)
         self.mpi.Allgather(rows, out)
-        self._count_ctrl(rows[0].nbytes, start)
+        self._count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
         return out.reshape(self.devices, -1)
-
-    def _count_ctrl(self, nbytes: int, start: float) -> None:
-        """Each device of this rank sent and received ``nbytes`` of control values."""
-        self.ledger.ctrl_bytes += nbytes * self.local
-        self._time(np.full(self.local, nbytes), np.full(self.local, nbytes), start)
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
     def reduce_metrics(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
@@ -404,11 +320,11 @@ class Comm:
 
     def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> "Comm":
         """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
-        this one's with ``share_ledger``, so a device's traffic in all its groups adds up."""
-        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.links, self.deadline,
-                     self.jitter)
+        this one's with ``share_ledger`` (and its observer this one's), so a device's traffic in
+        all its groups adds up."""
+        child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.local)
         if share_ledger:
-            child.ledger = self.ledger
+            child.ledger, child.observer = self.ledger, self.observer
         return child
 
     def node_allgather(self, obj: Any) -> list[Any]:

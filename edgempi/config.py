@@ -20,9 +20,9 @@ import yaml
 
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
 from edgempi.models.zoo import NORMS
-from edgempi.network import PRESETS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
+from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its own settings
 
 
 OPTIMIZERS = ("sgd", "adam")
@@ -111,38 +111,6 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
-
-
-@dataclass
-class NetworkConfig:
-    preset: str = "lan"
-    up_mbps: float | None = None
-    down_mbps: float | None = None
-    latency_ms: float | None = None
-    spread: float = 0.0
-    compute_factor: float = 1.0
-    compute_spread: float = 0.0
-    step_ms: float | None = None  # modelled time of one local step (× compute factor) instead of the measured one
-    deadline_s: float | None = None  # stragglers: a round closes this long after it opened (needs step_ms)
-    jitter: float = 0.0  # sigma of a log-normal slowdown of each device's round, drawn afresh every exchange
-
-    def check(self, cfg: "RunConfig") -> None:
-        one_of(self.preset, PRESETS, "network.preset")
-        for key in ("up_mbps", "down_mbps"):
-            value = getattr(self, key)
-            require(value is None or value > 0, f"network.{key}", "must be > 0")
-        require(self.latency_ms is None or self.latency_ms >= 0, "network.latency_ms", "must be >= 0")
-        require(self.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
-        require(self.compute_factor > 0, "network.compute_factor", "must be > 0")
-        require(self.compute_spread >= 0, "network.compute_spread", "must be >= 0")
-        require(self.step_ms is None or self.step_ms > 0, "network.step_ms", "must be > 0")
-        require(self.deadline_s is None or self.deadline_s > 0, "network.deadline_s", "must be > 0")
-        require(self.jitter >= 0, "network.jitter", "must be >= 0 (sigma of a log-normal factor per device and round)")
-        require(self.deadline_s is None or self.step_ms is not None, "network.deadline_s",
-                "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
-        require(self.deadline_s is None or (cfg.compression.name == "none" and cfg.algorithm.drops_stragglers),
-                "network.deadline_s", "stragglers are dropped from dense exchanges only (not with compression, "
-                "sync_bn or centralized)")
 
 
 @dataclass

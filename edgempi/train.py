@@ -21,7 +21,7 @@ from edgempi.config import RunConfig
 from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.devices import DeviceBank
-from edgempi.network import Deadline, Jitter, device_links
+from edgempi.sim import Clock
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -68,6 +68,7 @@ class Setup:
     flat: FlatModel
     optimizer: torch.optim.Optimizer
     peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
+    clock: Clock  # the simulated edge clock of this rank's devices, told of every exchange
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
 
     @property
@@ -85,12 +86,10 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     """
     dataset = dataset or load_dataset(cfg)
     local = cfg.parallel.devices_per_rank
-    # The devices' modelled edge links (before any split, so sub-groups inherit them).
+    # Every rank's modelled edge link (before any split, so sub-groups report to the same clock).
     network_seed = Seeds.from_seed(cfg.seed, comm.size * local).network
-    links = device_links(cfg.network, network_seed, comm.size * local)
-    deadline = Deadline(cfg.network.deadline_s, links) if cfg.network.deadline_s is not None else None
-    jitter = Jitter(cfg.network.jitter, network_seed, comm.size * local) if cfg.network.jitter > 0 else None
-    comm.host(links[comm.rank * local:(comm.rank + 1) * local], deadline, jitter)
+    clock = Clock.for_devices(cfg.network, network_seed, comm.size * local, comm.rank * local, local)
+    comm.host(local, observer=clock)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
         group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
@@ -107,11 +106,11 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     model = algorithms.policy_class(cfg.algorithm.name).prepare_model(cfg.algorithm, model, comm)
     group_reduce = None
     if group is not None:
-        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size)
+        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size, clock.links[0])
         group_reduce = model.allreduce_grads_
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
-                 group_reduce)
+                 clock, group_reduce)
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
@@ -206,14 +205,14 @@ class Trainer:
 
     def __init__(self, setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
                  loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
-        self.setup, self.comm, self.cfg, self.flat = setup, comm, setup.cfg, setup.flat
+        self.setup, self.comm, self.cfg, self.flat, self.clock = setup, comm, setup.cfg, setup.flat, setup.clock
         self.recorder = recorder or NullRecorder()
         self.loaders = [loader] if loader is not None else setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
         policy = algorithms.policy_class(setup.cfg.algorithm.name)
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
-                                               setup.optimizer, self.bank, setup.group_reduce))
+                                               setup.optimizer, self.bank, setup.group_reduce, setup.clock))
         test = setup.dataset
         self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
@@ -224,15 +223,18 @@ class Trainer:
 
     # -- what a row holds ------------------------------------------------------------------
     def counters(self, step: int) -> dict[str, float]:
-        """Cumulative per-device means of the ledger, and the clocks (collective)."""
+        """Cumulative per-device means of the ledger and of the measured compute, and the
+        clocks (collective)."""
         ledger, comm = self.comm.ledger, self.comm
         keys = ("rounds", "bytes_up", "bytes_down", "ctrl_bytes", "compute_s", "comm_s")
-        means = comm.reduce_metrics([getattr(ledger, k) for k in keys]) / comm.devices
+        totals = [ledger.rounds, ledger.bytes_up, ledger.bytes_down, ledger.ctrl_bytes, self.clock.compute_s,
+                  ledger.comm_s]
+        means = comm.reduce_metrics(totals) / comm.devices
         return {"step": step, "epoch": step / self.setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
-                "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": comm.sim_time()}
+                "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": self.clock.sim_time(comm)}
 
     def record_eval(self, step: int) -> None:
-        with self.comm.uncounted():
+        with self.comm.uncounted(), self.clock.paused():
             test_loss, test_acc = evaluate(self.bank, self.setup.peers, self.test_shards, self.loaders[0].normalize,
                                            self.policy.models_differ, self.cfg.algorithm.eval_stats == "average")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
@@ -261,6 +263,7 @@ class Trainer:
         (shared out evenly), join it after them.
         """
         cfg, flat, optimizer, comm, bank = self.cfg, self.flat, self.setup.optimizer, self.comm, self.bank
+        clock = self.clock
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
         steps_now = not self.policy.exchanges_gradients
@@ -275,7 +278,7 @@ class Trainer:
             if steps_now:
                 optimizer.step()
             loss_sum += loss.item()
-            comm.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before), device)
+            clock.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before), device)
         later = np.zeros(bank.count)
         tick, comm_before = time.perf_counter(), comm.ledger.comm_s
         if self.policy.after_backward(step) and not steps_now:
@@ -286,7 +289,7 @@ class Trainer:
         sync = self.policy.after_step(step)
         policy_s = time.perf_counter() - tick - (comm.ledger.comm_s - comm_before) - later.sum()
         for device, seconds in enumerate((later + policy_s / bank.count).tolist()):
-            comm.add_compute(seconds, device, step=False)
+            clock.add_compute(seconds, device, step=False)
         if sync is not None:
             self.recorder.append("syncs", sync)
             self.outcome.syncs.append(sync)
@@ -322,8 +325,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything that makes the next step of this device what it would have been."""
         return {"step": self.step, **self.bank.state_dict(), "policy": self.policy.state_dict(),
-                "ledger": self.comm.ledger.as_dict(), "torch_rng": torch.get_rng_state(),
-                "wall_s": self.wall_before + time.perf_counter() - self.started}
+                "ledger": self.comm.ledger.as_dict(), "clock": self.clock.state_dict(),
+                "torch_rng": torch.get_rng_state(), "wall_s": self.wall_before + time.perf_counter() - self.started}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
@@ -331,6 +334,7 @@ class Trainer:
         self.policy.load_state_dict(state["policy"])
         for key, value in state["ledger"].items():
             setattr(self.comm.ledger, key, value)
+        self.clock.load_state_dict(state["clock"])
         torch.set_rng_state(state["torch_rng"])
         self.wall_before = state["wall_s"]
 

@@ -16,6 +16,7 @@ from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 from edgempi.settings import Settings, exclusive, one_of, require
+from edgempi.sim import Clock
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Context:
     """What every policy may use; built once by the loop.
 
     ``flat`` is the one model (the device training now); ``bank`` holds every device of this
-    rank as a row, and is what a policy's exchanges read and write after the devices' steps."""
+    rank as a row, and is what a policy's exchanges read and write after the devices' steps.
+    ``clock`` is the simulated edge clock, which decides who misses a round's deadline."""
 
     cfg: RunConfig
     comm: Comm
@@ -89,16 +91,26 @@ class Context:
     optimizer: torch.optim.Optimizer | None = None
     bank: DeviceBank = None  # type: ignore[assignment]  # default: the one device of ``flat``
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
+    clock: Clock | None = None  # None: no deadline, nobody is late
 
     def __post_init__(self) -> None:
         if self.bank is None:
             self.bank = DeviceBank(self.flat, self.optimizer, 1, keep_grads=False)
 
+    def average_(self, buf: torch.Tensor, asked: np.ndarray | None = None) -> int:
+        """Average ``buf`` (a row per device of this rank) in place over the ``asked`` devices
+        (a mask over all devices; None: all) that make the round's deadline, as the clock
+        decides (``network.deadline_s``); returns how many reported (0: buffers unchanged)."""
+        reporters = asked
+        if self.clock is not None:
+            reporters = self.clock.reporters(asked, buf.numel() // self.comm.local * buf.element_size())
+        return self.comm.allreduce_mean_(buf, reporters)
+
 
 def participants(settings: FederatedSettings, seed: int, devices: int, round_index: int) -> np.ndarray | None:
     """Who is asked to report in a round: a seeded sample of devices (``algorithm.participation``),
     less the seeded dropouts (``algorithm.dropout``); None when everyone is. (Stragglers that miss
-    ``network.deadline_s`` are dropped by the exchange itself, :meth:`Comm.allreduce_mean_`.)
+    ``network.deadline_s`` are dropped at the exchange, :meth:`Context.average_`.)
 
     A function of (seed, round) only, so every rank draws the same mask without talking.
     """

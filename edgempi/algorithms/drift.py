@@ -45,7 +45,7 @@ class DriftPolicy(Policy):
         bank = self.ctx.bank
         self.rounds += 1
         mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, self.rounds)
-        if self.ctx.comm.allreduce_mean_(bank.exchanged(self.settings.average_buffers), mask) == 0:
+        if self.ctx.average_(bank.exchanged(self.settings.average_buffers), mask) == 0:
             return None
         update = self.drift()  # every device now holds the mean
         self.w0.copy_(bank.params[0])

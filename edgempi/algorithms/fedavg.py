@@ -81,7 +81,7 @@ class FedAvg(PeriodicPolicy):
         with_buffers = self.settings.average_buffers
         if self.exchange is None:
             mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, round_index)
-            reported = self.ctx.comm.allreduce_mean_(self.ctx.bank.exchanged(with_buffers), mask)
+            reported = self.ctx.average_(self.ctx.bank.exchanged(with_buffers), mask)
             return self.restart({"step": step + 1, "participants": reported})  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)
         update = state - self.reference

@@ -55,7 +55,7 @@ class LargeBatch(Policy):
             if self.ctx.comm.size == 1:
                 return True
         if self.exchange is None:
-            return self.ctx.comm.allreduce_mean_(self.ctx.bank.grads) > 0
+            return self.ctx.average_(self.ctx.bank.grads) > 0
         self.exchange.exchange_mean_(self.ctx.flat.grads, step, step / self.ctx.steps_per_epoch)
         return True
 

@@ -7,16 +7,19 @@ from torch import nn
 
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
+from edgempi.sim import Link as EdgeLink
 from edgempi.spatial.model import SpatialModel
 from edgempi.spatial.planner import Link, measure_profile, plan_groups
 from edgempi.spatial.vgg import split_front
 
 
-def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: int, input_size: int) -> SpatialModel:
+def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: int, input_size: int,
+                  link: EdgeLink) -> SpatialModel:
     """Partition the first ``parallel.layers`` layers of ``model`` over ``group``'s grid.
 
     ``groups: auto`` measures the layers on this machine and lets the planner pick the fused
-    groups for the modelled link of ``network``; the plan is printed by the group's first rank.
+    groups for this rank's modelled ``link`` (``network``); the plan is printed by the group's
+    first rank.
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"parallel.mode: spatial needs a model that is one nn.Sequential "
@@ -25,7 +28,6 @@ def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: in
     grid = (par.grid[0], par.grid[1])
     front, tail = split_front(model, par.layers)
     if par.groups == "auto":
-        link = group.link
         profile = measure_profile(front, tail, cfg.train.batch_size, in_channels, (input_size, input_size), comm=group)
         plan = plan_groups(profile, Link(link.up_bytes_per_s, link.latency_s), grid)
         if group.rank == 0:

@@ -12,7 +12,7 @@ import torch
 
 from edgempi.algorithms.large_batch import LargeBatch
 from edgempi.comm import Comm, self_comm
-from edgempi.network import Deadline, Jitter, device_links
+from edgempi.sim import Deadline, Jitter, device_links
 from edgempi.train import Seeds, build
 from test_methods import LENET, run, same_on_all_ranks
 
@@ -130,7 +130,7 @@ def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
 
     def checked(self, step):
         grads = torch.stack(comm.allgather_object(self.ctx.flat.grads.clone()))
-        mask = torch.from_numpy(self.ctx.comm.on_time(4 * LENET))
+        mask = torch.from_numpy(self.ctx.clock.on_time(4 * LENET))
         applied = original(self, step)
         seen.append((int(mask.sum()), torch.allclose(self.ctx.flat.grads, grads[mask].mean(0), atol=1e-7)))
         return applied
