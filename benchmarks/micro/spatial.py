@@ -53,7 +53,8 @@ def _saved_bytes(step) -> int:
 def run(args: argparse.Namespace) -> None:
     from edgempi.comm import Comm
     from edgempi.spatial import SpatialModel, spatial_vgg, split_front
-    from edgempi.spatial.planner import Link, measure_link, measure_profile, plan_groups, predict
+    from edgempi.sim import Link
+    from edgempi.spatial.planner import measure_link, measure_profile, plan_groups, predict
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     comm = Comm()
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
     model = spatial_vgg(input_size=args.size, width=args.width)
     front, tail = split_front(model, args.layers)
     profile = measure_profile(front, tail, args.batch, 3, size, comm)
-    link = measure_link(comm) if comm.size > 1 else Link(float("inf"), 0.0)
+    link = measure_link(comm) if comm.size > 1 else Link.symmetric(float("inf"), 0.0)
     cuts = [i for i in range(1, args.layers) if profile.cuttable[i]]
     edges = [0, *cuts, args.layers]
     choices = {"fused": [(0, args.layers - 1)], "per_layer": [(a, b - 1) for a, b in zip(edges, edges[1:])]}

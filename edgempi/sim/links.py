@@ -1,7 +1,8 @@
 """The devices' modelled links: how long the measured traffic would take on an edge network.
 
 Edge uplinks are typically about twice as slow as downlinks (Edgify), and the slowest device
-paces a synchronous exchange, so upload and download are timed separately.
+paces a synchronous exchange, so upload and download are timed separately. The spatial
+planner prices its halo exchanges with the same :class:`Link`.
 """
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ class Link:
     compute_factor: float = 1.0
     step_s: float | None = None
 
+    @classmethod
+    def symmetric(cls, bytes_per_s: float, latency_s: float) -> "Link":
+        """A link as fast both ways (e.g. one measured between two ranks)."""
+        return cls(bytes_per_s, bytes_per_s, latency_s)
+
     def upload_s(self, up: int) -> float:
         return self.latency_s + up / self.up_bytes_per_s
 
@@ -32,6 +38,10 @@ class Link:
     def compute_s(self, measured_s: float) -> float:
         """The modelled device's time for one local step that took ``measured_s`` here."""
         return self.step_s if self.step_s is not None else measured_s * self.compute_factor
+
+    def __str__(self) -> str:
+        up, down = (f"{rate * 8 / 1e9:.3g}" for rate in (self.up_bytes_per_s, self.down_bytes_per_s))
+        return f"{up if up == down else f'{up} up, {down} down'} Gbit/s, {self.latency_s * 1e6:.3g} us"
 
 
 def device_links(cfg: NetworkConfig, seed: int, devices: int) -> list[Link]:

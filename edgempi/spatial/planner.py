@@ -6,7 +6,8 @@ The step-time model, per group of the front on an R×C grid (P ranks):
   pixel, measured on one device) × (pixels that rank computes, halos included);
 * exchange at the group's input (not for the first group): the tiles of the previous group's
   output move to the regions this group needs, forward and once more backward (halo
-  gradients), each ``latency × peers + bytes / bandwidth`` for the busiest rank;
+  gradients), each ``latency × peers + bytes / bandwidth`` for the busiest rank (the uplink's
+  bandwidth: the slower way of an edge link);
 * once per step: the gather of the last tiles to every rank, one latency per BatchNorm
   reduction (forward and backward), the ring Allreduce of the front's weight gradients
   (2 (P−1)/P of their bytes), and the tail, run on every rank.
@@ -28,19 +29,9 @@ import torch
 from torch import nn
 
 from edgempi.comm import Comm
+from edgempi.sim import Link
 from edgempi.spatial.geometry import GroupPlan, Window, intersect, plan_front, sizes_through, split, width
 from edgempi.spatial.layers import NORMS, is_windowed, windows
-
-
-@dataclass(frozen=True)
-class Link:
-    """A device's network link: bytes per second and seconds per message."""
-
-    bandwidth: float
-    latency: float
-
-    def __str__(self) -> str:
-        return f"{self.bandwidth * 8 / 1e9:.3g} Gbit/s, {self.latency * 1e6:.3g} us"
 
 
 @dataclass(frozen=True)
@@ -110,7 +101,7 @@ def _group_cost(profile: Profile, link: Link, grid: tuple[int, int], first: int,
             pieces = [intersect(tiles[q], need) for q in range(ranks) if q != r]
             pieces = [p for p in pieces if p]
             bytes_in = sum(_area(p) for p in pieces) * channels * profile.batch * profile.itemsize
-            busiest = max(busiest, link.latency * len(pieces) + bytes_in / link.bandwidth)
+            busiest = max(busiest, link.latency_s * len(pieces) + bytes_in / link.up_bytes_per_s)
         exchange = 2 * busiest
     return max(work), exchange, sum(work) / full if full else 1.0
 
@@ -130,10 +121,10 @@ def predict(profile: Profile, link: Link, grid: tuple[int, int], groups: list[tu
     parts = {
         "compute": compute,
         "exchange": exchange,
-        "gather": (ranks - 1) * link.latency + out_bytes * (ranks - 1) / ranks / link.bandwidth,
-        "norm_sync": 2 * sum(profile.norms) * math.ceil(math.log2(ranks)) * link.latency,
-        "allreduce": 2 * (ranks - 1) * (link.latency + profile.front_params * profile.itemsize / ranks
-                                        / link.bandwidth),
+        "gather": (ranks - 1) * link.latency_s + out_bytes * (ranks - 1) / ranks / link.up_bytes_per_s,
+        "norm_sync": 2 * sum(profile.norms) * math.ceil(math.log2(ranks)) * link.latency_s,
+        "allreduce": 2 * (ranks - 1) * (link.latency_s + profile.front_params * profile.itemsize / ranks
+                                        / link.up_bytes_per_s),
         "tail": profile.tail_s,
     }
     one = sum(t * a * b for t, (a, b) in zip(profile.seconds_per_pixel, sizes[1:])) + profile.tail_s
@@ -223,4 +214,4 @@ def measure_link(comm: Comm, nbytes: int = 1 << 22, repeats: int = 5) -> Link:
     ledger = dataclasses.replace(comm.ledger)
     small, large = seconds(8), seconds(nbytes)
     comm.ledger = ledger
-    return Link(bandwidth=nbytes / large, latency=small)
+    return Link.symmetric(nbytes / large, small)

@@ -7,14 +7,14 @@ from torch import nn
 
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.sim import Link as EdgeLink
+from edgempi.sim import Link
 from edgempi.spatial.model import SpatialModel
-from edgempi.spatial.planner import Link, measure_profile, plan_groups
+from edgempi.spatial.planner import measure_profile, plan_groups
 from edgempi.spatial.vgg import split_front
 
 
 def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: int, input_size: int,
-                  link: EdgeLink) -> SpatialModel:
+                  link: Link) -> SpatialModel:
     """Partition the first ``parallel.layers`` layers of ``model`` over ``group``'s grid.
 
     ``groups: auto`` measures the layers on this machine and lets the planner pick the fused
@@ -29,7 +29,7 @@ def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: in
     front, tail = split_front(model, par.layers)
     if par.groups == "auto":
         profile = measure_profile(front, tail, cfg.train.batch_size, in_channels, (input_size, input_size), comm=group)
-        plan = plan_groups(profile, Link(link.up_bytes_per_s, link.latency_s), grid)
+        plan = plan_groups(profile, link, grid)
         if group.rank == 0:
             print(f"edgempi: spatial plan: {plan}", file=sys.stderr, flush=True)
         groups = plan.groups

@@ -6,7 +6,8 @@ import itertools
 import pytest
 
 from edgempi.spatial.layers import NORMS, is_windowed, windows
-from edgempi.spatial.planner import Link, Profile, plan_groups, predict
+from edgempi.sim import Link
+from edgempi.spatial.planner import Profile, plan_groups, predict
 from fronts import SIZE, mixed_front
 
 
@@ -26,7 +27,7 @@ def _groupings(profile: Profile):
             yield [(a, b - 1) for a, b in zip(edges, edges[1:])]
 
 
-@pytest.mark.parametrize("link", [Link(1e9, 1e-5), Link(1e7, 1e-3), Link(1e11, 0.0)], ids=str)
+@pytest.mark.parametrize("link", [Link.symmetric(1e9, 1e-5), Link.symmetric(1e7, 1e-3), Link.symmetric(1e11, 0.0)], ids=str)
 @pytest.mark.parametrize("grid", [(1, 2), (2, 2)])
 def test_dynamic_programming_finds_the_best_grouping(link: Link, grid: tuple[int, int]) -> None:
     profile = _profile()
@@ -43,17 +44,17 @@ def _predicted_or_inf(profile: Profile, link: Link, grid: tuple[int, int], group
 
 def test_fast_links_cut_everywhere_slow_links_fuse() -> None:
     profile = _profile()
-    fast = plan_groups(profile, Link(1e15, 0.0), (2, 2))
+    fast = plan_groups(profile, Link.symmetric(1e15, 0.0), (2, 2))
     assert len(fast.groups) == sum(profile.cuttable)
-    assert plan_groups(profile, Link(1e6, 1e-2), (2, 2)).groups == [(0, 11)]
+    assert plan_groups(profile, Link.symmetric(1e6, 1e-2), (2, 2)).groups == [(0, 11)]
 
 
 def test_prediction_adds_up_and_prints() -> None:
-    plan = predict(_profile(), Link(1e8, 1e-4), (2, 2), [(0, 3), (4, 11)])
+    plan = predict(_profile(), Link.symmetric(1e8, 1e-4), (2, 2), [(0, 3), (4, 11)])
     assert plan.predicted_s == pytest.approx(sum(plan.parts.values()))
     assert plan.parts["exchange"] > 0 and "predicted step" in str(plan) and "group [4, 11]" in str(plan)
 
 
 def test_no_fitting_grouping_is_refused() -> None:
     with pytest.raises(ValueError, match=r"parallel\.grid: no grouping"):
-        plan_groups(_profile((45, 20)), Link(1e9, 1e-5), (1, 3))
+        plan_groups(_profile((45, 20)), Link.symmetric(1e9, 1e-5), (1, 3))
