@@ -134,11 +134,12 @@ def _analysis(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def cmd_partition(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from edgempi import data
-    from edgempi.train import load_dataset, make_partition
+    from edgempi.train import Seeds, load_dataset, make_partition
 
     try:
         dataset = load_dataset(cfg)
-        table = data.counts(dataset.train_y.numpy(), make_partition(cfg, dataset, args.devices), dataset.num_classes)
+        parts = make_partition(cfg, dataset, Seeds.from_seed(cfg.seed, args.devices))
+        table = data.counts(dataset.train_y.numpy(), parts, dataset.num_classes)
     except (ValueError, data.DataError) as exc:
         raise CliError(str(exc)) from exc
     print(f"{cfg.data.name}, partition {cfg.data.partition} {cfg.data.partition_args() or ''}, "

@@ -47,6 +47,8 @@ class Seeds:
 
     @classmethod
     def from_seed(cls, seed: int, devices: int) -> "Seeds":
+        """Draw every stream of a run of ``devices`` devices once; only the per-device streams
+        depend on ``devices`` (a spatial run's devices are its tile groups, not its ranks)."""
         part, init, dev, net = np.random.SeedSequence(seed).spawn(4)
 
         def draw(ss: np.random.SeedSequence) -> int:
@@ -86,15 +88,15 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     """
     dataset = dataset or load_dataset(cfg)
     local = cfg.parallel.devices_per_rank
+    grid = (cfg.parallel.grid[0], cfg.parallel.grid[1])
+    seeds = Seeds.from_seed(cfg.seed, device_count(cfg, comm.size))
     # Every rank's modelled edge link (before any split, so sub-groups report to the same clock).
-    network_seed = Seeds.from_seed(cfg.seed, comm.size * local).network
-    clock = Clock.for_devices(cfg.network, network_seed, comm.size * local, comm.rank * local, local)
+    clock = Clock.for_devices(cfg.network, seeds.network, comm.size * local, comm.rank * local, local)
     comm.host(local, observer=clock)
     group, peers = None, comm
     if cfg.parallel.mode == "spatial":
-        group, peers = spatial_groups(comm, (cfg.parallel.grid[0], cfg.parallel.grid[1]), share_ledger=True)
-    seeds = Seeds.from_seed(cfg.seed, peers.devices)
-    parts = make_partition(cfg, dataset, peers.devices)
+        group, peers = spatial_groups(comm, grid, share_ledger=True)
+    parts = make_partition(cfg, dataset, seeds)
     loaders = [device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
@@ -113,16 +115,24 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
                  clock, group_reduce)
 
 
+def device_count(cfg: RunConfig, ranks: int) -> int:
+    """How many devices ``ranks`` ranks train: ``devices_per_rank`` each, or, in spatial mode,
+    one per tile group of ``grid`` ranks (the config refuses a grid that does not divide them)."""
+    if cfg.parallel.mode == "spatial":
+        return ranks // math.prod(cfg.parallel.grid)
+    return ranks * cfg.parallel.devices_per_rank
+
+
 def load_dataset(cfg: RunConfig) -> data.Dataset:
     return data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
                      synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test),
                      synthetic_side=cfg.data.synthetic_side)
 
 
-def make_partition(cfg: RunConfig, dataset: data.Dataset, devices: int) -> list[np.ndarray]:
-    """Every device's training indices: a function of the config and the device count only."""
-    return data.partition(dataset.train_y.numpy(), devices, cfg.data.partition,
-                          Seeds.from_seed(cfg.seed, devices).partition,
+def make_partition(cfg: RunConfig, dataset: data.Dataset, seeds: Seeds) -> list[np.ndarray]:
+    """Every device's training indices: a function of the config and the device count only
+    (one device per stream of ``seeds``)."""
+    return data.partition(dataset.train_y.numpy(), len(seeds.devices), cfg.data.partition, seeds.partition,
                           min_samples=cfg.data.min_samples or cfg.train.batch_size, **cfg.data.partition_args())
 
 
