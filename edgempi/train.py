@@ -270,16 +270,16 @@ class Trainer:
 
         Each device's step is timed on its own and joins the simulated clock before the step's
         exchanges; an optimizer step after a gradient exchange, and the policy's local work
-        (shared out evenly), join it after them.
+        (shared out evenly), join it after them. Local work is wall time less this rank's time
+        in collectives (one wait, however many devices the rank holds).
         """
-        cfg, flat, optimizer, comm, bank = self.cfg, self.flat, self.setup.optimizer, self.comm, self.bank
-        clock = self.clock
+        cfg, flat, optimizer, clock, bank = self.cfg, self.flat, self.setup.optimizer, self.clock, self.bank
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
         steps_now = not self.policy.exchanges_gradients
         loss_sum = 0.0
         for device in bank.each(save_grads=not steps_now):
-            tick, comm_before = time.perf_counter(), comm.ledger.comm_s  # spatial/SyncBN talk in forward
+            mark = clock.mark()  # spatial/SyncBN talk in forward
             x, y = self.loaders[device].batch(step)
             flat.zero_grad()
             loss = F.cross_entropy(flat.model(x), y)
@@ -288,16 +288,16 @@ class Trainer:
             if steps_now:
                 optimizer.step()
             loss_sum += loss.item()
-            clock.add_compute(time.perf_counter() - tick - (comm.ledger.comm_s - comm_before), device)
+            clock.add_compute(clock.work_since(mark), device)
         later = np.zeros(bank.count)
-        tick, comm_before = time.perf_counter(), comm.ledger.comm_s
+        mark = clock.mark()
         if self.policy.after_backward(step) and not steps_now:
             for device in bank.each(load_grads=bank.count > 1):
                 started = time.perf_counter()
                 optimizer.step()
                 later[device] = time.perf_counter() - started
         sync = self.policy.after_step(step)
-        policy_s = time.perf_counter() - tick - (comm.ledger.comm_s - comm_before) - later.sum()
+        policy_s = clock.work_since(mark) - later.sum()
         for device, seconds in enumerate((later + policy_s / bank.count).tolist()):
             clock.add_compute(seconds, device, step=False)
         if sync is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -66,7 +67,8 @@ class Clock:
     Each exchange closes a segment holding every device's (speed-scaled) local work since the
     previous exchange plus its own transfer on its modelled link; the exchange takes as long
     as the slowest device's segment, which :meth:`sim_time` finds with one reduction over all
-    pending segments. The clock also keeps the measured seconds of local work (``compute_s``).
+    pending segments. The clock also keeps the measured seconds of local work (``compute_s``)
+    and of waiting in collectives (``waited_s``: once per rank, however many devices it holds).
     """
 
     STATE = ("compute_s", "sim_s", "pending_compute_s", "pending_steps", "exchanges", "segments")
@@ -82,6 +84,7 @@ class Clock:
         self.pending_steps = 0  # local steps since the last exchange
         self.exchanges = 0  # closed segments: the number of the open one, for network.jitter
         self.segments: list[float] = []  # closed here, not yet reduced
+        self.waited_s = 0.0
         self._late: tuple[int, np.ndarray] | None = None  # (exchange, this rank's stragglers in it)
         self._paused = False
 
@@ -129,6 +132,7 @@ class Clock:
         segment: this rank's slowest device's local work since the last exchange plus its transfer."""
         if self._paused:
             return
+        self.waited_s += seconds
         late = self._late[1] if self._late is not None and self._late[0] == self.exchanges else None
         self._late = None
         slowest = 0.0
@@ -150,7 +154,11 @@ class Clock:
     def add_compute(self, seconds: float, device: int = 0, step: bool = True) -> None:
         """Local work of a device of this rank, measured here: one local ``step``, or more work
         of one. The modelled device takes ``compute_factor`` times longer, or, with
-        ``network.step_ms``, the modelled time of a step (and nothing more for the rest)."""
+        ``network.step_ms``, the modelled time of a step (and nothing more for the rest).
+
+        ``seconds`` is wall time less the collectives within it; rounding can leave it a hair
+        below zero, and local work never takes less than nothing."""
+        seconds = max(0.0, seconds)
         link = self.links[device]
         self.compute_s += seconds
         if link is None:
@@ -160,16 +168,28 @@ class Clock:
         if step and device == 0:
             self.pending_steps += 1
 
+    def mark(self) -> tuple[float, float]:
+        """Now, for :meth:`work_since`."""
+        return time.perf_counter(), self.waited_s
+
+    def work_since(self, mark: tuple[float, float]) -> float:
+        """Wall seconds since ``mark`` less those this rank spent in collectives since."""
+        return time.perf_counter() - mark[0] - (self.waited_s - mark[1])
+
     # -- what the loop reads ---------------------------------------------------------------
     def sim_time(self, group: Comm) -> float:
         """Simulated seconds so far: the sum over exchanges of the slowest device's segment,
         plus the open segment's work so far.
 
         Collective over ``group`` (every rank has closed the same exchanges): one MAX reduction
-        of the pending segments, not counted as traffic.
+        of the pending segments, not counted as traffic. A round with a deadline ends there for
+        every device, so the open segment counts no device's work past it: a row written inside
+        a round never shows more time than the round will take when it closes.
         """
-        values = np.array([*self.segments, max(self.pending_compute_s)], dtype=np.float64)
-        slowest = group.reduce_metrics(values, "max")
+        open_s = max(self.pending_compute_s)
+        if self.deadline is not None:
+            open_s = min(open_s, self.deadline.seconds)
+        slowest = group.reduce_metrics(np.array([*self.segments, open_s], dtype=np.float64), "max")
         self.sim_s += float(slowest[:-1].sum())
         self.segments.clear()
         return self.sim_s + float(slowest[-1])
