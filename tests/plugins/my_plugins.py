@@ -53,7 +53,7 @@ class Periodic(Policy):
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.settings.every:
             return None
-        return {"step": step + 1, "participants": self.ctx.comm.allreduce_mean_(self.ctx.bank.params)}
+        return {"step": step + 1, "participants": self.ctx.average_(self.ctx.bank.params)}
 
 
 class Truncate16(Compressor):
