@@ -150,7 +150,8 @@ def _draw_groups(ax: Any, runs: list[Run], keys: tuple[str, ...], x: str, y: str
 
 
 def _decorate(fig: Any, ax: Any, x: str, y: str, logx: bool, title: str | None) -> None:
-    """Scales, units, grid, title, and the legend to the right of the axes."""
+    """Scales, units, grid, title, and the legend to the right of the axes (``savefig``'s tight
+    bounding box takes it in)."""
     from matplotlib.ticker import EngFormatter, PercentFormatter
 
     if logx:
@@ -165,4 +166,3 @@ def _decorate(fig: Any, ax: Any, x: str, y: str, logx: bool, title: str | None) 
         ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
