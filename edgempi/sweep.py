@@ -16,7 +16,9 @@ A sweep YAML::
 
 A point's id is made from its override values only (never from its position), so adding a
 value to a grid keeps the ids — and therefore the results files — of the points already
-run, and a re-submitted array skips what is done.
+run, and a re-submitted array skips what is done. ``edgempi sweep S --set KEY=VALUE`` adds a
+one-value grid key to every point (``ranks=R`` sets the world size), e.g. to run a sweep
+scaled down; being part of the overrides, it is part of the ids too.
 """
 from __future__ import annotations
 
@@ -76,23 +78,24 @@ def yaml_value(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
-def point_id(overrides: Sequence[str], ranks: int | None) -> str:
+def point_id(overrides: Sequence[str], ranks: int | None, fixed: Sequence[str] = ()) -> str:
     """Readable part from the values (``name-fedavg_lr-0.1_seed-1_ranks-4``) plus a hash of all of them.
 
     Both parts use the keys in sorted order (seed and ranks last), so reordering the keys of
     the sweep file keeps the ids. The readable part holds whole ``key-value`` pieces only, at
     most ID_TEXT characters: when not all fit, the method, seed and ranks go in first, then
-    the others in order as long as they fit. A piece is left out, never cut (the hash still
-    tells the points apart), so ``eval_every-94`` can never read as ``eval_every-9``.
+    the others in order as long as they fit, the ``fixed`` keys (``--set``, the same in every
+    point) last. A piece is left out, never cut (the hash still tells the points apart), so
+    ``eval_every-94`` can never read as ``eval_every-9``.
     """
     items = sorted((o.split("=", 1) for o in overrides), key=lambda kv: (kv[0] == "seed", kv[0]))
     items += [["ranks", str(ranks)]] if ranks is not None else []
     last = [k.rsplit(".", 1)[-1] for k, _ in items]
     pieces = [re.sub(r"[^A-Za-z0-9._=-]+", "-", f"{short if last.count(short) == 1 else key}-{value}")
               for (key, value), short in zip(items, last)]
-    first = [i for i, (key, _) in enumerate(items) if key in ("algorithm.name", "seed", "ranks")]
+    rank = [0 if key in ("algorithm.name", "seed", "ranks") else 2 if key in fixed else 1 for key, _ in items]
     chosen: list[int] = []
-    for i in first + [i for i in range(len(items)) if i not in first]:
+    for i in sorted(range(len(items)), key=lambda i: rank[i]):
         if len("_".join(pieces[j] for j in sorted([*chosen, i])).strip("-._")) <= ID_TEXT:
             chosen.append(i)
     readable = "_".join(pieces[i] for i in sorted(chosen)).strip("-._")
@@ -137,8 +140,9 @@ def load(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
         raise SweepError(f"name: expected a file-name-safe string (letters, digits, . _ -), got {name!r}")
     grid, zipped, seeds, fixed_ranks = _axes(raw)
     grid, fixed_ranks = _with_extra(extra, grid, zipped, seeds, fixed_ranks)
+    fixed = [text.partition("=")[0].strip() for text in extra]
     return Sweep(name=name, path=path, base=_base(raw.get("base"), path),
-                 points=_points(grid, zipped, seeds, fixed_ranks))
+                 points=_points(grid, zipped, seeds, fixed_ranks, fixed))
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -213,7 +217,8 @@ def _with_extra(extra: Sequence[str], grid: dict[str, list], zipped: dict[str, l
     return {**added, **grid}, fixed_ranks
 
 
-def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_ranks: int | None) -> list[Point]:
+def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_ranks: int | None,
+            fixed: Sequence[str] = ()) -> list[Point]:
     """The cartesian product of grid, times the zip rows, times the seeds (innermost)."""
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] or [{}]
     points: list[Point] = []
@@ -225,7 +230,7 @@ def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_r
             for seed in seeds:
                 chosen = {**values, **zip_row, **({"seed": seed} if seed is not None else {})}
                 overrides = tuple(f"{k}={yaml_value(v)}" for k, v in chosen.items())
-                pid = point_id(overrides, ranks)
+                pid = point_id(overrides, ranks, fixed)
                 if pid in seen:
                     raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same ({', '.join(overrides)}); "
                                      "remove the repeated value")
