@@ -248,7 +248,7 @@ def test_task_stopped_before_its_time_limit_is_requeued_and_resumes(cluster: Clu
         state.update(cluster.jobs(f"{job}_0")["0"])
         return state["Restarts"] == "1" and state["JobState"] == "PENDING" or state["JobState"] in ("COMPLETED",
                                                                                                    "FAILED")
-    poll("requeued", stopped, 120)
+    poll("requeued", stopped, 300)
     assert state["JobState"] == "PENDING", (state["JobState"], log.read_text()[-3000:])
     assert rows(path, "steps") < 600 / 5  # stopped part-way
     cluster.slurm("scontrol", "update", f"JobId={job}_0", "StartTime=now")  # skip Slurm's requeue hold
