@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgempi import __version__
 from edgempi.config import ConfigError, RunConfig, from_dict, load
+from edgempi.progress import write_line
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
@@ -57,7 +58,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _train(work: Callable[["Comm"], Path | None]) -> int:
     """Run ``work`` on every rank with the failure rules: refusals are one line and exit 2;
-    a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job."""
+    a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job.
+
+    Every line goes out whole (``write_line``), so the results path never joins a progress
+    line when stdout and stderr share one pipe or log file."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
     from edgempi.runner import SetupError, abort
@@ -69,22 +73,32 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
         path = work(comm)
     except Interrupted as exc:
         if comm.rank == 0:
-            print(f"edgempi: {exc}", file=sys.stderr)
+            write_line(f"edgempi: {exc}")
         return 143
     except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
     except TrainingError as exc:  # decided on reduced values: every rank stops here together
         if comm.rank == 0:
-            print(f"edgempi: {exc}", file=sys.stderr)
+            write_line(f"edgempi: {exc}")
         return 1
     except Exception as exc:  # any rank: say which, then take the whole job down
-        print(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        write_line(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}")
         abort(comm, 1)
         return 1
     if comm.rank == 0 and path is not None:
-        print(path)
+        write_line(str(path), sys.stdout)
     return 0
+
+
+MULTI_DEVICE = ("large_batch", "fedavg", "dynamic", "fda")
+
+
+def warn_single_device(cfg: RunConfig, world_size: int) -> None:
+    """One line when a method of many devices was started as one (``edgempi run`` without mpiexec)."""
+    if cfg.algorithm.name in MULTI_DEVICE and world_size == 1 and cfg.parallel.devices_per_rank == 1:
+        write_line(f"edgempi: warning: {cfg.algorithm.name} is running as a single device (world size 1, "
+                   "parallel.devices_per_rank 1); start it under mpiexec -n K or srun for K devices")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = results_path(cfg, Path(args.config).stem)
 
     def work(comm: "Comm") -> Path:
+        if comm.rank == 0:
+            warn_single_device(cfg, comm.size)
         run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
         return path
 
@@ -115,7 +131,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:
             where = [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"]
             cfg = from_dict(base, where) if isinstance(base, dict) else load(base, where)
-            run(cfg, comm, out_file, progress=False, resume=resume)
+            if comm.rank == 0:
+                warn_single_device(cfg, comm.size)
+            run(cfg, comm, out_file, progress=not args.quiet, resume=resume)
 
         sweep.command(args, run_point, lambda: comm)
 

@@ -27,11 +27,18 @@ class SetupError(RuntimeError):
 
 
 def results_path(cfg: RunConfig, label: str) -> Path:
-    """``<output.dir>/<label>-<algorithm>-<config hash>.h5``: a changed config never collides."""
+    """``<output.dir>/<label>-<algorithm>-<config hash>.h5``: a changed config never collides.
+
+    The hash leaves out the output section, so the same run gets the same file name in
+    whatever folder ``--out`` puts it.
+    """
+    import yaml
+
     if cfg.output.name:
         name = cfg.output.name if cfg.output.name.endswith(".h5") else f"{cfg.output.name}.h5"
     else:
-        digest = hashlib.sha1(cfg.to_yaml().encode()).hexdigest()[:8]
+        training = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+        digest = hashlib.sha1(yaml.safe_dump(training, sort_keys=False).encode()).hexdigest()[:8]
         name = f"{label}-{cfg.algorithm.name}-{digest}.h5"
     return Path(cfg.output.dir) / name
 

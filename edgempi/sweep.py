@@ -16,7 +16,9 @@ A sweep YAML::
 
 A point's id is made from its override values only (never from its position), so adding a
 value to a grid keeps the ids — and therefore the results files — of the points already
-run, and a re-submitted array skips what is done.
+run, and a re-submitted array skips what is done. ``edgempi sweep S --set KEY=VALUE`` adds a
+one-value grid key to every point (``ranks=R`` sets the world size), e.g. to run a sweep
+scaled down; being part of the overrides, it is part of the ids too.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import itertools
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -34,6 +37,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import yaml
 
 from edgempi.analysis.runs import RunReadError, open_results
+from edgempi.progress import write_line
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
 STATUSES = ("missing", "running", "interrupted", "completed", "failed")
@@ -74,17 +78,27 @@ def yaml_value(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
-def point_id(overrides: Sequence[str], ranks: int | None) -> str:
+def point_id(overrides: Sequence[str], ranks: int | None, fixed: Sequence[str] = ()) -> str:
     """Readable part from the values (``name-fedavg_lr-0.1_seed-1_ranks-4``) plus a hash of all of them.
 
     Both parts use the keys in sorted order (seed and ranks last), so reordering the keys of
-    the sweep file keeps the ids.
+    the sweep file keeps the ids. The readable part holds whole ``key-value`` pieces only, at
+    most ID_TEXT characters: when not all fit, the method, seed and ranks go in first, then
+    the others in order as long as they fit, the ``fixed`` keys (``--set``, the same in every
+    point) last. A piece is left out, never cut (the hash still tells the points apart), so
+    ``eval_every-94`` can never read as ``eval_every-9``.
     """
     items = sorted((o.split("=", 1) for o in overrides), key=lambda kv: (kv[0] == "seed", kv[0]))
     items += [["ranks", str(ranks)]] if ranks is not None else []
     last = [k.rsplit(".", 1)[-1] for k, _ in items]
-    parts = [f"{short if last.count(short) == 1 else key}-{value}" for (key, value), short in zip(items, last)]
-    readable = re.sub(r"[^A-Za-z0-9._=-]+", "-", "_".join(parts)).strip("-._")[:ID_TEXT].rstrip("-._")
+    pieces = [re.sub(r"[^A-Za-z0-9._=-]+", "-", f"{short if last.count(short) == 1 else key}-{value}")
+              for (key, value), short in zip(items, last)]
+    rank = [0 if key in ("algorithm.name", "seed", "ranks") else 2 if key in fixed else 1 for key, _ in items]
+    chosen: list[int] = []
+    for i in sorted(range(len(items)), key=lambda i: rank[i]):
+        if len("_".join(pieces[j] for j in sorted([*chosen, i])).strip("-._")) <= ID_TEXT:
+            chosen.append(i)
+    readable = "_".join(pieces[i] for i in sorted(chosen)).strip("-._")
     canonical = "\n".join(sorted(overrides)) + (f"\nranks={ranks}" if ranks is not None else "")
     digest = hashlib.sha1(canonical.encode()).hexdigest()[:8]
     return f"{readable}-{digest}" if readable else digest
@@ -112,9 +126,26 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return value
 
 
-def load(path: str | Path) -> Sweep:
-    """Read and expand a sweep file; SweepError names the offending key."""
+def load(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
+    """Read and expand a sweep file; SweepError names the offending key.
+
+    ``extra`` (``edgempi sweep --set KEY=VALUE``) adds one-value grid keys to every point, so
+    they are part of each point's overrides and id: a scaled-down run of a sweep never
+    shares files with the full one. ``ranks=R`` sets every point's world size.
+    """
     path = Path(path)
+    raw = _read(path)
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SweepError(f"name: expected a file-name-safe string (letters, digits, . _ -), got {name!r}")
+    grid, zipped, seeds, fixed_ranks = _axes(raw)
+    grid, fixed_ranks = _with_extra(extra, grid, zipped, seeds, fixed_ranks)
+    fixed = [text.partition("=")[0].strip() for text in extra]
+    return Sweep(name=name, path=path, base=_base(raw.get("base"), path),
+                 points=_points(grid, zipped, seeds, fixed_ranks, fixed))
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -126,22 +157,23 @@ def load(path: str | Path) -> Sweep:
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         raise SweepError(f"{unknown[0]}: unknown sweep key (known: {', '.join(KEYS)})")
+    return raw
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise SweepError(f"name: expected a file-name-safe string (letters, digits, . _ -), got {name!r}")
-    base = raw.get("base")
+
+def _base(base: Any, path: Path) -> str | dict[str, Any]:
+    """The base config: a path (relative to the sweep file, else to the cwd) or a mapping."""
     if isinstance(base, str):
-        candidates = [path.parent / base, Path(base)]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((c for c in (path.parent / base, Path(base)) if c.is_file()), None)
         if found is None:
             raise SweepError(f"base: no config file {base!r} next to {path} or in the working directory")
-        base = str(found)
-    elif isinstance(base, dict):
-        base = copy.deepcopy(base)
-    else:
-        raise SweepError(f"base: expected a config path or an inline config mapping, got {base!r}")
+        return str(found)
+    if isinstance(base, dict):
+        return copy.deepcopy(base)
+    raise SweepError(f"base: expected a config path or an inline config mapping, got {base!r}")
 
+
+def _axes(raw: dict[str, Any]) -> tuple[dict[str, list], dict[str, list], list, int | None]:
+    """grid, zip, seeds and the fixed world size, checked against each other."""
     grid = {k: _list(v, f"grid.{k}") for k, v in _mapping(raw.get("grid"), "grid").items()}
     zipped = {k: _list(v, f"zip.{k}") for k, v in _mapping(raw.get("zip"), "zip").items()}
     lengths = {k: len(v) for k, v in zipped.items()}
@@ -159,8 +191,35 @@ def load(path: str | Path) -> Sweep:
         raise SweepError("zip.ranks: vary ranks in grid, or set it once at the top level")
     for i, r in enumerate(grid.get("ranks", [])):
         _ranks(r, f"grid.ranks[{i}]")
-    fixed_ranks = _ranks(raw.get("ranks"), "ranks")
+    return grid, zipped, seeds, _ranks(raw.get("ranks"), "ranks")
 
+
+def _with_extra(extra: Sequence[str], grid: dict[str, list], zipped: dict[str, list], seeds: list,
+                fixed_ranks: int | None) -> tuple[dict[str, list], int | None]:
+    """``--set KEY=VALUE`` as one-value grid keys (first); ``ranks=R`` replaces the fixed world size."""
+    added: dict[str, list] = {}
+    for text in extra:
+        key, sep, value_text = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SweepError(f"--set: expected KEY=VALUE, got {text!r}")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as exc:
+            raise SweepError(f"--set {key}: value is not valid YAML: {value_text!r}") from exc
+        varied = key in grid or key in zipped or (key == "seed" and seeds != [None])
+        if varied:
+            raise SweepError(f"--set {key}: the sweep varies {key}; --set fixes keys it does not vary")
+        if key == "ranks":
+            fixed_ranks = _ranks(value, "--set ranks")
+        else:
+            added[key] = [value]
+    return {**added, **grid}, fixed_ranks
+
+
+def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_ranks: int | None,
+            fixed: Sequence[str] = ()) -> list[Point]:
+    """The cartesian product of grid, times the zip rows, times the seeds (innermost)."""
     zip_rows = [dict(zip(zipped, row)) for row in zip(*zipped.values())] or [{}]
     points: list[Point] = []
     seen: dict[str, int] = {}
@@ -171,13 +230,13 @@ def load(path: str | Path) -> Sweep:
             for seed in seeds:
                 chosen = {**values, **zip_row, **({"seed": seed} if seed is not None else {})}
                 overrides = tuple(f"{k}={yaml_value(v)}" for k, v in chosen.items())
-                pid = point_id(overrides, ranks)
+                pid = point_id(overrides, ranks, fixed)
                 if pid in seen:
                     raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same ({', '.join(overrides)}); "
                                      "remove the repeated value")
                 seen[pid] = len(points)
                 points.append(Point(len(points), pid, overrides, ranks))
-    return Sweep(name=name, path=path, base=base, points=points)
+    return points
 
 
 def expand(sweep_path: str | Path) -> list[Point]:
@@ -259,18 +318,20 @@ class CommLike(Protocol):
 
 
 def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry: bool = False,
-             out: str | Path = "results") -> Decision:
+             out: str | Path = "results", log: Callable[[str], None] | None = None) -> Decision:
     """Decide on rank 0, share the verdict with every rank, and run the point if it should run.
 
     One rank decides because the file can change between ranks' reads (another job finishing),
     and ranks that disagree on whether to train would leave some waiting in a collective.
     ``run_config(config_path_or_mapping, overrides, out_file)`` trains; a retried leftover is
-    removed by rank 0 first.
+    removed by rank 0 first. ``log`` (rank 0) hears which point starts, for the task's log.
     """
     verdict = _verdict(sweep, index, comm.size, retry, out) if comm.rank == 0 else None
     verdict = comm.broadcast_object(verdict, root=0)
     if isinstance(verdict, SweepError):
         raise SweepError(str(verdict))
+    if log is not None and comm.rank == 0 and verdict.action != "skip":
+        log(f"edgempi: {verdict.message}")
     if verdict.action == "run":
         if comm.rank == 0 and verdict.status != "missing":
             verdict.path.unlink(missing_ok=True)
@@ -319,11 +380,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", action="store_true", help="with --task: rerun a failed or stale running point")
     p.add_argument("--out", default="results", metavar="DIR",
                    help="results root; files go to DIR/<sweep name>/<point id>.h5 (default: results)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key for every point (part of the point ids); ranks=R sets the world size "
+                        "(repeatable; give the same to every command of one sweep)")
+    p.add_argument("--quiet", action="store_true", help="with --task: no progress output")
 
 
 def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[], CommLike]) -> int:
     """``edgempi sweep``; raises SweepError for bad input (print it, exit 2). MPI starts only for --task."""
-    sweep = load(args.sweep)
+    sweep = load(args.sweep, getattr(args, "extra", ()))
     if args.count:
         print(len(sweep.points))
     elif args.array:
@@ -336,7 +401,8 @@ def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[]
             print(f"{p.index}\t{point_status(results, p)}\t{p.ranks or '-'}\t{p.id}\t{' '.join(p.overrides)}")
     else:
         comm = start_comm()
-        decision = run_task(sweep, args.task, run_config, comm, args.retry, args.out)
+        log = None if getattr(args, "quiet", False) else write_line
+        decision = run_task(sweep, args.task, run_config, comm, args.retry, args.out, log=log)
         if comm.rank == 0:
-            print(decision.message if decision.action == "skip" else decision.path)
+            write_line(decision.message if decision.action == "skip" else str(decision.path), sys.stdout)
     return 0

@@ -6,7 +6,6 @@ weights after the optimizer step; the loop itself never talks to MPI. Read it to
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -22,6 +21,7 @@ from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.devices import DeviceBank
 from edgempi.sim import Clock
+from edgempi.progress import Progress
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
@@ -178,38 +178,6 @@ class Outcome:
     syncs: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Progress:
-    """A tqdm bar on rank 0 when stderr is a terminal, else one log line per evaluation."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar = None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-
-    def step(self, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-    def evaluated(self, row: dict[str, float], total: int) -> None:
-        if not self.enabled:
-            return
-        text = (f"step {int(row['step'])}/{total} epoch {row['epoch']:.2f} test_acc {row['test_acc']:.4f} "
-                f"test_loss {row['test_loss']:.4f} rounds {int(row['rounds'])} "
-                f"up {row['bytes_up'] / 1e6:.1f} MB")
-        if self.bar is not None:
-            self.bar.write(f"edgempi: {text}", file=sys.stderr)
-        else:
-            print(f"edgempi: {text}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class Trainer:
     """The loop and the little state it carries between steps (what a checkpoint saves)."""
 
@@ -310,7 +278,7 @@ class Trainer:
         """Train from ``self.step`` to the end; rank 0 records, every rank computes."""
         total, cfg = self.setup.total_steps, self.cfg
         eval_every = cfg.train.eval_every or self.setup.steps_per_epoch
-        self.bar = Progress(self.progress, total)
+        self.bar = Progress(self.progress, total, start=self.step)
         self.started = time.perf_counter()
         if self.step == 0:
             self.record_eval(0)

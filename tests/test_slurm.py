@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import edgempi, small_config
+from test_resume import assert_same_history, tables
+from edgempi.record import open_for_reading
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
 TEMPLATE = ROOT / "slurm" / "sweep.sbatch"
@@ -103,11 +107,15 @@ class Cluster:
         while self.slurm("squeue", "-h", "-j", job).strip():
             assert time.monotonic() < deadline, f"job {job} still queued after {timeout}s"
             time.sleep(0.5)
-        states = {}
+        return {task: fields["JobState"] for task, fields in self.jobs(job).items()}
+
+    def jobs(self, job: str) -> dict[str, dict[str, str]]:
+        """``scontrol show job``'s fields of each task of the job (key: array task id, else job id)."""
+        records = {}
         for line in self.slurm("scontrol", "-o", "show", "job", job).splitlines():
             fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
-            states[fields.get("ArrayTaskId", fields["JobId"])] = fields["JobState"]
-        return states
+            records[fields.get("ArrayTaskId", fields["JobId"])] = fields
+        return records
 
 
 @pytest.fixture
@@ -163,11 +171,16 @@ def test_sweep_array_trains_every_point_and_reports(cluster: Cluster, tmp_path: 
     assert count.stdout.strip() == "4", count.stderr
     cluster.up()
     cluster.env.update(EDGEMPI=f"{sys.executable} -m edgempi", EDGEMPI_LAUNCHER=launcher)
+    (tmp_path / "results" / "logs").mkdir(parents=True)  # as in a checkout
     job = cluster.slurm("sbatch", "--parsable", "--array=0-3", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
                         str(sweep)).strip()
     states = cluster.wait(job, timeout=400)
     logs = tmp_path / "results" / "tiny" / "logs"
     assert states == {str(i): "COMPLETED" for i in range(4)}, [p.read_text()[-2000:] for p in logs.glob("*.log")]
+    assert not list(tmp_path.glob("slurm-*.out"))  # nothing in the submit folder
+    slurm_files = sorted((tmp_path / "results" / "logs").glob(f"edgempi-sweep-{job}_*.out"))
+    assert len(slurm_files) == 4 and "log in" in slurm_files[0].read_text()
+    assert "edgempi: step 20/20 (100%)" in (logs / f"{job}_0.log").read_text()  # progress in every task's log
     files = sorted((tmp_path / "results" / "tiny").glob("*.h5"))
     assert len(files) == 4
     report = subprocess.run([sys.executable, "-m", "edgempi", "report", str(tmp_path / "results" / "tiny"),
@@ -183,6 +196,7 @@ def test_sweep_task_with_wrong_world_size_fails(cluster: Cluster, tmp_path: Path
     sweep = write_sweep(tmp_path, ranks=4)
     cluster.up()
     cluster.env["EDGEMPI"] = f"{sys.executable} {tmp_path / 'stub.py'}"
+    (tmp_path / "results" / "logs").mkdir(parents=True)
     job = cluster.slurm("sbatch", "--parsable", "--array=0", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
                         str(sweep)).strip()
     assert cluster.wait(job) == {"0": "FAILED"}
@@ -190,6 +204,104 @@ def test_sweep_task_with_wrong_world_size_fails(cluster: Cluster, tmp_path: Path
     assert "needs 4 ranks but the job has 2" in log
     assert not list((tmp_path / "results" / "arr").glob("*.txt"))
 
+
+
+def rows(path: Path, table: str) -> int:
+    """Rows a (possibly running) results file has in ``table``; 0 while it cannot be read yet."""
+    try:
+        with open_for_reading(path) as f:
+            return f[table]["step"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def poll(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout}s"
+        time.sleep(0.2)
+
+
+def test_task_stopped_before_its_time_limit_is_requeued_and_resumes(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGUSR1 to the batch script, as --signal=B:USR1@300 sends it five minutes before the time
+    limit: the ranks checkpoint and stop, the script requeues the task, and the requeued task
+    resumes and completes with the same history as a task that was never stopped."""
+    base = small_config(train={"steps": 600, "eval_every": 100, "log_every": 5, "threads": 1})
+    sweep = tmp_path / "pre.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "pre", "base": base, "ranks": 2, "grid": {"train.lr": [0.05]}}))
+    reference = edgempi("sweep", str(sweep), "--task", "0", "--quiet", "--out", str(tmp_path / "ref"), ranks=2)
+    assert reference.returncode == 0, reference.stderr
+    (ref_file,) = (tmp_path / "ref" / "pre").glob("*.h5")
+
+    cluster.up()
+    cluster.env["EDGEMPI"] = f"{sys.executable} -m edgempi"
+    (tmp_path / "results" / "logs").mkdir(parents=True)
+    job = cluster.slurm("sbatch", "--parsable", "--array=0", "-n", "2", "-D", str(tmp_path), str(TEMPLATE),
+                        str(sweep)).strip()
+    path = tmp_path / "results" / "pre" / ref_file.name
+    log = tmp_path / "results" / "pre" / "logs" / f"{job}_0.log"
+    poll("two /steps rows: every rank trains, with its signal handlers set", lambda: rows(path, "steps") >= 2, 300)
+    cluster.slurm("scancel", "--batch", "--signal=USR1", f"{job}_0")
+    state = {}
+
+    def stopped() -> bool:
+        state.update(cluster.jobs(f"{job}_0")["0"])
+        return state["Restarts"] == "1" and state["JobState"] == "PENDING" or state["JobState"] in ("COMPLETED",
+                                                                                                   "FAILED")
+    poll("requeued", stopped, 300)
+    assert state["JobState"] == "PENDING", (state["JobState"], log.read_text()[-3000:])
+    assert rows(path, "steps") < 600 / 5  # stopped part-way
+    cluster.slurm("scontrol", "update", f"JobId={job}_0", "StartTime=now")  # skip Slurm's requeue hold
+    assert cluster.wait(job, timeout=400) == {"0": "COMPLETED"}, log.read_text()[-3000:]
+
+    text = log.read_text()
+    assert "SIGUSR1: the ranks checkpoint and stop" in text and "requeueing job" in text
+    assert "(start 2)" in text and "resuming from its checkpoint" in text
+    with open_for_reading(path) as f:
+        assert f.attrs["status"] == "completed" and "resumed" in f.attrs
+    assert_same_history(tables(ref_file), tables(path))
+
+
+# The Edgify job scaled down to run here: the 96 devices as 48 virtual devices on each of 2 ranks,
+# synthetic 32×32 images (one channel: the synthetic set has no colour) instead of CIFAR-10,
+# LeNet-5 instead of ResNet-18 (a ResNet-18 step of 96 devices takes about a minute on 2 cores),
+# and 2 steps per method.
+SMALL_EDGIFY = ("data.name=synthetic", "data.synthetic_side=32", "data.synthetic_train=3200",
+                "data.synthetic_test=200", "model.name=lenet5", "train.epochs=null", "train.steps=2",
+                "checkpoint.every_minutes=0")
+
+
+def test_edgify_job_scaled_down_runs_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
+    """slurm/edgify-cifar10.sh: the centralized task on its own CPUs, the four 96-device methods
+    as an array, then report and figures once both are done."""
+    cluster.up()
+    cluster.env["EDGEMPI"] = f"{sys.executable} -m edgempi"
+    sets = [a for kv in SMALL_EDGIFY for a in ("--set", kv)]
+    submit = subprocess.run(["bash", str(ROOT / "slurm" / "edgify-cifar10.sh"), "--ranks", "2", "--cpus", "2",
+                             "--max-running", "1", "--target", "0.15", *sets], cwd=tmp_path, env=cluster.env,
+                            capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    central, devices, report = submit.stdout.split()
+    results = tmp_path / "results" / "edgify-cifar10"
+    logs = lambda: {p.name: p.read_text()[-2000:] for p in (results / "logs").glob("*.log")}  # noqa: E731
+    assert cluster.wait(report, timeout=900) == {report: "COMPLETED"}, logs()
+    assert cluster.wait(central) == {"0": "COMPLETED"}, logs()
+    assert cluster.wait(devices) == {str(i): "COMPLETED" for i in range(4)}, logs()
+
+    asked = {**cluster.jobs(central), **{f"d{k}": v for k, v in cluster.jobs(devices).items()}}
+    assert (asked["0"]["NumTasks"], asked["0"]["CPUs/Task"]) == ("1", "2")  # what its torch threads use
+    assert all((asked[f"d{i}"]["NumTasks"], asked[f"d{i}"]["CPUs/Task"]) == ("2", "1") for i in range(4))
+    runs = sorted(results.glob("*.h5"))
+    assert len(runs) == 5
+    with open_for_reading(runs[0]) as f:  # 96 devices on 2 ranks, or the centralized run
+        assert (f.attrs["devices"], f.attrs["world_size"]) in ((96, 2), (1, 1))
+    table = (results / "report.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "completed" in line]
+    assert len(lines) == 5 and {"centralized", "large_batch", "fedavg", "dynamic", "fda"} == {
+        line.split("|")[2].strip() for line in lines}
+    for x in ("epoch", "round", "bytes"):
+        assert (results / f"accuracy-by-{x}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("slurm-*.out")) and len(list((tmp_path / "results" / "logs").glob("*.out"))) == 6
 
 
 def fake_daemon(pid_file: Path, conf: Path) -> subprocess.Popen:

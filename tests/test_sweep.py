@@ -185,3 +185,33 @@ def test_command_line(demo: sw.Sweep, tmp_path: Path, capsys) -> None:
     sw.command(args, run, lambda: FakeComm(4))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("0\tmissing\t4\tlr-0.1_ranks-4-") and lines[0].endswith("train.lr=0.1")
+
+
+def test_long_ids_keep_whole_pieces_and_stay_unique() -> None:
+    overrides = ["algorithm.name=large_batch", "train.lr=0.05", "algorithm.local_steps=5", "train.batch_size=32",
+                 "train.eval_every=94", "seed=3"]
+    pid = sw.point_id(overrides, 96)
+    readable, digest = pid.rsplit("-", 1)
+    assert len(readable) <= sw.ID_TEXT and len(digest) == 8
+    pieces = ["local_steps-5", "name-large_batch", "batch_size-32", "eval_every-94", "lr-0.05", "seed-3", "ranks-96"]
+    kept = [p for p in pieces if p in readable]
+    assert "_".join(kept) == readable  # whole pieces, in order, nothing cut
+    assert {"name-large_batch", "seed-3", "ranks-96"} <= set(kept) and len(kept) < len(pieces)
+    assert sw.point_id([*overrides[:-2], "train.eval_every=95", "seed=3"], 96) != pid  # left out, still told apart
+    assert sw.point_id(["data.root=/" + "x" * 80], None) == sw.point_id(["data.root=/" + "x" * 80], None)
+    assert len(sw.point_id(["data.root=/" + "x" * 80], None)) == 8  # a piece too long for any id: hash only
+
+
+def test_set_fixes_keys_for_every_point(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, grid={"train.lr": [0.1, 0.2]}, ranks=96)
+    full = sw.load(path)
+    small = sw.load(path, ["ranks=2", "parallel.devices_per_rank=48", "data.name=synthetic"])
+    assert [p.ranks for p in small.points] == [2, 2]
+    assert small.points[0].overrides == ("parallel.devices_per_rank=48", "data.name=synthetic", "train.lr=0.1")
+    assert not {p.id for p in small.points} & {p.id for p in full.points}  # never the full run's files
+    with pytest.raises(sw.SweepError, match="--set train.lr: the sweep varies train.lr"):
+        sw.load(path, ["train.lr=0.3"])
+    with pytest.raises(sw.SweepError, match="--set: expected KEY=VALUE"):
+        sw.load(path, ["oops"])
+    with pytest.raises(sw.SweepError, match="--set ranks: expected a positive integer"):
+        sw.load(path, ["ranks=0"])

@@ -9,9 +9,9 @@ import argparse
 from pathlib import Path
 
 from edgempi.analysis.info import info
-from edgempi.analysis.plot import METRICS, plot
+from edgempi.analysis.plot import METRICS, X_AXES, plot
 from edgempi.analysis.report import report
-from edgempi.analysis.runs import AXES, Run, load_runs
+from edgempi.analysis.runs import Run, load_runs
 
 
 def _paths(p: argparse.ArgumentParser) -> None:
@@ -29,10 +29,11 @@ def _runs(paths: list[str]) -> list[Run]:
 
 def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     _paths(p)
-    p.add_argument("--x", default="step", choices=list(AXES), help="x axis (default: step)")
+    p.add_argument("--x", default="step", choices=list(X_AXES),
+                   help="x axis (default: step); bytes is the total per device (up + down + control)")
     p.add_argument("--y", default="test_acc", choices=list(METRICS), help="metric (default: test_acc)")
     p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=None,
-                   help="log x axis (default: only for --x bytes)")
+                   help="log x axis (default: only for the bytes axes)")
     p.add_argument("--title", help="figure title")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="figure file: .png, .pdf or .svg")
 

@@ -1,11 +1,13 @@
 """What tells runs apart: the config keys that differ, groups of runs, and labels from both.
 
 Plots and tables name a run by what is special about it among the runs shown, not by its
-whole config, so a sweep over ``train.lr`` reads as ``lr=0.1`` and ``lr=0.01``.
+whole config, so a sweep over ``train.lr`` reads as ``lr = 0.1`` and ``lr = 0.01``; a method by
+its display name with the settings that define it: ``Large Batch``, ``FedAvg``,
+``FDA (linear, Θ = 1)``, ``Dynamic averaging (Δ = 2)``.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -13,6 +15,12 @@ from edgempi.analysis.runs import Run
 
 # Keys that differ between runs without changing what was measured.
 IGNORED = ("output.dir", "output.name")
+METHODS = {"centralized": "Centralized", "large_batch": "Large Batch", "fedavg": "FedAvg",
+           "dynamic": "Dynamic averaging", "fda": "FDA"}
+# Settings that belong in a method's display name: (key, how it is written), for that method only.
+METHOD_KEYS = {"dynamic": (("algorithm.delta", "Δ = {}"),),
+               "fda": (("algorithm.variant", "{}"), ("algorithm.theta", "Θ = {}"))}
+ALL_METHOD_KEYS = {"algorithm.name", *(k for keys in METHOD_KEYS.values() for k, _ in keys)}
 
 
 def group_keys(group_by: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -66,11 +74,35 @@ def short_names(keys: Sequence[str]) -> dict[str, str]:
     return {k: s if last.count(s) == 1 else k for k, s in zip(keys, last)}
 
 
+def method_name(values: Mapping[str, Any]) -> str:
+    """``{"algorithm.name": "fda", "algorithm.variant": "linear", "algorithm.theta": 1.0}`` →
+    ``FDA (linear, Θ = 1)``: the display name with the method's own settings among ``values``."""
+    name = values.get("algorithm.name")
+    settings = [form.format(fmt_value(values[k])) for k, form in METHOD_KEYS.get(name, ())
+                if values.get(k) is not None]
+    shown = METHODS.get(name, fmt_value(name))
+    return f"{shown} ({', '.join(settings)})" if settings else shown
+
+
 def label(values: dict[str, Any]) -> str:
-    """``{"algorithm.name": "fedavg", "train.lr": 0.1}`` → ``fedavg, lr=0.1`` (the method bare)."""
+    """``{"algorithm.name": "fedavg", "train.lr": 0.1}`` → ``FedAvg, lr = 0.1``.
+
+    The method goes first by its display name; keys without a value (None: not used by this
+    run's method) are left out, and a method's own settings only appear in its name.
+    """
     names = short_names(list(values))
-    parts = [fmt_value(v) if k == "algorithm.name" else f"{names[k]}={fmt_value(v)}" for k, v in values.items()]
-    return ", ".join(parts) or "all runs"
+    head = [method_name(values)] if "algorithm.name" in values else []
+    rest = [f"{names[k]} = {fmt_value(v)}" for k, v in values.items() if k not in ALL_METHOD_KEYS and v is not None]
+    return ", ".join(head + rest) or "all runs"
+
+
+def run_label(run: Run, shown: Sequence[str]) -> str:
+    """A run's legend entry among runs that differ in ``shown``: the method (with its own
+    settings) whenever the method or one of them differs, then the other differing keys."""
+    keys = list(shown)
+    if not keys or ALL_METHOD_KEYS & set(keys):
+        keys = ["algorithm.name", *(k for k, _ in METHOD_KEYS.get(run.config.get("algorithm.name"), ())), *keys]
+    return label({k: run.value(k) for k in dict.fromkeys(keys)})
 
 
 def parse_selector(text: str, option: str) -> tuple[str, Any]:

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from edgempi.analysis.compare import fmt_value
-from edgempi.analysis.report import human_bytes
 from edgempi.analysis.runs import AXES, Run, RunReadError, axis, read_run
+from edgempi.analysis.traffic import traffic
+from edgempi.units import KINDS, human_bytes
 
-# Last-row fields shown per table: (column or axis, label, format).
+# Last-row fields shown per table: (column or axis, label, format); "bytes": up, down, control, total.
 LAST = {"steps": (("step", "step", "{:.0f}"), ("epoch", "epoch", "{:.2f}"), ("train_loss", "train_loss", "{:.4f}"),
                   ("round", "rounds", "{:.0f}"), ("bytes", "bytes", None), ("time", "wall", "{:.1f} s"),
                   ("simtime", "sim", "{:.1f} s")),
@@ -23,10 +24,14 @@ def _last(run: Run, table: str) -> str:
         return f"{table}: no rows"
     parts = []
     for key, name, form in LAST.get(table, ()):
+        if key == "bytes":
+            sent = traffic(run, table)
+            parts.append("bytes " + ", ".join(f"{k} {human_bytes(sent[k][-1])}" for k in KINDS))
+            continue
         column = axis(data, key) if key in AXES else data.get(key, [np.nan])
         value = float(column[-1])
         if np.isfinite(value):
-            parts.append(f"{name} {human_bytes(value) if form is None else form.format(value)}")
+            parts.append(f"{name} {form.format(value)}")
     return f"{table}: {n} rows" + (f", last: {', '.join(parts)}" if parts else "")
 
 
@@ -45,6 +50,8 @@ def info(path: str | Path) -> str:
              f"  created {a.get('created', '?')}, finished {a.get('finished', '-')}"]
     if a.get("error"):
         lines.append(f"  error: {a['error']}")
+    if a.get("evaluated_model"):
+        lines.append(f"  evaluations score: {a['evaluated_model']}")
     sections: dict[str, list[str]] = {}
     for key, value in c.items():
         section, _, rest = key.partition(".")

@@ -3,29 +3,44 @@
 Grouped runs (seeds of one setting) are drawn as their mean with a ±1 standard deviation
 band. Their evaluations rarely fall on the same x (wall time, or bytes of methods that sync
 adaptively), so members are interpolated onto a common grid over the x range all share.
+Lines are named by method display names (``FDA (linear, Θ = 1)``), axes carry units, and the
+legend sits beside the axes, never on the curves.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from edgempi.analysis.compare import differing_keys, group, group_keys, label
+from edgempi.analysis.compare import differing_keys, group, group_keys, label, run_label
 from edgempi.analysis.runs import AXES, Run, axis
+from edgempi.analysis.traffic import BYTE_AXES, traffic
 
-# y → table it lives in.
+# y → table it lives in, and its axis label.
 METRICS = {"test_acc": "evals", "test_loss": "evals", "train_loss": "steps"}
-XLABELS = {"step": "step", "epoch": "epoch", "round": "communication rounds", "bytes": "bytes per device (up + down)",
-           "time": "wall time [s]", "simtime": "simulated time on the edge network [s]"}
+YLABELS = {"test_acc": "test accuracy", "test_loss": "test loss (cross-entropy)",
+           "train_loss": "training loss (cross-entropy)"}
+X_AXES = (*(a for a in AXES if a not in BYTE_AXES), *BYTE_AXES)
+XLABELS = {"step": "steps", "epoch": "epochs", "round": "communication rounds",
+           "bytes": "bytes per device, total (up + down + control)", "bytes_up": "bytes per device, up",
+           "bytes_down": "bytes per device, down", "ctrl_bytes": "bytes per device, control",
+           "time": "wall-clock time [s]", "simtime": "simulated time on the edge network [s]"}
 FORMATS = (".png", ".pdf", ".svg")
 GRID = 200
+
+
+def _x(run: Run, table: str, x: str) -> np.ndarray:
+    """The x value of every row of ``table``: an axis of runs.AXES, or bytes (edgempi.units)."""
+    if x in BYTE_AXES:
+        return traffic(run, table)[BYTE_AXES[x]]
+    return axis(run.tables[table], x)
 
 
 def _curve(run: Run, x: str, y: str, logx: bool) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of a run, sorted by x: finite points only, and on a log axis positive x only."""
     table = run.tables[METRICS[y]]
-    xs = axis(table, x)
+    xs = _x(run, METRICS[y], x)
     ys = np.asarray(table.get(y, np.full(len(xs), np.nan)), dtype=float)[:len(xs)]
     keep = np.isfinite(xs) & np.isfinite(ys) & ((xs > 0) if logx else True)
     order = np.argsort(xs[keep], kind="stable")
@@ -51,67 +66,103 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
          out: str | Path = "plot.png", title: str | None = None) -> Path:
     """Draw ``y`` against ``x`` for the runs into ``out`` (.png, .pdf or .svg); returns the path.
 
-    ``x``: step, epoch, round, bytes, time, simtime; ``y``: test_acc, test_loss, train_loss.
-    One line per run, labelled by the config keys that differ, or with ``group_by`` one mean
-    line and band per group. ``logx`` defaults to True for bytes only.
+    ``x``: step, epoch, round, bytes (total), bytes_up, bytes_down, ctrl_bytes, time, simtime;
+    ``y``: test_acc, test_loss, train_loss. One line per run, labelled by the config keys
+    that differ, or with ``group_by`` one mean line and band per group. ``logx`` defaults to
+    True for bytes only.
     """
-    if x not in AXES:
-        raise ValueError(f"x: unknown axis {x!r} (choose from {', '.join(AXES)})")
-    if y not in METRICS:
-        raise ValueError(f"y: unknown metric {y!r} (choose from {', '.join(METRICS)})")
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"out: unsupported format {out.suffix or out.name!r} (use {', '.join(FORMATS)})")
+    fig = figure(runs, x, y, group_by, logx, title)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out
+
+
+def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | None = None,
+           logx: bool | None = None, title: str | None = None) -> Any:
+    """The matplotlib Figure that :func:`plot` saves (close it with ``plt.close``)."""
+    if x not in X_AXES:
+        raise ValueError(f"x: unknown axis {x!r} (choose from {', '.join(X_AXES)})")
+    if y not in METRICS:
+        raise ValueError(f"y: unknown metric {y!r} (choose from {', '.join(METRICS)})")
     runs = list(runs)
     if not runs:
         raise ValueError("plot: no runs to plot")
-    logx = x == "bytes" if logx is None else logx
+    logx = x in BYTE_AXES if logx is None else logx
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = group_keys(group_by)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
     try:
-        if keys:
-            for values, members in group(runs, keys):
-                curves = [c for c in (_curve(r, x, y, logx) for r in members) if len(c[0])]
-                if not curves:
-                    continue
-                grid, mean, std = _band(curves, logx)
-                name = f"{label(dict(zip(keys, values)))} (n={len(curves)})"
-                if not len(grid):  # no common x range: show the members themselves
-                    color = None
-                    for i, (cx, cy) in enumerate(curves):
-                        (line,) = ax.plot(cx, cy, color=color, label=name if i == 0 else None, lw=1)
-                        color = line.get_color()
-                else:
-                    (line,) = ax.plot(grid, mean, label=name)
-                    ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-                drawn += 1
-        else:
-            shown = differing_keys(runs)
-            for run in runs:
-                cx, cy = _curve(run, x, y, logx)
-                if len(cx):
-                    ax.plot(cx, cy, label=label({k: run.config.get(k) for k in shown}) if shown else run.name)
-                    drawn += 1
+        keys = group_keys(group_by)
+        drawn = _draw_groups(ax, runs, keys, x, y, logx) if keys else _draw_runs(ax, runs, x, y, logx)
         if not drawn:
             raise ValueError(f"plot: none of the {len(runs)} runs has {y} rows yet")
-        if logx:
-            ax.set_xscale("log")
-        ax.set_xlabel(XLABELS[x])
-        ax.set_ylabel(y.replace("_", " "))
-        if title:
-            ax.set_title(title)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    finally:
+        _decorate(fig, ax, x, y, logx, title)
+    except BaseException:
         plt.close(fig)
-    return out
+        raise
+    return fig
+
+
+def _draw_runs(ax: Any, runs: list[Run], x: str, y: str, logx: bool) -> int:
+    """One line per run, named by what differs between the runs."""
+    shown = differing_keys(runs)
+    drawn = 0
+    for run in runs:
+        cx, cy = _curve(run, x, y, logx)
+        if len(cx):
+            ax.plot(cx, cy, label=run_label(run, shown))
+            drawn += 1
+    return drawn
+
+
+def _draw_groups(ax: Any, runs: list[Run], keys: tuple[str, ...], x: str, y: str, logx: bool) -> int:
+    """A mean line and a ±1 std band per group; the members themselves where their x ranges
+    do not overlap."""
+    drawn = 0
+    for values, members in group(runs, keys):
+        curves = [c for c in (_curve(r, x, y, logx) for r in members) if len(c[0])]
+        if not curves:
+            continue
+        grid, mean, std = _band(curves, logx)
+        name = f"{label(dict(zip(keys, values)))}, n = {len(curves)}"
+        if not len(grid):
+            color = None
+            for i, (cx, cy) in enumerate(curves):
+                (line,) = ax.plot(cx, cy, color=color, label=name if i == 0 else None, lw=1)
+                color = line.get_color()
+        else:
+            (line,) = ax.plot(grid, mean, label=name)
+            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        drawn += 1
+    return drawn
+
+
+def _decorate(fig: Any, ax: Any, x: str, y: str, logx: bool, title: str | None) -> None:
+    """Scales, units, grid, title, and the legend to the right of the axes (``savefig``'s tight
+    bounding box takes it in)."""
+    from matplotlib.ticker import EngFormatter, PercentFormatter
+
+    if logx:
+        ax.set_xscale("log")
+    if x in BYTE_AXES:
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B"))
+    if y == "test_acc":
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.set_xlabel(XLABELS[x])
+    ax.set_ylabel(YLABELS[y])
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)

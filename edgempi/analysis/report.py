@@ -1,9 +1,10 @@
 """The comparison table: accuracy reached, and what it cost to first reach a target accuracy.
 
 This is the Edgify "communication rounds to 80%" table generalised: for each run (or group
-of runs, e.g. seeds of one setting) the epochs, rounds, bytes and time — measured wall time
-and simulated edge-network time — at the first evaluation at or above the target, and how
-many times fewer bytes that took than a baseline method.
+of runs, e.g. seeds of one setting) the epochs, rounds, bytes per device (up, down, control
+and their total) and time — measured wall time and simulated edge-network time — at the
+first evaluation at or above the target, and how many times fewer total bytes that took than
+a baseline method.
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ import numpy as np
 from edgempi.analysis.compare import (differing_keys, fmt_value, group, group_keys, matches, parse_selector,
                                       short_names)
 from edgempi.analysis.runs import Run, axis
+from edgempi.analysis.traffic import BYTE_AXES, traffic
+from edgempi.units import human_bytes
 
-# Axes reported at the first evaluation reaching the target: (axis, csv column, markdown header).
-COST = (("epoch", "epochs", "epochs"), ("round", "rounds", "rounds"), ("bytes", "bytes", "bytes"),
-        ("time", "wall_s", "wall s"), ("simtime", "sim_s", "sim s"))
+# Costs at the first evaluation reaching the target: (name, csv column, markdown header).
+# "bytes" is the total (up + down + control), the figure the baseline ratio compares.
+COST = (("epoch", "epochs", "epochs"), ("round", "rounds", "rounds"), ("bytes_up", "bytes_up", "bytes up"),
+        ("bytes_down", "bytes_down", "bytes down"), ("ctrl_bytes", "ctrl_bytes", "bytes control"),
+        ("bytes", "bytes", "bytes total"), ("time", "wall_s", "wall s"), ("simtime", "sim_s", "sim s"))
 
 
 def target_fraction(target_acc: float) -> float:
@@ -40,7 +45,9 @@ def to_target(run: Run, target: float) -> dict[str, float] | None:
     if not hits.size:
         return None
     row = int(hits[0])
-    return {name: float(axis(run.evals, name)[row]) for name, _, _ in COST}
+    sent = traffic(run, "evals")
+    return {name: float(sent[BYTE_AXES[name]][row] if name in BYTE_AXES else axis(run.evals, name)[row])
+            for name, _, _ in COST}
 
 
 def _acc(run: Run, how: str) -> float:
@@ -114,17 +121,8 @@ def _method(row: Row) -> str:
     return "/".join(methods)
 
 
-def human_bytes(n: float) -> str:
-    units = ("B", "kB", "MB", "GB", "TB")
-    i = 0
-    while abs(n) >= 1000 and i < len(units) - 1:
-        n /= 1000
-        i += 1
-    return f"{n:.0f} B" if i == 0 else f"{n:.3g} {units[i]}"
-
-
 def _md_cost(name: str, value: float) -> str:
-    if name == "bytes":
+    if name in BYTE_AXES:
         return human_bytes(value)
     if name == "round":
         return f"{value:.0f}" if value == round(value) else f"{value:.1f}"
@@ -140,8 +138,8 @@ def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, 
     """The comparison table as Markdown (``md``) or CSV (``csv``).
 
     ``target_acc`` is a fraction or a percentage; ``baseline`` is ``KEY=VALUE`` selecting the
-    runs whose mean bytes to target the others are compared with (``bytes vs baseline`` =
-    baseline bytes / run bytes, so 10× means ten times less traffic).
+    runs whose mean total bytes to target the others are compared with (``bytes vs baseline`` =
+    baseline total / run total, so 10× means ten times less traffic).
     """
     if fmt not in ("md", "csv"):
         raise ValueError(f"format: unknown value {fmt!r} (choose from md, csv)")
@@ -183,9 +181,10 @@ def _markdown(table: list[Row], shown: list[str], target: float, baseline: str |
             cells.append(f"{row.reduction:.3g}×" if row.reduction is not None else "—")
         lines.append(cells)
     text = [f"Target test accuracy {pct}: costs at the first evaluation reaching it"
-            + (" (mean over the runs of a group that reached it)." if grouped else ".")]
+            + (" (mean over the runs of a group that reached it)" if grouped else "")
+            + "; bytes per device, total = up + down + control."]
     if baseline:
-        text.append(f"Baseline {baseline}: " + (f"{human_bytes(base)} to {pct}." if base is not None
+        text.append(f"Baseline {baseline}: " + (f"{human_bytes(base)} total to {pct}." if base is not None
                                                  else f"never reached {pct}, so no byte ratio."))
     text += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     text += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines]

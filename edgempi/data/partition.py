@@ -6,9 +6,12 @@ config holds under ``data.partition_args``; error messages name them there.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 KEY = "data"
 DIRICHLET_TRIES = 100
@@ -213,26 +216,37 @@ def counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.
 
 
 def format_counts(table: np.ndarray) -> str:
-    """A fixed-width table of the counts with per-device and per-class totals, for the terminal."""
+    """A fixed-width table of the counts for the terminal: one row per device, one column per
+    class (headed ``class 0 1 2 …``), with per-device and per-class totals."""
     devices, classes = table.shape
     header = ["device", *map(str, range(classes)), "total"]
     rows = [[str(d), *map(str, row), str(row.sum())] for d, row in enumerate(table)]
     rows.append(["total", *map(str, table.sum(axis=0)), str(table.sum())])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows])
+    over = " " * widths[0] + "  " + "samples per class".ljust(sum(widths[1:-1]) + 2 * (classes - 1))
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join([over.rstrip(), *lines])
 
 
-def plot_counts(table: np.ndarray, path: str) -> None:
-    """A devices × classes heat map PNG, drawn off-screen so it works on a headless node."""
+def counts_figure(table: np.ndarray) -> "Figure":
+    """A devices × classes heat map whose colours start at zero samples, so an IID split, whose
+    counts differ by a few percent, looks even instead of a checkerboard of noise."""
     from matplotlib.figure import Figure
 
     devices, classes = table.shape
     fig = Figure(figsize=(max(4.0, 0.4 * classes + 2), max(3.0, 0.25 * devices + 1.5)))
     ax = fig.add_subplot()
-    image = ax.imshow(table, aspect="auto", cmap="viridis", interpolation="nearest")
+    image = ax.imshow(table, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0,
+                      vmax=max(1, int(table.max())))
     fig.colorbar(image, ax=ax, label="samples")
     ax.set_xlabel("class")
     ax.set_ylabel("device")
+    ax.set_xticks(range(classes))
     ax.set_title(f"partition: {devices} devices × {classes} classes")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_counts(table: np.ndarray, path: str) -> None:
+    """The heat map of :func:`counts_figure` as a PNG, drawn off-screen (works on a headless node)."""
+    counts_figure(table).savefig(path, dpi=100)

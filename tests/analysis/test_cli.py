@@ -42,3 +42,9 @@ def test_bad_input_is_a_value_error_naming_it(tmp_path: Path) -> None:
         cli.cmd_report(parse(cli.add_report_arguments, [str(tmp_path), "--target", "0.8"]))
     with pytest.raises(ValueError, match="x.h5: unreadable HDF5"):
         cli.cmd_info(parse(cli.add_info_arguments, [str(tmp_path / "x.h5")]))
+
+
+def test_info_names_bytes_as_progress_and_report_do(results: Path, capsys) -> None:
+    cli.cmd_info(parse(cli.add_info_arguments, [str(results / "a.h5")]))
+    out = capsys.readouterr().out
+    assert "bytes up 24.5 kB, down 24.5 kB, control 0 B, total 49 kB" in out  # /steps' last row

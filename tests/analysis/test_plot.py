@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from edgempi.analysis import load_runs, plot
+from edgempi.analysis.plot import figure
 from runfiles import config, eval_curve, write_run
 
 
@@ -45,10 +47,39 @@ def test_train_loss_and_vector_formats(runs, tmp_path: Path) -> None:
     assert (tmp_path / "loss.svg").read_text().count("<path") > 4
 
 
-def test_labels_come_from_config(runs, tmp_path: Path) -> None:
-    plot(runs, "epoch", "test_acc", group_by="algorithm.name", out=tmp_path / "g.svg")
-    svg = (tmp_path / "g.svg").read_text()
-    assert "fedavg (n=2)" in svg and "large_batch (n=2)" in svg
+def legend(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_labels_are_display_names(runs, tmp_path: Path) -> None:
+    fig = figure(runs, "epoch", "test_acc", group_by="algorithm.name")
+    assert legend(fig) == ["FedAvg, n = 2", "Large Batch, n = 2"]
+    plt.close(fig)
+    fda, dyn = config("fda"), config("dynamic")
+    fda["algorithm"].update(variant="linear", theta=1.0)
+    dyn["algorithm"]["delta"] = 2.0
+    write_run(tmp_path / "m" / "fda.h5", fda, eval_curve([0.5, 0.7]))
+    write_run(tmp_path / "m" / "dyn.h5", dyn, eval_curve([0.5, 0.6]))
+    write_run(tmp_path / "m" / "fedavg.h5", config("fedavg"), eval_curve([0.4, 0.6]))
+    write_run(tmp_path / "m" / "fedavg2.h5", config("fedavg", lr=0.05), eval_curve([0.4, 0.5]))
+    fig = figure(load_runs([tmp_path / "m"]), "step", "test_acc", title="Methods")
+    assert sorted(legend(fig)) == ["Dynamic averaging (Δ = 2), lr = 0.1", "FDA (linear, Θ = 1), lr = 0.1",
+                                   "FedAvg, lr = 0.05", "FedAvg, lr = 0.1"]  # no "delta=-" for the others
+    ax = fig.axes[0]
+    assert ax.get_title() == "Methods" and ax.get_ylabel() == "test accuracy" and ax.get_xlabel() == "steps"
+    plt.close(fig)
+
+
+def test_legend_sits_beside_the_curves_and_axes_have_units(runs) -> None:
+    fig = figure(runs, "bytes", "test_acc")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= frame.x1  # right of the axes: it can cover no data
+    assert ax.get_xlabel() == "bytes per device, total (up + down + control)"
+    ticks = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    assert any(t.endswith("B") for t in ticks) and any(t.endswith("%") for t in ticks)
+    plt.close(fig)
 
 
 def test_bad_arguments(runs, tmp_path: Path) -> None:

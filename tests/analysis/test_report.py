@@ -9,7 +9,7 @@ import pytest
 
 from edgempi.analysis import load_runs, report
 from edgempi.analysis.report import to_target
-from runfiles import config, eval_curve, write_run
+from runfiles import config, eval_curve, step_curve, write_run
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ def parse(text: str) -> dict[str, dict[str, str]]:
 
 def test_costs_at_first_evaluation_reaching_target(runs) -> None:
     a, b, c = runs
-    assert to_target(a, 0.8) == {"epoch": 4, "round": 40, "bytes": 40_000, "time": 8, "simtime": 20}
+    assert to_target(a, 0.8) == {"epoch": 4, "round": 40, "bytes_up": 20_000, "bytes_down": 20_000, "ctrl_bytes": 0,
+                                 "bytes": 40_000, "time": 8, "simtime": 20}
     assert to_target(b, 0.8)["round"] == 200  # reaching the target exactly counts
     assert to_target(c, 0.8) is None
 
@@ -40,6 +41,7 @@ def test_csv_report_numbers_and_baseline_ratio(runs) -> None:
     a, b, c = rows["a_fedavg"], rows["b_large"], rows["c_slow"]
     assert (a["method"], a["train.lr"], a["final_acc"], a["best_acc"]) == ("fedavg", "0.1", "0.85", "0.85")
     assert (a["epochs_to_target"], a["rounds_to_target"], a["bytes_to_target"]) == ("4", "40", "40000")
+    assert (a["bytes_up_to_target"], a["bytes_down_to_target"], a["ctrl_bytes_to_target"]) == ("20000", "20000", "0")
     assert (a["wall_s_to_target"], a["sim_s_to_target"]) == ("8", "20")
     assert float(a["bytes_reduction"]) == pytest.approx(5.0)
     assert float(b["bytes_reduction"]) == pytest.approx(1.0)
@@ -54,7 +56,9 @@ def test_markdown_report_says_not_reached(runs) -> None:
     assert "batch_size" not in lines["run"]
     assert "not reached" in lines["c_slow"]
     assert "| 40 |" in lines["a_fedavg"] and "40 kB" in lines["a_fedavg"] and "5×" in lines["a_fedavg"]
-    assert "Baseline algorithm.name=large_batch: 200 kB to 80%." in text
+    assert "Baseline algorithm.name=large_batch: 200 kB total to 80%." in text
+    for header in ("bytes up to 80%", "bytes down to 80%", "bytes control to 80%", "bytes total to 80%"):
+        assert header in lines["run"]
 
 
 def test_groups_average_over_seeds_that_reached(tmp_path: Path) -> None:
@@ -88,3 +92,15 @@ def test_baseline_that_never_reached_gives_no_ratio(runs) -> None:
     rows = parse(report(runs, 0.8, baseline="train.lr=0.01", fmt="csv"))
     assert rows["a_fedavg"]["bytes_reduction"] == ""
     assert "never reached 80%" in report(runs, 0.8, baseline="train.lr=0.01")
+
+
+def test_control_bytes_count_in_the_total(tmp_path: Path) -> None:
+    """/evals has no ctrl_bytes column: the control traffic at an evaluation comes from /steps."""
+    steps = step_curve(301)
+    steps["ctrl_bytes"] = steps["step"] * 8.0  # 8 control bytes per step, as linear FDA sends
+    write_run(tmp_path / "fda.h5", config("fda"), eval_curve([0.5, 0.9]), steps=steps)
+    (run,) = load_runs([tmp_path])
+    cost = to_target(run, 0.8)  # the 2nd evaluation, at step 200
+    assert cost["ctrl_bytes"] == 1600 and cost["bytes"] == cost["bytes_up"] + cost["bytes_down"] + 1600
+    row = parse(report([run], 0.8, fmt="csv"))["fda"]
+    assert row["ctrl_bytes_to_target"] == "1600" and row["bytes_to_target"] == str(int(cost["bytes"]))

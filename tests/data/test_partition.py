@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgempi.data.partition import DIRICHLET_TRIES, SCHEMES, counts, format_counts, partition, plot_counts
+from edgempi.data.partition import (DIRICHLET_TRIES, SCHEMES, counts, counts_figure, format_counts, partition,
+                                    plot_counts)
 
 LABELS = np.random.default_rng(0).integers(0, 10, 6000)
 DEVICES = 10
@@ -127,7 +128,19 @@ def test_too_few_samples_for_one_batch_is_refused():
 def test_format_and_plot_counts(tmp_path):
     t = table("shards", shards_per_device=2)
     text = format_counts(t).splitlines()
-    assert len(text) == DEVICES + 2 and text[0].split()[0] == "device"
-    assert text[-1].split()[-1] == str(t.sum()) and text[1].split()[-1] == str(t[0].sum())
+    assert len(text) == DEVICES + 3 and text[1].split() == ["device", *map(str, range(10)), "total"]
+    assert text[0].strip() == "samples per class" and text[0].index("samples") > text[1].index("device") + 5
+    assert text[-1].split()[-1] == str(t.sum()) and text[2].split()[-1] == str(t[0].sum())
     plot_counts(t, str(tmp_path / "counts.png"))
     assert (tmp_path / "counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heat_map_colours_start_at_zero():
+    """An IID split differs by a few percent between cells: on a scale from its min to its max
+    that noise would span all colours; from zero it is one even colour."""
+    labels = np.random.default_rng(1).integers(0, 10, 60000)  # Fashion-MNIST's size, 4 devices: ~1500 a cell
+    t = counts(labels, partition(labels, 4, "iid", 0), 10)
+    assert 0.03 < np.ptp(t) / t.mean() < 0.2
+    image = counts_figure(t).axes[0].images[0]
+    assert image.norm.vmin == 0 and image.norm.vmax == t.max()
+    assert np.ptp(image.norm(t.astype(float))) < 0.2  # a fifth of the colour scale, not all of it

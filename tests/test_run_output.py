@@ -1,0 +1,64 @@
+"""What a user sees of a run: whole lines on one merged stream, the results path last, the
+one-rank warning, --quiet, and a file name that does not depend on the output folder."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from helpers import child_env, mpiexec, small_config, write_config
+from edgempi.config import from_dict
+from edgempi.runner import results_path
+
+
+def merged(*args: str, ranks: int | None = None) -> tuple[int, list[str]]:
+    """Run ``[mpiexec -n ranks] edgempi args`` with stdout and stderr in one pipe, unbuffered
+    as in a Slurm log: the setting under which lines used to run together."""
+    cmd = [sys.executable, "-m", "edgempi", *args]
+    if ranks is not None:
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                          env={**child_env(), "PYTHONUNBUFFERED": "1"})
+    return proc.returncode, proc.stdout.splitlines()
+
+
+def test_merged_output_has_whole_lines_and_the_path_last(tmp_path) -> None:
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 20, "eval_every": 10}))
+    code, lines = merged("run", str(config), "--out", str(tmp_path), ranks=2)
+    assert code == 0, lines
+    *progress, path = lines
+    assert path.startswith(str(tmp_path)) and path.endswith(".h5"), lines
+    assert [line.split(",")[0] for line in progress] == ["edgempi: step 0/20 (0%)", "edgempi: step 10/20 (50%)",
+                                                         "edgempi: step 20/20 (100%)"], lines
+    assert all(re.search(r", total [0-9.]+ [kMGT]?B$", line) for line in progress), lines  # nothing glued on
+    assert not any("warning" in line for line in lines)
+
+
+def test_one_rank_run_of_a_multi_device_method_warns_once(tmp_path) -> None:
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 4, "eval_every": 4}))
+    code, lines = merged("run", str(config), "--out", str(tmp_path), "--quiet")
+    assert code == 0, lines
+    warning, path = lines  # --quiet: no progress, the warning and the path only
+    assert warning.startswith("edgempi: warning: large_batch is running as a single device") and "mpiexec" in warning
+    assert path.endswith(".h5")
+    code, lines = merged("run", str(config), "--out", str(tmp_path), "--quiet", "--set", "algorithm.name=centralized")
+    assert code == 0 and len(lines) == 1, lines  # the reference method runs on one rank by design
+
+
+def test_sweep_task_shows_its_point_and_progress(tmp_path) -> None:
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nbase: {tmp_path / 'c.yaml'}\nranks: 2\ngrid:\n  train.lr: [0.05]\n")
+    write_config(tmp_path / "c.yaml", small_config(train={"steps": 10, "eval_every": 10}))
+    code, lines = merged("sweep", str(sweep), "--task", "0", "--out", str(tmp_path), ranks=2)
+    assert code == 0, lines
+    assert lines[0].startswith("edgempi: point 0 (lr-0.05_ranks-2-") and lines[0].endswith("train.lr=0.05")
+    assert lines[-2].startswith("edgempi: step 10/10 (100%)") and lines[-1].endswith(".h5")
+
+
+def test_default_file_name_does_not_depend_on_the_output_folder() -> None:
+    cfg = small_config()
+    here, there = (from_dict(cfg, [f"output.dir={d}"]) for d in ("results", "/elsewhere/runs"))
+    assert results_path(here, "c").name == results_path(there, "c").name
+    assert results_path(there, "c").parent.as_posix() == "/elsewhere/runs"
+    changed = from_dict(cfg, ["train.lr=0.5"])
+    assert results_path(changed, "c").name != results_path(here, "c").name
