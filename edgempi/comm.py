@@ -353,5 +353,8 @@ def self_comm() -> Comm:
     return Comm(MPI.COMM_SELF)
 
 
-def library_version() -> str:
-    return MPI.Get_library_version().splitlines()[0].strip()
+def mpi_versions() -> dict[str, str]:
+    """mpi4py's version and the MPI library's first line, for a results file's ``versions``."""
+    import mpi4py
+
+    return {"mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip()}

@@ -41,15 +41,13 @@ def git_sha() -> str | None:
 
 
 def versions() -> dict[str, str]:
-    import mpi4py
     import torch
 
     from edgempi import __version__
-    from edgempi.comm import library_version
+    from edgempi.comm import mpi_versions
 
     return {"edgempi": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "h5py": h5py.__version__, "mpi4py": mpi4py.__version__,
-            "mpi": library_version()}
+            "numpy": np.__version__, "h5py": h5py.__version__, **mpi_versions()}
 
 
 class Recorder:
