@@ -15,10 +15,10 @@ from edgempi.analysis.runs import Run
 
 # Keys that differ between runs without changing what was measured.
 IGNORED = ("output.dir", "output.name")
-METHODS = {"centralized": "Centralized", "large_batch": "Large Batch", "fedavg": "FedAvg",
-           "dynamic": "Dynamic averaging", "fda": "FDA"}
+METHODS = {"centralized": "Centralized", "large_batch": "Large Batch", "fedavg": "FedAvg", "fedprox": "FedProx",
+           "scaffold": "SCAFFOLD", "dynamic": "Dynamic averaging", "fda": "FDA"}
 # Settings that belong in a method's display name: (key, how it is written), for that method only.
-METHOD_KEYS = {"dynamic": (("algorithm.delta", "Δ = {}"),),
+METHOD_KEYS = {"fedprox": (("algorithm.mu", "μ = {}"),), "dynamic": (("algorithm.delta", "Δ = {}"),),
                "fda": (("algorithm.variant", "{}"), ("algorithm.theta", "Θ = {}"))}
 ALL_METHOD_KEYS = {"algorithm.name", *(k for keys in METHOD_KEYS.values() for k, _ in keys)}
 
