@@ -1,8 +1,9 @@
 """The only module that calls MPI.
 
 Every exchange of the training methods goes through a :class:`Comm`, which keeps the
-:class:`Ledger`: rounds, per-device bytes up/down (the star model of DESIGN.md), control bytes
-and seconds spent in collectives. Algorithms never count bytes themselves, so the figures in a
+:class:`Ledger`: rounds, per-device bytes up/down, control bytes and seconds spent in
+collectives. Bytes follow a star model: what one device would send to and receive from a
+central server for the exchange, whatever the collective really moved between ranks. Algorithms never count bytes themselves, so the figures in a
 results file are the figures of the traffic that really happened. Each exchange is also told
 to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, which this module
 does not know), and the few MPI calls that other modules need (a node's ranks, the job's
