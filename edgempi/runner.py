@@ -35,6 +35,8 @@ def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
     """What the evaluations of the file score, in words (stored as an attribute)."""
     if not models_differ:
         return "shared model"
+    if getattr(cfg.algorithm, "local_bn", False):
+        return "average weights, each device's own BatchNorm layers (FedBN)"
     if cfg.algorithm.eval_stats == "local":
         return "average weights, each device's own BatchNorm statistics"
     return "average weights and BatchNorm statistics"

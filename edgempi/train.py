@@ -238,7 +238,8 @@ class Trainer:
     def record_eval(self, step: int) -> None:
         with self.comm.uncounted():
             test_loss, test_acc = evaluate(self.bank, self.setup.peers, self.test_shards, self.loaders[0].normalize,
-                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average")
+                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average",
+                                           shared=self.policy.shared)
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)
