@@ -85,8 +85,8 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
         else:
             attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
                      "devices": comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
-            trainer.recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
-                                        overwrite=True if resume else overwrite)
+            arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
+            trainer.recorder = Recorder(path, attrs, tables(setup), arrays, overwrite=True if resume else overwrite)
     checkpointer = Checkpointer(cfg, comm, folder)
     try:
         outcome = trainer.run(checkpointer)
