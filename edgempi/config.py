@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from edgempi.data.drift import DriftConfig
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
 from edgempi.models.zoo import NORMS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
@@ -47,6 +48,7 @@ class DataConfig:
     synthetic_train: int = 6000
     synthetic_test: int = 1000
     synthetic_side: int = 28
+    drift: DriftConfig = field(default_factory=DriftConfig)  # concept drift at given steps (edgempi.data.drift)
 
     def partition_args(self) -> dict[str, object]:
         """The partition parameters that were set (each scheme refuses those it does not take)."""
@@ -63,6 +65,7 @@ class DataConfig:
         require(self.synthetic_train > 0, "data.synthetic_train", "must be > 0")
         require(self.synthetic_test > 0, "data.synthetic_test", "must be > 0")
         require(self.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
+        self.drift.check(cfg)
 
 
 @dataclass

@@ -47,6 +47,8 @@ def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
     """What the evaluations of the file score, in words (stored as an attribute)."""
     if not models_differ:
         return "shared model"
+    if getattr(cfg.algorithm, "local_bn", False):
+        return "average weights, each device's own BatchNorm layers (FedBN)"
     if cfg.algorithm.eval_stats == "local":
         return "average weights, each device's own BatchNorm statistics"
     return "average weights and BatchNorm statistics"
@@ -95,8 +97,8 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
         else:
             attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
                      "devices": comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
-            trainer.recorder = Recorder(path, attrs, tables(setup), {"partition/counts": setup.partition_counts},
-                                        overwrite=True if resume else overwrite)
+            arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
+            trainer.recorder = Recorder(path, attrs, tables(setup), arrays, overwrite=True if resume else overwrite)
     checkpointer = Checkpointer(cfg, comm, folder)
     try:
         outcome = trainer.run(checkpointer)

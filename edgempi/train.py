@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from edgempi import algorithms, data, models
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
+from edgempi.data.drift import DriftingLoader, DriftSchedule
 from edgempi.evaluate import evaluate, test_shards
 from edgempi.flat import FlatModel
 from edgempi.devices import DeviceBank
@@ -72,6 +74,7 @@ class Setup:
     peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
     clock: Clock  # the simulated edge clock of this rank's devices, told of every exchange
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
+    drift: DriftSchedule | None = None  # data.drift: when and where the devices' data change
 
     @property
     def partition_counts(self) -> np.ndarray:
@@ -98,6 +101,11 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
         group, peers = spatial_groups(comm, grid, share_ledger=True)
     parts = make_partition(cfg, dataset, seeds)
     loaders = [device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
+    drift = None
+    if cfg.data.drift.steps:
+        drift = DriftSchedule(cfg.data.drift, cfg.seed, peers.devices, dataset.num_classes)
+        loaders = [DriftingLoader(drift, peers.first + d, partial(device_loader, cfg, dataset, parts, seeds,
+                                                                  peers.first + d)) for d in range(local)]
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
     total = cfg.train.steps or math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch)
@@ -112,7 +120,7 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
         group_reduce = model.allreduce_grads_
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
-                 clock, group_reduce)
+                 clock, group_reduce, drift)
 
 
 def device_count(cfg: RunConfig, ranks: int) -> int:
@@ -137,9 +145,10 @@ def make_partition(cfg: RunConfig, dataset: data.Dataset, seeds: Seeds) -> list[
 
 
 def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray], seeds: Seeds,
-                  device: int) -> data.DeviceLoader:
-    """The batches device ``device`` draws: its shard, in the order of its own seed."""
-    shard = torch.from_numpy(parts[device])
+                  device: int, shard_of: int | None = None) -> data.DeviceLoader:
+    """The batches device ``device`` draws: its shard (or device ``shard_of``'s, after a drift),
+    in the order of its own seed."""
+    shard = torch.from_numpy(parts[device if shard_of is None else shard_of])
     augment = cfg.data.augment if cfg.data.augment is not None else dataset.augment
     return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
                              seeds.devices[device], dataset.mean, dataset.std, augment)
@@ -213,8 +222,10 @@ class Trainer:
 
     def record_eval(self, step: int) -> None:
         with self.comm.uncounted(), self.clock.paused():
-            test_loss, test_acc = evaluate(self.bank, self.setup.peers, self.test_shards, self.loaders[0].normalize,
-                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average")
+            shards = [(x, loader.relabel(y, step)) for (x, y), loader in zip(self.test_shards, self.loaders)]
+            test_loss, test_acc = evaluate(self.bank, self.setup.peers, shards, self.loaders[0].normalize,
+                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average",
+                                           shared=self.policy.shared)
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)

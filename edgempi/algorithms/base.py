@@ -129,7 +129,7 @@ class Policy:
 
     ``Settings``: the method's settings dataclass; the instance the run uses is ``self.settings``.
     ``models_differ``: devices may hold different models between syncs, so evaluation uses
-    their average. ``exchanges_gradients``: the loop keeps every device's gradient until
+    their average (of the ``shared`` positions only, if set). ``exchanges_gradients``: the loop keeps every device's gradient until
     :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds
     besides its step (for /syncs).
     """
@@ -137,6 +137,7 @@ class Policy:
     models_differ = False
     exchanges_gradients = False  # True: every device's gradient is exchanged before its optimizer step
     sync_columns: tuple[str, ...] = ()
+    shared: torch.Tensor | None = None  # FedBN: the parameter positions averaged (None: all exchanged)
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
 
     def __init__(self, ctx: Context) -> None:

@@ -9,11 +9,12 @@ from typing import Any, Iterator
 
 import torch
 
-from edgempi.algorithms.base import Context, FederatedSettings, Policy, participants
+from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
 
 
 class DriftPolicy(Policy):
-    settings: FederatedSettings
+    settings: ServerSettings
     models_differ = True
 
     def __init__(self, ctx: Context) -> None:
@@ -21,6 +22,7 @@ class DriftPolicy(Policy):
         self.w0 = ctx.flat.params.clone()  # the loop builds policies after the starting model is shared
         self.rounds = 0  # syncs so far: the round index of the participation draw
         self._delta = torch.empty_like(self.w0)
+        self.server = ServerOptimizer.create(self.settings, self.w0.numel())
 
     def drift(self, device: int = 0) -> torch.Tensor:
         """Δ = w − w₀ of a device of this rank (a scratch buffer, valid until the next call)."""
@@ -32,21 +34,25 @@ class DriftPolicy(Policy):
             yield self.drift(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w0": self.w0.clone(), "rounds": self.rounds}
+        return {"w0": self.w0.clone(), "rounds": self.rounds, "server": server_state(self.server)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w0.copy_(state["w0"])
         self.rounds = state["rounds"]
+        load_server_state(self.server, state.get("server"))
 
     def sync(self) -> torch.Tensor | None:
         """Average the weights over the devices that report (``algorithm.participation``,
-        ``dropout``, ``network.deadline_s``) and restart from there; returns w₀_new − w₀_old,
-        or None if nobody reported (every device keeps its model, the next sync draws anew)."""
+        ``dropout``, ``network.deadline_s``), take the server's step if any, and restart from
+        there; returns w₀_new − w₀_old, or None if nobody reported (every device keeps its
+        model, the next sync draws anew)."""
         bank = self.ctx.bank
         self.rounds += 1
         mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, self.rounds)
         if self.ctx.average_(bank.exchanged(self.settings.average_buffers), mask) == 0:
             return None
-        update = self.drift()  # every device now holds the mean
+        if self.server is not None:
+            self.server.apply_(self.w0, bank)
+        update = self.drift()  # every device now holds the new global model
         self.w0.copy_(bank.params[0])
         return update

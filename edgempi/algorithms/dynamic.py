@@ -21,15 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context, FederatedSettings
+from edgempi.algorithms.base import Context
 from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive, require
 
 
 @dataclass
-class DynamicSettings(FederatedSettings):
+class DynamicSettings(ServerSettings):
     """Every ``check_every`` steps, test ‖w − r‖² > ``delta``; ``balancing``: the paper's variant."""
 
     check_every: int = 1
@@ -44,6 +45,8 @@ class DynamicSettings(FederatedSettings):
         require(self.check_every > 0, "algorithm.check_every", "must be > 0")
         require(not self.balancing or (self.everyone_reports and cfg.network.deadline_s is None),
                 "algorithm.balancing", "is not combined with partial participation, dropouts or deadlines")
+        require(not self.balancing or self.server_optimizer == "none", "algorithm.server_optimizer",
+                "a server step follows full syncs only: not combined with algorithm.balancing")
 
 
 @METHODS.register("dynamic")

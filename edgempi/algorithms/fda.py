@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgempi.algorithms.base import Context, FederatedSettings
+from edgempi.algorithms.base import Context
 from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.server import ServerSettings
 from edgempi.algorithms.sketch import AmsSketch
 from edgempi.config import RunConfig
 from edgempi.registry import METHODS
@@ -24,7 +25,7 @@ from edgempi.settings import one_of, require
 
 
 @dataclass
-class FDASettings(FederatedSettings):
+class FDASettings(ServerSettings):
     """Θ is ``theta``, or ``theta_per_param`` × d when unset (the authors fitted 2.7e-5 … 4.9e-5)."""
 
     variant: str = "linear"

@@ -6,24 +6,34 @@ error feedback); the server replies with the dense mean update (counted as such)
 from dataclasses import dataclass
 from typing import Any
 
-from edgempi.algorithms.base import Context, FederatedSettings, Policy, participants
+from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
+from edgempi.algorithms.fedbn import average_shared_, has_batchnorm, shared_positions
+from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
 from edgempi.config import RunConfig
 from edgempi.registry import METHODS
-from edgempi.settings import require
+from edgempi.settings import exclusive, require
 
 
 @dataclass
-class FedAvgSettings(FederatedSettings):
-    """A round is ``local_steps`` steps, or ``local_epochs`` passes over a device's shard."""
+class FedAvgSettings(ServerSettings):
+    """A round is ``local_steps`` steps, or ``local_epochs`` passes over a device's shard.
+    ``local_bn``: FedBN, every BatchNorm parameter and statistic stays on its device."""
 
     local_steps: int | None = None
     local_epochs: float | None = None
+    local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
 
     compresses = "updates"
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
+        require(not self.local_bn or cfg.compression.name == "none", "algorithm.local_bn",
+                "FedBN is not combined with compression")
+        require(not self.local_bn or has_batchnorm(cfg), "algorithm.local_bn",
+                f"FedBN needs a model with BatchNorm ({cfg.model.name} has none here: set model.norm=batch)")
+        require(self.server_optimizer == "none" or cfg.compression.name == "none", "algorithm.server_optimizer",
+                "a server optimizer is not combined with compression")
         require((self.local_steps is None) != (self.local_epochs is None), "algorithm.local_steps",
                 f"{self.name} needs exactly one of algorithm.local_steps and algorithm.local_epochs")
         require(self.local_steps is None or self.local_steps > 0, "algorithm.local_steps", "must be > 0")
@@ -45,23 +55,37 @@ class PeriodicPolicy(Policy):
         super().__init__(ctx)
         self.period = self.settings.period(ctx.steps_per_epoch)
         self.anchor = ctx.flat.params.clone()  # the model every device started this round from
+        self.shared = shared_positions(ctx.flat.model) if self.settings.local_bn else None
+        self.server = ServerOptimizer.create(self.settings, ctx.flat.numel if self.shared is None else len(self.shared))
 
     def round_ending(self, step: int) -> int | None:
         """The number (1, 2, …) of the round that ends with ``step``; None in mid-round."""
         return None if (step + 1) % self.period else (step + 1) // self.period
 
     def restart(self, record: dict[str, Any]) -> dict[str, Any]:
-        """After a round's exchange: if anybody reported, every device now holds the new
-        global model, where the next round starts."""
+        """After a round's exchange: if anybody reported, every device now holds the average;
+        the server's step (if any) moves them all to the new global model, where the next
+        round starts."""
         if record["participants"] > 0:
+            if self.server is not None:
+                self.server.apply_(self.anchor, self.ctx.bank, self.shared)
             self.anchor.copy_(self.ctx.bank.params[0])
         return record
 
+    def average_(self, round_index: int) -> int:
+        """One round's weight average over the devices that report; returns how many did."""
+        ctx, with_buffers = self.ctx, self.settings.average_buffers
+        mask = participants(self.settings, ctx.cfg.seed, ctx.comm.devices, round_index)
+        if self.shared is not None:
+            return average_shared_(ctx.average_, ctx.bank, self.shared, mask)
+        return ctx.average_(ctx.bank.exchanged(with_buffers), mask)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor.clone()}
+        return {"anchor": self.anchor.clone(), "server": server_state(self.server)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.copy_(state["anchor"])
+        load_server_state(self.server, state.get("server"))
 
 
 @METHODS.register("fedavg")
@@ -78,12 +102,10 @@ class FedAvg(PeriodicPolicy):
         round_index = self.round_ending(step)
         if round_index is None:
             return None
-        with_buffers = self.settings.average_buffers
         if self.exchange is None:
-            mask = participants(self.settings, self.ctx.cfg.seed, self.ctx.comm.devices, round_index)
-            reported = self.ctx.average_(self.ctx.bank.exchanged(with_buffers), mask)
+            reported = self.average_(round_index)
             return self.restart({"step": step + 1, "participants": reported})  # 0: every device keeps its model
-        state = self.ctx.flat.exchanged(with_buffers)  # one device per rank, everyone reports (config)
+        state = self.ctx.flat.exchanged(self.settings.average_buffers)  # one device per rank, everyone reports
         update = state - self.reference
         self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
         state.copy_(self.reference.add_(update))

@@ -21,6 +21,8 @@ class FedProxSettings(FedAvgSettings):
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(self.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg)")
+        require(not self.local_bn, "algorithm.local_bn", "FedBN is not combined with fedprox (its proximal "
+                "term would pull each device's BatchNorm towards another's)")
 
 
 @METHODS.register("fedprox")

@@ -33,6 +33,9 @@ class ScaffoldSettings(FedAvgSettings):
         require(cfg.train.optimizer == "sgd" and cfg.train.momentum == 0, "train.momentum",
                 "scaffold's control variates (x − yᵢ)/(K·η) assume plain local SGD: set train.optimizer=sgd "
                 "and train.momentum=0 (with momentum the correction overshoots and training diverges)")
+        require(self.server_optimizer == "none", "algorithm.server_optimizer",
+                "scaffold has its own server step (the averaged yᵢ); no server optimizer")
+        require(not self.local_bn, "algorithm.local_bn", "FedBN is not combined with scaffold's control variates")
 
 
 @METHODS.register("scaffold")

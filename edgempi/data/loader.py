@@ -39,6 +39,10 @@ class DeviceLoader:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
+    def relabel(self, y: torch.Tensor, step: int) -> torch.Tensor:
+        """Test labels as this device sees them at ``step``: as they are (cf. ``data.drift``)."""
+        return y
+
     def _order(self, epoch: int) -> torch.Tensor:
         return torch.randperm(len(self.x), generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
 
@@ -58,6 +62,7 @@ class ConcatLoader:
     def __init__(self, loaders: list[DeviceLoader]) -> None:
         self.loaders = loaders
         self.normalize = loaders[0].normalize
+        self.relabel = loaders[0].relabel
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         batches = [loader.batch(step) for loader in self.loaders]

@@ -1,0 +1,51 @@
+"""FedBN (Li et al., ICLR 2021): BatchNorm layers stay on their device, the rest is averaged.
+
+Each device keeps its BatchNorm weights, biases and running statistics; only the other
+parameters cross the network, gathered from their (scattered) places in the flat buffer into
+one contiguous buffer, so the exchange is still one collective and the ledger counts only them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgempi.devices import DeviceBank
+
+BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def shared_positions(model: nn.Module) -> torch.Tensor:
+    """Positions, in the flat parameter buffer (:class:`edgempi.flat.FlatModel` order), of the
+    trainable parameters that do not belong to a BatchNorm layer."""
+    local = {id(p) for m in model.modules() if isinstance(m, BATCHNORMS) for p in m.parameters(recurse=False)}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    keep = np.concatenate([np.full(p.numel(), id(p) not in local) for p in trainable])
+    return torch.from_numpy(np.flatnonzero(keep))
+
+
+def has_batchnorm(cfg: Any) -> bool:
+    """Does the configured model have a BatchNorm layer? (Built on CPU with the data set's
+    usual input shape: a config check, before any MPI work.)"""
+    from edgempi import models
+
+    shape = {"cifar10": (3, 32)}.get(cfg.data.name, (1, 28 if cfg.data.name != "synthetic" else cfg.data.synthetic_side))
+    try:
+        model = models.create(cfg.model.name, in_channels=shape[0], input_size=shape[1], norm=cfg.model.norm)
+    except (ValueError, RuntimeError):
+        return True  # cannot tell here; the run's own model build reports the problem
+    return any(isinstance(m, BATCHNORMS) for m in model.modules())
+
+
+def average_shared_(average: Callable[[torch.Tensor, np.ndarray | None], int], bank: DeviceBank,
+                    index: torch.Tensor, mask: np.ndarray | None) -> int:
+    """Average the ``index`` positions of every device's parameters with ``average`` (the
+    context's, which also drops the devices that miss a deadline) on a gathered copy, leaving
+    the rest of each row as it is; returns how many devices reported."""
+    rows = bank.params.index_select(1, index)
+    reported = average(rows, mask)
+    if reported:
+        bank.params.index_copy_(1, index, rows)
+    return reported
