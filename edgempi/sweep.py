@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import yaml
 
-from edgempi.analysis.runs import RunReadError, open_results
+from edgempi.analysis.runs import RunReadError, read_status
+from edgempi.config import ConfigError, read_yaml
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
 STATUSES = ("missing", "running", "interrupted", "completed", "failed")
@@ -116,11 +117,9 @@ def load(path: str | Path) -> Sweep:
     """Read and expand a sweep file; SweepError names the offending key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SweepError(f"{path}: cannot read sweep file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML") from exc
+        raw = read_yaml(path, "sweep file")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from exc
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
     unknown = sorted(set(raw) - set(KEYS))
@@ -130,17 +129,7 @@ def load(path: str | Path) -> Sweep:
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise SweepError(f"name: expected a file-name-safe string (letters, digits, . _ -), got {name!r}")
-    base = raw.get("base")
-    if isinstance(base, str):
-        candidates = [path.parent / base, Path(base)]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise SweepError(f"base: no config file {base!r} next to {path} or in the working directory")
-        base = str(found)
-    elif isinstance(base, dict):
-        base = copy.deepcopy(base)
-    else:
-        raise SweepError(f"base: expected a config path or an inline config mapping, got {base!r}")
+    base = _base(raw.get("base"), path)
 
     grid = {k: _list(v, f"grid.{k}") for k, v in _mapping(raw.get("grid"), "grid").items()}
     zipped = {k: _list(v, f"zip.{k}") for k, v in _mapping(raw.get("zip"), "zip").items()}
@@ -180,6 +169,19 @@ def load(path: str | Path) -> Sweep:
     return Sweep(name=name, path=path, base=base, points=points)
 
 
+def _base(base: Any, path: Path) -> str | dict[str, Any]:
+    """The sweep's base config: a path (next to the sweep file, else from the cwd) or a mapping."""
+    if isinstance(base, str):
+        candidates = [path.parent / base, Path(base)]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SweepError(f"base: no config file {base!r} next to {path} or in the working directory")
+        return str(found)
+    if isinstance(base, dict):
+        return copy.deepcopy(base)
+    raise SweepError(f"base: expected a config path or an inline config mapping, got {base!r}")
+
+
 def expand(sweep_path: str | Path) -> list[Point]:
     """The sweep's points in task order (index = ``SLURM_ARRAY_TASK_ID``)."""
     return load(sweep_path).points
@@ -188,17 +190,16 @@ def expand(sweep_path: str | Path) -> list[Point]:
 def point_status(results_dir: str | Path, point: Point) -> str:
     """missing | running | completed | failed, from the root ``status`` of the point's file.
 
-    A file that cannot be read (truncated, foreign) counts as failed: it needs ``--retry``.
+    A file that cannot be read (truncated, foreign, or too damaged to answer within the
+    reader's deadline) counts as failed: it needs ``--retry``.
     """
     path = Path(results_dir) / f"{point.id}.h5"
     if not path.exists():
         return "missing"
     try:
-        with open_results(path) as f:
-            status = f.attrs.get("status")
-    except (RunReadError, OSError):
+        status = read_status(path)
+    except RunReadError:
         return "failed"
-    status = status.decode() if isinstance(status, bytes) else status
     return status if status in STATUSES else "failed"
 
 
