@@ -60,6 +60,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
+    from edgempi.record import OutputError
     from edgempi.runner import SetupError
     from edgempi.sweep import SweepError
     from edgempi.train import TrainingError
@@ -74,7 +75,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
-    except TrainingError as exc:  # decided on reduced values: every rank stops here together
+    except (TrainingError, OutputError) as exc:  # decided on reduced values: every rank stops here together
         if comm.rank == 0:
             print(f"edgempi: {exc}", file=sys.stderr)
         return 1
@@ -94,7 +95,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = results_path(cfg, Path(args.config).stem)
 
     def work(comm: "Comm") -> Path:
-        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
+        outcome = run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                      keep_checkpoints=args.keep_checkpoints)
+        if outcome is None and comm.rank == 0:
+            print(f"edgempi: {path} is completed already; nothing to resume, nothing changed", file=sys.stderr)
         return path
 
     return _train(work)
@@ -169,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     mode.add_argument("--resume", action="store_true",
                       help="continue the run of this results file from its last checkpoint")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep the checkpoint folder NAME.ckpt/ after the run completes (removed by default)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = with_config("validate", "check a config without running it")
