@@ -1,6 +1,8 @@
 """``edgempi run|validate|partition|sweep|report|plot|info``: parse the command line, then call the library.
 
-Exit codes: 0 done, 1 the run failed while training, 2 bad input (config, data, paths).
+Exit codes: 0 done, 1 the run failed while training (also: its results or checkpoints could
+not be written), 2 bad input (config, data, paths, checkpoints, a results file another job
+writes), 143 stopped by a signal after a checkpoint.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ STEP_COLUMNS = ("step", "epoch", "train_loss", "lr", "rounds", "bytes_up", "byte
                 "compute_s", "comm_s", "wall_s", "sim_s")
 EVAL_COLUMNS = ("step", "epoch", "rounds", "bytes_up", "bytes_down", "wall_s", "sim_s", "test_loss", "test_acc")
 TABLES = ("steps", "evals", "syncs")
-RESERVE = 1 << 20  # disk space held ahead of the results file's end (see Recorder.reserve)
+RESERVE = 1 << 20  # disk space a results file keeps in hand to close cleanly (see Recorder.reserve)
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -61,35 +61,18 @@ def describe(exc: BaseException) -> str:
     return (text[0][:300] if text else type(exc).__name__)
 
 
-def allocate_ahead(fd: int, offset: int, length: int) -> None:
-    """Allocate disk blocks for ``[offset, offset + length)`` without changing the file's size
-    (``fallocate(FALLOC_FL_KEEP_SIZE)``); where the file system cannot, check that much is free."""
+def can_allocate(fd: int, offset: int, length: int) -> None:
+    """Raise ENOSPC/EDQUOT unless ``length`` more bytes could be allocated to the file now: a
+    ``fallocate(FALLOC_FL_KEEP_SIZE)`` probe, which also sees a quota (free space does not).
+    HDF5 truncates the file to its end at each flush, which gives the blocks back."""
     fallocate = getattr(_LIBC, "fallocate", None)
-    if fallocate is not None:
-        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        if fallocate(fd, 1, offset, length) == 0:
-            return
+    if fallocate is None:
+        return
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    if fallocate(fd, 1, offset, length) != 0:
         code = ctypes.get_errno()
         if code not in (errno_mod.EOPNOTSUPP, errno_mod.ENOSYS, errno_mod.EINVAL):
             raise OSError(code, os.strerror(code))
-    fs = os.fstatvfs(fd)
-    if fs.f_bavail * fs.f_frsize < length:
-        raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC))
-
-
-def release_ahead(path: Path) -> None:
-    """Give back the blocks :func:`allocate_ahead` held past the end of a closed file."""
-    punch = getattr(_LIBC, "fallocate", None)
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError:
-        return
-    try:
-        if punch is not None:
-            punch.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-            punch(fd, 3, os.fstat(fd).st_size, RESERVE)  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-    finally:
-        os.close(fd)
 
 
 def write_failure(path: Path, exc: BaseException) -> OutputError:
@@ -108,10 +91,15 @@ class OutputLock:
     """
 
     def __init__(self, results: Path) -> None:
-        self.path = results.with_name(results.name + ".lock")
+        self.results, self.path = results, results.with_name(results.name + ".lock")
         self.fd: int | None = None
+        missing = [p for p in (results.parent, *results.parent.parents) if not p.exists()]
+        self.created = missing[-1] if missing else None  # the first folder made here, removed if unused
         try:
             results.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {results.parent}: {describe(exc)}") from exc
+        try:
             while self.fd is None:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
@@ -132,6 +120,7 @@ class OutputLock:
             raise OutputError(f"cannot create {self.path}: {describe(exc)} (is the output folder writable?)") from exc
 
     def release(self) -> None:
+        """Drop the lock; a refused run (no results file) also leaves no folder it created."""
         if self.fd is not None:
             try:
                 os.unlink(self.path)
@@ -139,6 +128,13 @@ class OutputLock:
                 pass
             os.close(self.fd)
             self.fd = None
+        folder = self.results.parent
+        while self.created is not None and not self.results.exists() and folder.is_relative_to(self.created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
 
 
 def now() -> str:
@@ -253,14 +249,17 @@ class Recorder:
             self.error = str(write_failure(self.path, exc))
 
     def reserve(self) -> None:
-        """Keep RESERVE bytes of disk allocated past the file's end, renewed each time half is
-        used (one fstat a row). HDF5 in SWMR mode crashes (SIGSEGV) when a flush meets a full
-        disk or quota, so the writer must stop before: when the space cannot be renewed, the
-        half still held is enough to close the file cleanly and record status 'failed'."""
+        """Stop writing while the disk can still take the file's close and final status: HDF5
+        in SWMR mode crashes (SIGSEGV) when a flush meets a full disk or quota. Each row checks
+        that RESERVE / 2 bytes are free (one fstatvfs), and each RESERVE / 2 bytes of growth
+        that RESERVE more could be allocated (a probe that also sees a quota)."""
         fd = self.file.id.get_vfd_handle()
+        fs = os.fstatvfs(fd)
+        if fs.f_bavail * fs.f_frsize < RESERVE // 2:
+            raise OSError(errno_mod.ENOSPC, os.strerror(errno_mod.ENOSPC))
         size = os.fstat(fd).st_size
         if size + RESERVE // 2 > self.reserved:
-            allocate_ahead(fd, size, RESERVE)
+            can_allocate(fd, size, RESERVE)
             self.reserved = size + RESERVE
 
     def _abandon(self) -> None:
@@ -291,7 +290,6 @@ class Recorder:
                 f.attrs["finished"] = now()
                 if error is not None:
                     f.attrs["error"] = error
-            release_ahead(self.path)
             if self.error is None:
                 check_complete(self.path, status, self.columns)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
