@@ -7,7 +7,7 @@ adaptively), so members are interpolated onto a common grid over the x range all
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -74,31 +74,8 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
 
     keys = group_keys(group_by)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    drawn = 0
     try:
-        if keys:
-            for values, members in group(runs, keys):
-                curves = [c for c in (_curve(r, x, y, logx) for r in members) if len(c[0])]
-                if not curves:
-                    continue
-                grid, mean, std = _band(curves, logx)
-                name = f"{label(dict(zip(keys, values)))} (n={len(curves)})"
-                if not len(grid):  # no common x range: show the members themselves
-                    color = None
-                    for i, (cx, cy) in enumerate(curves):
-                        (line,) = ax.plot(cx, cy, color=color, label=name if i == 0 else None, lw=1)
-                        color = line.get_color()
-                else:
-                    (line,) = ax.plot(grid, mean, label=name)
-                    ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-                drawn += 1
-        else:
-            shown = differing_keys(runs)
-            for run in runs:
-                cx, cy = _curve(run, x, y, logx)
-                if len(cx):
-                    ax.plot(cx, cy, label=label({k: run.config.get(k) for k in shown}) if shown else run.name)
-                    drawn += 1
+        drawn = _draw_groups(ax, runs, keys, x, y, logx) if keys else _draw_runs(ax, runs, x, y, logx)
         if not drawn:
             raise ValueError(f"plot: none of the {len(runs)} runs has {y} rows yet")
         if logx:
@@ -115,3 +92,35 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
     finally:
         plt.close(fig)
     return out
+
+
+def _draw_groups(ax: Any, runs: Sequence[Run], keys: Sequence[str], x: str, y: str, logx: bool) -> int:
+    """One mean line and band per group (its members' lines where they share no x range)."""
+    drawn = 0
+    for values, members in group(runs, keys):
+        curves = [c for c in (_curve(r, x, y, logx) for r in members) if len(c[0])]
+        if not curves:
+            continue
+        grid, mean, std = _band(curves, logx)
+        name = f"{label(dict(zip(keys, values)))} (n={len(curves)})"
+        if not len(grid):  # no common x range: show the members themselves
+            color = None
+            for i, (cx, cy) in enumerate(curves):
+                (line,) = ax.plot(cx, cy, color=color, label=name if i == 0 else None, lw=1)
+                color = line.get_color()
+        else:
+            (line,) = ax.plot(grid, mean, label=name)
+            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        drawn += 1
+    return drawn
+
+
+def _draw_runs(ax: Any, runs: Sequence[Run], x: str, y: str, logx: bool) -> int:
+    """One line per run, labelled by the config keys in which the runs differ."""
+    drawn, shown = 0, differing_keys(runs)
+    for run in runs:
+        cx, cy = _curve(run, x, y, logx)
+        if len(cx):
+            ax.plot(cx, cy, label=label({k: run.config.get(k) for k in shown}) if shown else run.name)
+            drawn += 1
+    return drawn
