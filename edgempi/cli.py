@@ -1,6 +1,8 @@
 """``edgempi run|validate|partition|sweep|report|plot|info``: parse the command line, then call the library.
 
-Exit codes: 0 done, 1 the run failed while training, 2 bad input (config, data, paths).
+Exit codes: 0 done, 1 the run failed while training (also: its results or checkpoints could
+not be written), 2 bad input (config, data, paths, checkpoints, a results file another job
+writes), 143 stopped by a signal after a checkpoint.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     line when stdout and stderr share one pipe or log file."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
+    from edgempi.record import OutputError
     from edgempi.runner import SetupError, abort
     from edgempi.sweep import SweepError
     from edgempi.train import TrainingError
@@ -78,7 +81,7 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
-    except TrainingError as exc:  # decided on reduced values: every rank stops here together
+    except (TrainingError, OutputError) as exc:  # decided on reduced values: every rank stops here together
         if comm.rank == 0:
             write_line(f"edgempi: {exc}")
         return 1
@@ -110,7 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     def work(comm: "Comm") -> Path:
         if comm.rank == 0:
             warn_single_device(cfg, comm.size)
-        run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
+        outcome = run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                      keep_checkpoints=args.keep_checkpoints)
+        if outcome is None and comm.rank == 0:
+            write_line(f"edgempi: {path} is completed already; nothing to resume, nothing changed")
         return path
 
     return _train(work)
@@ -188,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     mode.add_argument("--resume", action="store_true",
                       help="continue the run of this results file from its last checkpoint")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep the checkpoint folder NAME.ckpt/ after the run completes (removed by default)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
     val = with_config("validate", "check a config without running it")

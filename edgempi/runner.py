@@ -3,6 +3,11 @@
 The failure rules of DESIGN.md live here: a problem every rank can see (bad data path,
 results file already there) is agreed on collectively and reported once, so no rank is left
 waiting in a collective; anything later aborts the whole job from the rank that failed.
+
+Results are never lost: rank 0 holds a lock on the results file for the whole run, ``--resume``
+continues only the run the file holds (same config, a checkpoint of that file) and changes
+nothing in a completed one, and only ``--overwrite`` replaces a file. A run reports success
+only after its file was read back complete.
 """
 from __future__ import annotations
 
@@ -10,14 +15,19 @@ import hashlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from edgempi import config as config_mod
-from edgempi.checkpoint import Checkpointer, Interrupted, checkpoint_dir, load_rank_state, read_meta
+from edgempi import guard
+from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
+                                remove)
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.record import Recorder
+from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.topology import threads_per_rank
-from edgempi.train import Outcome, Trainer, build, tables
+from edgempi.train import Outcome, Setup, Trainer, build, tables
 
 ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
 
@@ -54,61 +64,169 @@ def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
     return "average weights and BatchNorm statistics"
 
 
-def agree(comm: Comm, error: str | None) -> None:
-    """Raise the same SetupError on every rank if any rank failed (lowest rank's message)."""
-    errors = [e for e in comm.allgather_object(error) if e]
+def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Exception] = SetupError) -> Any:
+    """Raise the same error on every rank if any rank failed (lowest rank's message), else
+    return rank 0's ``share``: one allgather."""
+    gathered = comm.allgather_object((error, share))
+    errors = [e for e, _ in gathered if e]
     if errors:
-        raise SetupError(errors[0])
+        raise exc_type(errors[0])
+    return gathered[0][1]
+
+
+def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> str:
+    """Rank 0, holding the lock: ``new`` (write a new file), ``resume`` or ``done`` (a
+    completed run of this config: nothing to do); SetupError when the file must be kept."""
+    if not path.exists():
+        if resume:
+            raise SetupError(f"{path} does not exist: nothing to resume (run without --resume)")
+        return "new"
+    if overwrite:
+        return "new"
+    if not resume:
+        raise SetupError(f"{path} exists; pass --overwrite to replace it, --resume to continue it, "
+                         "or --set output.name=NEW")
+    try:
+        found = guard.call("edgempi.record:summary", path)
+        if found["schema"] != SCHEMA:
+            raise ValueError(f"schema {found['schema']!r}")
+        same = config_hash(yaml.safe_load(found["config"] or "") or {}) == config_hash(cfg)
+    except guard.Timeout as exc:
+        raise SetupError(f"cannot read {path}: {exc} (damaged?); pass --overwrite to replace it") from exc
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise SetupError(f"{path} is not a readable results file ({describe(exc)}); pass --overwrite to replace "
+                         "it") from exc
+    if not same:
+        raise SetupError(f"{path} was written by a different config; --resume continues only the same run "
+                         "(pass --overwrite to replace it, or --set output.name=NEW)")
+    return "done" if found["status"] == "completed" else "resume"
+
+
+def _matching(meta: dict[str, Any] | None, path: Path, folder: Path) -> dict[str, Any] | None:
+    """Rank 0: the checkpoint must be this file's (its run id) and not ahead of its rows."""
+    if meta is None:
+        return None
+    found = guard.call("edgempi.record:summary", path)
+    if meta.get("run_id") != found["run_id"]:
+        raise SetupError(f"{folder} belongs to another run than {path} (run id {meta.get('run_id')}, the file's "
+                         f"{found['run_id']}); delete {folder}, or pass --overwrite")
+    if meta["step"] > found["last_step"]:
+        raise SetupError(f"{folder} is at step {meta['step']} but {path} ends at step {found['last_step']:g}; "
+                         "the two do not belong together")
+    return meta
+
+
+def _prepare(cfg: RunConfig, comm: Comm, path: Path, action: str) -> tuple[Setup, dict[str, Any] | None]:
+    """Every rank: data, model, and (resuming) this rank's checkpoint state, checked."""
+    folder = checkpoint_dir(path)
+    setup, state, error = None, None, None
+    try:
+        setup = build(cfg, comm)
+        meta = read_meta(folder, cfg, comm.size) if action == "resume" else None
+        if comm.rank == 0:
+            _matching(meta, path, folder)
+        state = load_rank_state(folder, comm.rank, meta) if meta else None
+    except guard.Timeout as exc:
+        error = f"cannot read {path}: {exc} (damaged?)"
+    except (ValueError, OSError, RuntimeError) as exc:
+        error = str(exc)
+    agree(comm, error)
+    assert setup is not None
+    return setup, state
+
+
+def _open_recorder(cfg: RunConfig, trainer: Trainer, path: Path, resumed: bool) -> Recorder:
+    """Rank 0: continue the file, or (after removing stale checkpoints) write a new one."""
+    if resumed:
+        return Recorder.resume(path, trainer.step)
+    error = remove(checkpoint_dir(path))
+    if error:
+        raise OutputError(error)
+    attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": trainer.comm.size,
+             "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
+    setup = trainer.setup
+    arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
+    return Recorder(path, attrs, tables(setup), arrays, overwrite=path.exists())
+
+
+def _close(recorder: Recorder | NullRecorder, status: str, error: str | None = None) -> None:
+    """Write a failed or interrupted run's status if the file can still be written; the
+    original error is what the user is told, so a second failure here is one warning line."""
+    try:
+        recorder.close(status, error)
+    except OutputError as exc:
+        if recorder.error is None:  # else the write failure that stopped the run, reported already
+            print(f"edgempi: could not record status {status!r}: {exc}", file=sys.stderr, flush=True)
 
 
 def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progress: bool = True,
-        resume: bool = False) -> Outcome:
+        resume: bool = False, keep_checkpoints: bool = False) -> Outcome | None:
     """Train and write ``path`` (rank 0); raises SetupError before anything is written.
 
     With ``resume``, continue from the checkpoint beside ``path`` if there is one (a run
-    that stopped before its first checkpoint starts again from step 0 in the same file).
+    that stopped before its first checkpoint starts again from step 0 in the same file);
+    returns None if the file holds this run completed already. The checkpoints of a
+    completed run are removed unless ``keep_checkpoints``.
     """
     import torch
 
     config_mod.validate_world(cfg, comm.size)
     torch.set_num_threads(threads_per_rank(cfg, comm))
-    folder = checkpoint_dir(path)
-    setup, state, error = None, None, None
+    lock, action, error = None, None, None
     try:
-        setup = build(cfg, comm)
-        meta = read_meta(folder, cfg, comm.size) if resume else None
-        state = load_rank_state(folder, comm.rank, meta["step"]) if meta else None
-    except (ValueError, OSError, RuntimeError) as exc:
-        error = str(exc)
-    agree(comm, error)
-    if comm.rank == 0:
-        if resume and not path.exists():
-            error = f"{path} does not exist: nothing to resume (run without --resume)"
-        elif path.exists() and not (overwrite or resume):
-            error = f"{path} exists; pass --overwrite to replace it, --resume to continue it, or --set output.name=NEW"
-    agree(comm, error)
+        if comm.rank == 0:
+            try:
+                lock = OutputLock(path)
+                action = plan(cfg, path, overwrite, resume)
+            except (OutputError, SetupError) as exc:
+                error = str(exc)
+        action = agree(comm, error, action)
+        if action == "done":
+            return None
+        outcome = _train(cfg, comm, path, action, progress)
+        if comm.rank == 0 and not keep_checkpoints:
+            warning = remove(checkpoint_dir(path))
+            if warning:
+                print(f"edgempi: {warning}", file=sys.stderr, flush=True)
+        return outcome
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) -> Outcome:
+    """Build, restore, open the file, train; the file's final status is agreed by all ranks."""
+    setup, state = _prepare(cfg, comm, path, action)
     trainer = Trainer(setup, comm, progress=progress)
     if state is not None:
         trainer.load_state_dict(state)
+    error = None
     if comm.rank == 0:
-        if state is not None:
-            trainer.recorder = Recorder.resume(path, trainer.step)
-        else:
-            attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": comm.size,
-                     "devices": comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
-            arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
-            trainer.recorder = Recorder(path, attrs, tables(setup), arrays, overwrite=True if resume else overwrite)
-    checkpointer = Checkpointer(cfg, comm, folder)
+        try:
+            trainer.recorder = _open_recorder(cfg, trainer, path, resumed=state is not None)
+        except OutputError as exc:
+            error = str(exc)
+    agree(comm, error)
+    recorder = trainer.recorder
+    checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
     try:
         outcome = trainer.run(checkpointer)
     except Interrupted as exc:
-        trainer.recorder.close("interrupted", str(exc))
+        _close(recorder, "interrupted", str(exc))
+        raise
+    except OutputError as exc:
+        _close(recorder, "failed", str(exc))
         raise
     except BaseException as exc:
-        trainer.recorder.close("failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        _close(recorder, "failed", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         raise
-    trainer.recorder.close("completed")
+    error = None
+    try:
+        recorder.close("completed")
+    except OutputError as exc:
+        error = str(exc)
+        _close(recorder, "failed", error)
+    agree(comm, error, exc_type=OutputError)
     return outcome
 
 

@@ -36,7 +36,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import yaml
 
-from edgempi.analysis.runs import RunReadError, open_results
+from edgempi.analysis.runs import RunReadError, read_status
+from edgempi.config import ConfigError, read_yaml
 from edgempi.progress import write_line
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
@@ -147,11 +148,9 @@ def load(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SweepError(f"{path}: cannot read sweep file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML") from exc
+        raw = read_yaml(path, "sweep file")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from exc
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
     unknown = sorted(set(raw) - set(KEYS))
@@ -247,17 +246,16 @@ def expand(sweep_path: str | Path) -> list[Point]:
 def point_status(results_dir: str | Path, point: Point) -> str:
     """missing | running | completed | failed, from the root ``status`` of the point's file.
 
-    A file that cannot be read (truncated, foreign) counts as failed: it needs ``--retry``.
+    A file that cannot be read (truncated, foreign, or too damaged to answer within the
+    reader's deadline) counts as failed: it needs ``--retry``.
     """
     path = Path(results_dir) / f"{point.id}.h5"
     if not path.exists():
         return "missing"
     try:
-        with open_results(path) as f:
-            status = f.attrs.get("status")
-    except (RunReadError, OSError):
+        status = read_status(path)
+    except RunReadError:
         return "failed"
-    status = status.decode() if isinstance(status, bytes) else status
     return status if status in STATUSES else "failed"
 
 

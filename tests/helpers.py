@@ -1,6 +1,7 @@
 """Shared helpers: small configs, and running the CLI as a user would (also under mpiexec)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,6 +85,20 @@ def wait_for_rows(path: Path, table: str, rows: int, proc: subprocess.Popen, tim
                 pass  # the writer has not switched to SWMR yet
         time.sleep(0.2)
     raise AssertionError(f"no {rows} rows in {path} after {timeout} s")
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, step_at_least: int, timeout: float = 120) -> int:
+    """Wait until a running job has committed a checkpoint of at least that step; returns its step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = folder / "meta.json"
+        if meta.exists():
+            step = json.loads(meta.read_text())["step"]
+            if step >= step_at_least:
+                return step
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("no checkpoint written")
 
 
 def _process_tree(root: int) -> list[int]:

@@ -109,3 +109,50 @@ def test_error_names_the_key():
     with pytest.raises(ConfigError) as info:
         from_dict(small_config(), ["train.weight_decay=-0.1"])
     assert info.value.key == "train.weight_decay"
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"\xff\xfe\x00t\x00r\x00a\x00i\x00n", "not UTF-8 text (byte 0xff at offset 0): not a config file"),
+    (b"seed: 1\n\x00\x00", "holds NUL bytes"),
+    (b"- data\n- model\n", "expected a mapping of sections (data, model, train, ...), got a list"),
+    (b"just a string", "expected a mapping of sections (data, model, train, ...), got a str"),
+    (BOMB.encode(), "expands to more than 100000 values through aliases"),
+    (b"a: &a [*a]\n", "expands to more than 100000 values through aliases"),
+    (b"[" * 3000 + b"]" * 3000, "nested too deeply"),
+    (b"# padding\n" * 120000, "larger than 1 MiB"),
+])
+def test_files_that_are_not_configs_are_refused_in_one_line(tmp_path, content, reason):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.key == str(path) and reason in info.value.reason and "\n" not in str(info.value)
+
+
+def test_not_a_config_under_mpi_is_one_line_before_any_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(BOMB.encode())
+    proc = edgempi("run", str(path), "--out", str(tmp_path / "out"), ranks=2, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"edgempi: config error: {path}: expands to more than 100000 values through aliases"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where,reason", [
+    ("data.root=ROOT/nowhere", "data.root ROOT/nowhere does not exist"),
+    ("data.root=ROOT", "data.root ROOT lacks its four IDX files"),
+    ("output.dir=ROOT/file/out", "cannot create output folder ROOT/file/out: Not a directory"),
+])
+def test_unusable_data_root_or_output_folder_is_one_line_and_writes_nothing(tmp_path, where, reason):
+    (tmp_path / "file").write_text("a file, not a folder")
+    path = write_config(tmp_path / "c.yaml", small_config(data={"name": "mnist"}, output={"name": "x"}))
+    proc = edgempi("run", str(path), "--set", where.replace("ROOT", str(tmp_path)), ranks=2, timeout=120,
+                   cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert reason.replace("ROOT", str(tmp_path)) in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "file"]

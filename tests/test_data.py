@@ -36,16 +36,30 @@ def test_idx_files_found_under_data_root(tmp_path):
 def test_environment_variable_root(tmp_path, monkeypatch):
     make_idx_folder(tmp_path / "mnist")
     monkeypatch.setenv("EDGEMPI_DATA", str(tmp_path))
-    assert len(data.load("mnist", root="/nonexistent").train_y) == 40
+    assert len(data.load("mnist").train_y) == 40
+
+
+def test_a_set_root_is_never_replaced_by_another_location(tmp_path, monkeypatch):
+    """data.root set but missing, not a folder or without the files: an error naming it, even
+    though $EDGEMPI_DATA holds the data set."""
+    make_idx_folder(tmp_path / "mnist")
+    monkeypatch.setenv("EDGEMPI_DATA", str(tmp_path))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for root, reason in (("nowhere", "does not exist"), ("file", "is not a folder"), ("empty", "lacks its four IDX")):
+        with pytest.raises(DataError, match=reason) as info:
+            data.load("mnist", root=str(tmp_path / root))
+        assert str(tmp_path / root) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGEMPI_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("edgempi.data.sources.search_roots", lambda root: [tmp_path / "data", tmp_path / "share"])
     with pytest.raises(DataError) as info:
-        data.load("mnist", root=str(tmp_path / "nowhere"))
+        data.load("mnist")
     message = str(info.value)
-    assert "\n" not in message and str(tmp_path / "nowhere") in message and "/usr/share/datasets" in message
+    assert "\n" not in message and str(tmp_path / "data") in message and str(tmp_path / "share") in message
 
 
 def test_truncated_idx_file_is_refused(tmp_path):
@@ -83,3 +97,34 @@ def test_loader_epochs_cover_the_shard_once():
     xb, yb = data.DeviceLoader(x, torch.arange(20), 6, seed=0, mean=(0.0,), std=(1 / 255,)).batch(4)
     assert torch.equal(xb.view(-1), yb.float())  # normalisation (x/255 - 0) / (1/255) gives x back
     assert torch.equal(yb, loader.batch(4)[1])  # a batch depends on (seed, step) only
+
+
+def _corrupt(folder, name, change):
+    path = folder / name
+    path.write_bytes(change(path.read_bytes()))
+
+
+@pytest.mark.parametrize("name,change,reason", [
+    ("train-images-idx3-ubyte.gz", lambda b: b[: len(b) // 2], "train-images-idx3-ubyte.gz: unreadable or truncated"),
+    ("t10k-labels-idx1-ubyte.gz", lambda b: b"not gzip at all", "t10k-labels-idx1-ubyte.gz: unreadable or truncated"),
+])
+def test_damaged_compressed_file_is_named(tmp_path, name, change, reason):
+    make_idx_folder(tmp_path / "mnist")
+    _corrupt(tmp_path / "mnist", name, change)
+    with pytest.raises(DataError, match=reason):
+        data.load("mnist", root=str(tmp_path))
+
+
+def test_images_and_labels_that_disagree_are_refused(tmp_path):
+    folder = tmp_path / "mnist"
+    make_idx_folder(folder)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(39))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz holds 40 images but .*train-labels.* 39 labels"):
+        data.load("mnist", root=str(tmp_path))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.full(40, 12))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: label 12 is out of range"):
+        data.load("mnist", root=str(tmp_path))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(40))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10, 20, 20)))
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: images of size"):
+        data.load("mnist", root=str(tmp_path))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
 
-from helpers import edgempi, kill_job, launch, small_config, wait_for_rows, write_config
+from helpers import edgempi, kill_job, launch, small_config, wait_for_checkpoint, wait_for_rows, write_config
 from edgempi.record import open_for_reading
 
 CLOCKS = {"wall_s", "sim_s", "compute_s", "comm_s"}
@@ -26,17 +25,6 @@ def assert_same_history(a, b):
         assert a[table].keys() == b[table].keys()
         for col in a[table]:
             np.testing.assert_array_equal(a[table][col], b[table][col], err_msg=f"{table}/{col}")
-
-
-def wait_for_checkpoint(folder, proc, step_at_least, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        meta = folder / "meta.json"
-        if meta.exists() and json.loads(meta.read_text())["step"] >= step_at_least:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    raise AssertionError("no checkpoint written")
 
 
 @pytest.mark.parametrize("algorithm,extra", [

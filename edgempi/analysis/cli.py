@@ -6,12 +6,13 @@ input; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from edgempi.analysis.info import info
 from edgempi.analysis.plot import METRICS, X_AXES, plot
 from edgempi.analysis.report import report
-from edgempi.analysis.runs import Run, load_runs
+from edgempi.analysis.runs import AXES, Run, RunReadError, load_runs
 
 
 def _paths(p: argparse.ArgumentParser) -> None:
@@ -69,5 +70,17 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print("\n".join(info(f) for f in args.files), end="")
+    """Every readable file's summary; an unreadable one is a warning line among several files,
+    the error (exit 2) when it is the only file or none could be read."""
+    texts, failures = [], []
+    for f in args.files:
+        try:
+            texts.append(info(f))
+        except RunReadError as exc:
+            failures.append(exc)
+    if failures and not texts:
+        raise failures[0]
+    for exc in failures:
+        print(f"edgempi: skipping {exc}", file=sys.stderr)
+    print("\n".join(texts), end="")
     return 0

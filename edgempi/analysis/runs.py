@@ -3,6 +3,9 @@
 A results directory collects files of many ages, from crashed jobs, from other tools and
 from runs still in progress, so reading is forgiving: a file that is not a readable
 ``edgempi/1`` results file is skipped with one line on stderr and the rest are still read.
+A file a job is writing or was writing when it was killed is read by a child process with a
+deadline (``edgempi.guard``), because HDF5 can retry for minutes on such a file whose metadata
+is damaged.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 import yaml
+
+from edgempi import guard
 
 SCHEMA = "edgempi/1"
 TABLES = ("steps", "evals", "syncs")
@@ -157,9 +162,53 @@ def open_results(path: Path) -> h5py.File:
     return h5py.File(path, "r", libver="latest", swmr=True)
 
 
-def read_run(path: str | Path) -> Run:
-    """Read one results file; raises RunReadError with a one-line reason."""
-    path = Path(path)
+def read_run(path: str | Path, timeout: float = guard.DEFAULT_TIMEOUT_S) -> Run:
+    """Read one results file within ``timeout`` seconds; raises RunReadError with a one-line reason."""
+    return _bounded(read_run_here, Path(path), timeout)
+
+
+def read_status(path: str | Path, timeout: float = guard.DEFAULT_TIMEOUT_S) -> str:
+    """The root ``status`` of a results file, within ``timeout`` seconds; RunReadError if unreadable."""
+    return _bounded(read_status_here, Path(path), timeout)
+
+
+def _bounded(reader: Any, path: Path, timeout: float) -> Any:
+    """``reader(path)`` here for a file whose writer closed it (outside SWMR mode HDF5 does not
+    retry: no damaged byte of such a file made a read hang, tried at every 400th byte), in a
+    child with a deadline for a file whose writer is or was in SWMR mode (~50 ms more)."""
+    if not _swmr_flagged(path):
+        return reader(path)
+    try:
+        return guard.call(f"{__name__}:{reader.__name__}", path, timeout=timeout)
+    except guard.Timeout as exc:
+        raise RunReadError(f"{exc} (damaged metadata?)") from exc
+
+
+def _swmr_flagged(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r"):
+            return False
+    except OSError as exc:
+        return "already open for write" in str(exc)
+
+
+def read_status_here(path: Path) -> str:
+    """:func:`read_status` in this process, without a deadline."""
+    try:
+        with open_results(path) as f:
+            return str(_attr(f.attrs.get("status")))
+    except RunReadError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise _unreadable(exc) from exc
+
+
+def _unreadable(exc: Exception) -> RunReadError:
+    return RunReadError(f"unreadable HDF5 ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+
+
+def read_run_here(path: Path) -> Run:
+    """:func:`read_run` in this process, without a deadline."""
     try:
         with open_results(path) as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
@@ -178,8 +227,7 @@ def read_run(path: str | Path) -> Run:
     except RunReadError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RunReadError(f"unreadable HDF5 ({reason})") from exc
+        raise _unreadable(exc) from exc
     if isinstance(attrs.get("versions"), str):
         try:
             attrs["versions"] = json.loads(attrs["versions"])

@@ -10,7 +10,9 @@ user's own is ``data.name: package.module:function`` with the same signature.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,23 +66,41 @@ _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 
 def search_roots(root: str | None) -> list[Path]:
-    """Where files are looked for, in order: config, $EDGEMPI_DATA, ./data, /usr/share/datasets."""
-    roots = [root, os.environ.get("EDGEMPI_DATA"), "data", "/usr/share/datasets"]
+    """Where files are looked for: ``data.root`` alone when it is set (a root that lacks the
+    files is an error naming it, never silently replaced by another copy); otherwise
+    $EDGEMPI_DATA, ./data, /usr/share/datasets, in that order."""
+    if root:
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise DataError(f"data.root {path} {'is not a folder' if path.exists() else 'does not exist'}")
+        return [path]
+    roots = [os.environ.get("EDGEMPI_DATA"), "data", "/usr/share/datasets"]
     return [Path(r).expanduser() for r in roots if r]
 
 
+MAX_IDX_BYTES = 1 << 32  # the largest IDX file read (MNIST's training images are 47 MB)
+
+
 def _read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzipped or not), checked against its own header: a file cut short, with
+    bytes to spare or not gzip where it says so is refused, naming the file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} values)")
-    return data.reshape(tuple(dims))
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+                raise DataError(f"{path}: not an unsigned-byte IDX file")
+            dims = tuple(int(d) for d in np.frombuffer(f.read(4 * head[3]), dtype=">u4"))
+            expected = math.prod(dims)
+            if len(dims) != head[3] or expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: bad IDX header (dimensions {dims})")
+            raw = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip: cut short, bad CRC, not gzip
+        raise DataError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+    if len(raw) != expected:
+        what = "truncated IDX file" if len(raw) < expected else "IDX file longer than its header says"
+        raise DataError(f"{path}: {what} ({min(len(raw), expected)} of {expected} values)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx_folder(folders: tuple[str, ...], roots: list[Path]) -> Path | None:
@@ -90,6 +110,23 @@ def _find_idx_folder(folders: tuple[str, ...], roots: list[Path]) -> Path | None
             if all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in _IDX_FILES):
                 return folder
     return None
+
+
+def _checked_idx(folder: Path, num_classes: int = 10) -> list[np.ndarray]:
+    """The four IDX arrays of a folder, checked against each other: images [N, H, W] and
+    labels [N] of one length, test images of the training images' size, labels < classes."""
+    paths = [folder / f if (folder / f).exists() else folder / f"{f}.gz" for f in _IDX_FILES]
+    arrays = [_read_idx(p) for p in paths]
+    for images, labels, xp, yp in ((*arrays[:2], *paths[:2]), (*arrays[2:], *paths[2:])):
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] (found {images.shape}, {labels.shape})")
+        if len(images) != len(labels):
+            raise DataError(f"{xp} holds {len(images)} images but {yp} {len(labels)} labels")
+        if labels.size and labels.max() >= num_classes:
+            raise DataError(f"{yp}: label {labels.max()} is out of range (0-{num_classes - 1})")
+    if arrays[0].shape[1:] != arrays[2].shape[1:]:
+        raise DataError(f"{paths[2]}: images of size {arrays[2].shape[1:]}, {paths[0]} {arrays[0].shape[1:]}")
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -105,7 +142,10 @@ class IdxDataset:
 
     def __call__(self, opts: LoadOptions) -> Dataset:
         roots = search_roots(opts.root)
-        folder = _find_idx_folder(self.folders, roots)
+        # Files lying loose in a root count only in the data.root a user named: in a shared
+        # folder ($EDGEMPI_DATA, ./data) they could be another data set's.
+        folders = self.folders if opts.root else tuple(f for f in self.folders if f != ".")
+        folder = _find_idx_folder(folders, roots)
         if folder is None and opts.download:
             import torchvision
 
@@ -115,16 +155,14 @@ class IdxDataset:
             except Exception as exc:  # network errors come in many types
                 raise DataError(f"{self.name}: download into {target} failed ({exc})") from exc
             folder = _find_idx_folder(self.folders, [target])
+        if folder is None and opts.root:
+            raise DataError(f"{self.name}: data.root {roots[0]} lacks its four IDX files (looked in "
+                            f"{', '.join(str(roots[0] / sub) for sub in self.folders)}); or set data.download=true")
         if folder is None:
             looked = ", ".join(str(r) for r in roots)
             raise DataError(f"{self.name} not found (looked in {looked}); {self.hint}put the IDX files in a folder "
                             "and set data.root or $EDGEMPI_DATA, or set data.download=true")
-
-        def part(stem: str) -> np.ndarray:
-            path = folder / stem
-            return _read_idx(path if path.exists() else folder / f"{stem}.gz")
-
-        train_x, train_y, test_x, test_y = (part(f) for f in _IDX_FILES)
+        train_x, train_y, test_x, test_y = _checked_idx(folder)
         return Dataset(self.name, torch.from_numpy(train_x.copy()).unsqueeze(1),
                        torch.from_numpy(train_y.astype(np.int64)), torch.from_numpy(test_x.copy()).unsqueeze(1),
                        torch.from_numpy(test_y.astype(np.int64)), 10, self.mean, self.std)
@@ -133,6 +171,21 @@ class IdxDataset:
 DATASETS.add("fashion-mnist", IdxDataset("fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."),
                                          "FashionMNIST", (0.2860,), (0.3530,), "apt-get install dataset-fashion-mnist, or "))
 DATASETS.add("mnist", IdxDataset("mnist", ("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,)))
+
+
+def _cifar_problem(folder: Path) -> str | None:
+    """The first CIFAR-10 file that is missing or not the original (torchvision's md5 list),
+    named; the batches are pickles, which are only loaded once their checksums match."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]:
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if md5 is not None and not check_integrity(str(path), md5):
+            return f"{path} is damaged or not the CIFAR-10 original (md5 mismatch)"
+    return None
 
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -149,14 +202,20 @@ def cifar10(opts: LoadOptions) -> Dataset:
         looked = ", ".join(str(r) for r in roots)
         raise DataError(f"cifar10 not found (looked for cifar-10-batches-py in {looked}); download it "
                         "and set data.root or $EDGEMPI_DATA, or set data.download=true")
+    problem = _cifar_problem(found / "cifar-10-batches-py") if found is not None else None
+    if problem:
+        raise DataError(f"cifar10: {problem}")
     target = found if found is not None else roots[0]
     try:
         train = torchvision.datasets.CIFAR10(str(target), train=True, download=found is None)
         test = torchvision.datasets.CIFAR10(str(target), train=False, download=False)
-    except Exception as exc:  # corrupt pickles and network errors come in many types
-        raise DataError(f"cifar10 in {target}: {exc}") from exc
+    except Exception as exc:  # network errors come in many types
+        raise DataError(f"cifar10 in {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
     def tensors(ds: "torchvision.datasets.CIFAR10") -> tuple[torch.Tensor, torch.Tensor]:
+        if ds.data.shape[1:] != (32, 32, 3) or len(ds.data) != len(ds.targets) or max(ds.targets, default=0) >= 10:
+            raise DataError(f"cifar10 in {target}: {'training' if ds.train else 'test'} batches hold "
+                            f"{ds.data.shape} images for {len(ds.targets)} labels (expected [N, 32, 32, 3], labels < 10)")
         x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         return x, torch.as_tensor(ds.targets, dtype=torch.int64)
 
