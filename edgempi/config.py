@@ -292,9 +292,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+#: keys of which a run takes one: setting one on the command line replaces the file's other.
+ALTERNATIVES = ({"train.epochs", "train.steps"},)
+
+
 def merge_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    for text in overrides:
-        path, value = parse_override(text)
+    """Apply ``--set`` overrides in order. ``train.steps`` on the command line replaces the
+    file's ``train.epochs`` (and the other way round); both on the command line stay an error."""
+    parsed = [parse_override(text) for text in overrides]
+    given = {".".join(path) for path, _ in parsed}
+    for keys in ALTERNATIVES:
+        for key in (keys & given) if len(keys & given) == 1 else ():
+            (other,) = keys - {key}
+            section, name = other.split(".")
+            if isinstance(raw.get(section), dict):
+                raw[section].pop(name, None)
+    for path, value in parsed:
         node = raw
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})

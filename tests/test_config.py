@@ -12,7 +12,7 @@ BAD = [
     (["train.batch_size=0"], "train.batch_size: must be > 0"),
     (["train.batch_size=1.5"], "train.batch_size: expected an integer"),
     (["train.momentum=1.5"], "train.momentum: must be in [0, 1)"),
-    (["train.epochs=2"], "train.steps: set only one of train.epochs and train.steps"),
+    (["train.epochs=2", "train.steps=5"], "train.steps: set only one of train.epochs and train.steps"),
     (["train.steps=null", "train.epochs=0"], "train.epochs: must be > 0"),
     (["train.optimzer=sgd"], "train.optimzer: unknown key"),
     (["bogus.key=1"], "bogus: unknown key"),
@@ -103,6 +103,14 @@ def test_validate_reports_ok(tmp_path):
     path = write_config(tmp_path / "c.yaml", small_config())
     proc = edgempi("validate", str(path), timeout=60)
     assert proc.returncode == 0 and "ok" in proc.stdout
+
+
+def test_steps_on_the_command_line_replace_the_files_epochs():
+    cfg = small_config(train={"epochs": 2, "steps": None})
+    assert from_dict(cfg, ["train.steps=7"]).train.steps == 7 and from_dict(cfg, ["train.steps=7"]).train.epochs is None
+    assert from_dict(small_config(), ["train.epochs=0.5"]).train.epochs == 0.5
+    with pytest.raises(ConfigError, match="^train.steps: set only one"):
+        from_dict(small_config(train={"epochs": 2}))  # both in the file is still a mistake
 
 
 def test_error_names_the_key():
