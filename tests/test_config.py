@@ -59,7 +59,7 @@ def test_combinations_the_devices_stragglers_and_balancing_refuse(overrides, key
 def test_bad_config_is_one_line_and_exit_2(tmp_path, overrides, message):
     path = write_config(tmp_path / "c.yaml", small_config())
     args = [a for o in overrides for a in ("--set", o)]
-    proc = edgempi("run", str(path), "--out", str(tmp_path / "out"), *args, timeout=60)
+    proc = edgempi("run", str(path), "--out", str(tmp_path / "out"), *args, timeout=180)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgempi: config error: "), proc.stderr
@@ -68,11 +68,11 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, overrides, message):
 
 
 def test_unreadable_and_malformed_files(tmp_path):
-    proc = edgempi("validate", str(tmp_path / "missing.yaml"), timeout=60)
+    proc = edgempi("validate", str(tmp_path / "missing.yaml"), timeout=180)
     assert proc.returncode == 2 and "cannot read config file" in proc.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
-    proc = edgempi("validate", str(bad), timeout=60)
+    proc = edgempi("validate", str(bad), timeout=180)
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -101,7 +101,7 @@ def test_config_round_trips_through_yaml(tmp_path):
 
 def test_validate_reports_ok(tmp_path):
     path = write_config(tmp_path / "c.yaml", small_config())
-    proc = edgempi("validate", str(path), timeout=60)
+    proc = edgempi("validate", str(path), timeout=180)
     assert proc.returncode == 0 and "ok" in proc.stdout
 
 

@@ -1,5 +1,0 @@
-"""Collective tests import the shared helpers of tests/."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
