@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("EDGEMPI_READ_TIMEOUT_S", "10"))
+STARTUP_S = 30.0  # a fresh interpreter's imports, on a loaded node or a slow shared file system
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -93,9 +94,9 @@ def _spawned(target: str, args: tuple[Any, ...], timeout: float) -> tuple[str, A
         del env[var]  # the child is no MPI process
     try:
         proc = subprocess.run([sys.executable, "-m", "edgempi.guard"], input=pickle.dumps((target, args)),
-                              capture_output=True, timeout=timeout, env=env)
+                              capture_output=True, timeout=timeout + STARTUP_S, env=env)
     except subprocess.TimeoutExpired as exc:
-        raise Timeout(f"no answer within {timeout:g} s") from exc
+        raise Timeout(f"no answer within {timeout + STARTUP_S:g} s") from exc
     if proc.returncode != 0 or not proc.stdout:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise Timeout(f"the reader failed ({reason[0]})")

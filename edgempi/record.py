@@ -282,6 +282,8 @@ class Recorder:
         except (OSError, RuntimeError, ValueError) as exc:
             self.error = self.error or str(write_failure(self.path, exc))
             self._abandon()
+        if self.error is not None and status == "completed":  # rows were lost: never claim success
+            status, error = "failed", self.error
         try:
             with h5py.File(self.path, "r+", libver="latest", locking=False) as f:
                 f.attrs["status"] = status
