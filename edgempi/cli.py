@@ -94,16 +94,6 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
     return 0
 
 
-MULTI_DEVICE = ("large_batch", "fedavg", "dynamic", "fda")
-
-
-def warn_single_device(cfg: RunConfig, world_size: int) -> None:
-    """One line when a method of many devices was started as one (``edgempi run`` without mpiexec)."""
-    if cfg.algorithm.name in MULTI_DEVICE and world_size == 1 and cfg.parallel.devices_per_rank == 1:
-        write_line(f"edgempi: warning: {cfg.algorithm.name} is running as a single device (world size 1, "
-                   "parallel.devices_per_rank 1); start it under mpiexec -n K or srun for K devices")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from edgempi.runner import results_path, run
@@ -111,8 +101,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = results_path(cfg, Path(args.config).stem)
 
     def work(comm: "Comm") -> Path:
-        if comm.rank == 0:
-            warn_single_device(cfg, comm.size)
         outcome = run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
                       keep_checkpoints=args.keep_checkpoints)
         if outcome is None and comm.rank == 0:
@@ -137,8 +125,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:
             where = [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"]
             cfg = from_dict(base, where) if isinstance(base, dict) else load(base, where)
-            if comm.rank == 0:
-                warn_single_device(cfg, comm.size)
             run(cfg, comm, out_file, progress=not args.quiet, resume=resume)
 
         sweep.command(args, run_point, lambda: comm)

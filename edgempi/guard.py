@@ -93,10 +93,12 @@ def _spawned(target: str, args: tuple[Any, ...], timeout: float) -> tuple[str, A
     for var in [v for v in env if v.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))]:
         del env[var]  # the child is no MPI process
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgempi.guard"], input=pickle.dumps((target, args)),
+        proc = subprocess.run([sys.executable, "-m", "edgempi.guard", repr(timeout)], input=pickle.dumps((target, args)),
                               capture_output=True, timeout=timeout + STARTUP_S, env=env)
     except subprocess.TimeoutExpired as exc:
         raise Timeout(f"no answer within {timeout + STARTUP_S:g} s") from exc
+    if proc.returncode == -signal.SIGALRM:  # the child's own deadline, counted after its imports
+        raise Timeout(f"no answer within {timeout:g} s")
     if proc.returncode != 0 or not proc.stdout:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise Timeout(f"the reader failed ({reason[0]})")
@@ -104,4 +106,11 @@ def _spawned(target: str, args: tuple[Any, ...], timeout: float) -> tuple[str, A
 
 
 if __name__ == "__main__":
-    sys.stdout.buffer.write(_answer(*pickle.loads(sys.stdin.buffer.read())))
+    call_args = pickle.loads(sys.stdin.buffer.read())
+    importlib.import_module(call_args[0].partition(":")[0])
+    # The deadline starts once the interpreter and the reader's imports are up; SIGALRM's
+    # default action ends the process even inside a hung HDF5 call.
+    signal.setitimer(signal.ITIMER_REAL, float(sys.argv[1]))
+    answer = _answer(*call_args)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    sys.stdout.buffer.write(answer)

@@ -25,6 +25,7 @@ from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, confi
                                 remove)
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
+from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.topology import threads_per_rank
 from edgempi.train import Outcome, Setup, Trainer, build, tables
@@ -194,6 +195,14 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
             lock.release()
 
 
+def warn_single_device(cfg: RunConfig, world_size: int) -> None:
+    """One line when a method of many devices was started as one (``edgempi run`` without
+    mpiexec); said only once the run has been accepted, so a refusal stays one line."""
+    if cfg.algorithm.exchanges and world_size == 1 and cfg.parallel.devices_per_rank == 1:
+        write_line(f"edgempi: warning: {cfg.algorithm.name} is running as a single device (world size 1, "
+                   "parallel.devices_per_rank 1); start it under mpiexec -n K or srun for K devices")
+
+
 def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) -> Outcome:
     """Build, restore, open the file, train; the file's final status is agreed by all ranks."""
     setup, state = _prepare(cfg, comm, path, action)
@@ -207,6 +216,8 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) 
         except OutputError as exc:
             error = str(exc)
     agree(comm, error)
+    if comm.rank == 0:
+        warn_single_device(cfg, comm.size)
     recorder = trainer.recorder
     checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
     try:
