@@ -1,6 +1,7 @@
 """One run from a validated config: agree that every rank is ready, open the file, train.
 
-The failure rules of DESIGN.md live here: a problem every rank can see (bad data path,
+The failure rules live here (bad input is one line and exit 2, a failure on one rank ends the
+whole job, nothing already written is lost): a problem every rank can see (bad data path,
 results file already there) is agreed on collectively and reported once, so no rank is left
 waiting in a collective; anything later aborts the whole job from the rank that failed.
 
