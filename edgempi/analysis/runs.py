@@ -123,12 +123,8 @@ def _attr(value: Any) -> Any:
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _stored_eof(path: Path) -> int | None:
-    """End-of-file address a version 2/3 superblock records (None if there is no such superblock).
-
-    HDF5 skips its truncation check in SWMR read mode, because a writer may be growing the
-    file, and then retries reads past the end for ever; so the check is made here first.
-    """
+def _superblock(path: Path) -> tuple[int, bytes] | None:
+    """Where the superblock starts and its first 48 bytes (None if the file has none)."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         base = 0
@@ -136,13 +132,36 @@ def _stored_eof(path: Path) -> int | None:
             fh.seek(base)
             head = fh.read(48)
             if head[:8] == SIGNATURE:
-                version, width = head[8], head[9]
-                if version < 2 or width not in (4, 8):
-                    return None
-                start = 12 + 2 * width  # after version, widths, flags, base and extension addresses
-                return base + int.from_bytes(head[start:start + width], "little")
+                return base, head
             base = 512 if base == 0 else base * 2
     return None
+
+
+def _stored_eof(path: Path) -> int | None:
+    """End-of-file address a version 2/3 superblock records (None if there is no such superblock).
+
+    HDF5 skips its truncation check in SWMR read mode, because a writer may be growing the
+    file, and then retries reads past the end for ever; so the check is made here first.
+    """
+    found = _superblock(path)
+    if found is None:
+        return None
+    base, head = found
+    version, width = head[8], head[9]
+    if version < 2 or width not in (4, 8):
+        return None
+    start = 12 + 2 * width  # after version, widths, flags, base and extension addresses
+    return base + int.from_bytes(head[start:start + width], "little")
+
+
+def _closed_cleanly(path: Path) -> bool:
+    """Does a version 2/3 superblock say no writer has the file open (consistency flags 0)?
+    Read from the bytes: even opening a damaged file whose writer was killed can hang HDF5."""
+    try:
+        found = _superblock(path)
+    except OSError:
+        return False
+    return found is not None and found[1][8] >= 2 and found[1][11] == 0
 
 
 def open_results(path: Path) -> h5py.File:
@@ -175,21 +194,14 @@ def read_status(path: str | Path, timeout: float = guard.DEFAULT_TIMEOUT_S) -> s
 def _bounded(reader: Any, path: Path, timeout: float) -> Any:
     """``reader(path)`` here for a file whose writer closed it (outside SWMR mode HDF5 does not
     retry: no damaged byte of such a file made a read hang, tried at every 400th byte), in a
-    child with a deadline for a file whose writer is or was in SWMR mode (~50 ms more)."""
-    if not _swmr_flagged(path):
+    child with a deadline for any other file (~50 ms more): one a writer has, or had when it
+    was killed, open in SWMR mode, an old or damaged superblock, or no HDF5 file at all."""
+    if _closed_cleanly(path):
         return reader(path)
     try:
         return guard.call(f"{__name__}:{reader.__name__}", path, timeout=timeout)
     except guard.Timeout as exc:
         raise RunReadError(f"{exc} (damaged metadata?)") from exc
-
-
-def _swmr_flagged(path: Path) -> bool:
-    try:
-        with h5py.File(path, "r"):
-            return False
-    except OSError as exc:
-        return "already open for write" in str(exc)
 
 
 def read_status_here(path: Path) -> str:
