@@ -24,9 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import yaml
+
+from edgempi.analysis.report import to_target
+from edgempi.analysis.runs import read_run, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "benchmarks" / "configs" / "fda" / "grid.yaml"
@@ -60,18 +62,16 @@ def expand(grid: dict, devices: list[int], partitions: list[str], methods: list[
 
 
 def completed(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        return f.attrs.get("status") == "completed"
+    return path.exists() and read_status(path) == "completed"
 
 
-def command(run: Run, base: Path, out: Path, extra: list[str], max_ranks: int | None) -> list[str]:
+def command(run: Run, base: Path, out: Path, extra: list[str], max_ranks: int | None, target: float) -> list[str]:
     """The run on K ranks, or on the most ranks up to max_ranks that split K evenly: the same run
-    (tests/mpi/test_devices.py) on fewer processes than a small machine can hold."""
+    (tests/mpi/test_devices.py) on fewer processes than a small machine can hold. It stops at
+    the target (train.stop_at_acc): the table needs nothing after it."""
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     ranks = max(r for r in range(1, min(run.devices, max_ranks or run.devices) + 1) if run.devices % r == 0)
-    sets = [*run.overrides, *extra, f"parallel.devices_per_rank={run.devices // ranks}", f"output.name={run.name}.h5"]
+    sets = [*run.overrides, f"train.stop_at_acc={target}", *extra, f"parallel.devices_per_rank={run.devices // ranks}", f"output.name={run.name}.h5"]
     return [mpiexec, "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(base), "--out", str(out),
             "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
 
@@ -84,19 +84,16 @@ def execute(run: Run, cmd: list[str]) -> None:
 
 
 def reached(path: Path, devices: int, target: float) -> dict[str, float]:
-    """Parallel steps and bytes (all devices) at the first evaluation with test_acc ≥ target."""
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        ev = {k: f["evals"][k][:] for k in ("step", "bytes_up", "bytes_down", "test_acc")}
-        steps, ctrl = f["steps"]["step"][:], f["steps"]["ctrl_bytes"][:]
-        syncs = len(f["syncs"]["step"]) if "syncs" in f else 0
-    row = {"best_acc": float(ev["test_acc"].max()), "final_acc": float(ev["test_acc"][-1]), "syncs_total": syncs}
-    hit = np.flatnonzero(ev["test_acc"] >= target)
-    if len(hit):
-        i = hit[0]
-        step = ev["step"][i]
-        row.update(step=float(step), model_bytes=float(ev["bytes_up"][i] + ev["bytes_down"][i]) * devices,
-                   ctrl_bytes=float(np.interp(step, np.concatenate([[0], steps]), np.concatenate([[0], ctrl])))
-                   * devices)
+    """Parallel steps and bytes (all devices: the per-device means × K; model = up + down,
+    ctrl = control) at the first evaluation with test_acc ≥ target, as `edgempi report` counts them."""
+    run = read_run(path)
+    acc = run.evals["test_acc"]
+    row = {"best_acc": float(acc.max()), "final_acc": float(acc[-1]),
+           "syncs_total": len(run.syncs.get("step", ()))}
+    cost = to_target(run, target)
+    if cost is not None:
+        row.update(step=float(run.evals["step"][np.flatnonzero(acc >= target)[0]]),
+                   model_bytes=(cost["bytes_up"] + cost["bytes_down"]) * devices, ctrl_bytes=cost["ctrl_bytes"] * devices)
     return row
 
 
@@ -106,7 +103,7 @@ def fmt_bytes(b: float) -> str:
 
 def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] = ("fedavg",)) -> str:
     """Markdown: every run, then the cheapest grid point per method with the ratios of the issue."""
-    lines = [f"Target test accuracy {target:.0%}; bytes = up + down summed over all devices "
+    lines = [f"Target test accuracy {target:.1%}; bytes = up + down summed over all devices "
              "(model = weight/gradient exchanges, ctrl = FDA state / violation counts).", "",
              "| partition | K | method | point | steps to target | model bytes | ctrl bytes | total | best acc |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -168,12 +165,12 @@ def main() -> None:
     runs = expand(grid, args.devices or grid["devices"], args.partitions, args.methods)
     base = args.grid.parent / grid["base"]
     if args.dry_run:
-        print("\n".join(f"{r.name}: {shlex.join(command(r, base, args.out, args.set, args.max_ranks))}" for r in runs))
+        print("\n".join(f"{r.name}: {shlex.join(command(r, base, args.out, args.set, args.max_ranks, args.target))}" for r in runs))
         return
     if not args.table_only:
         for run in runs:
             if not completed(args.out / f"{run.name}.h5"):
-                execute(run, command(run, base, args.out, args.set, args.max_ranks))
+                execute(run, command(run, base, args.out, args.set, args.max_ranks, args.target))
     print(table(runs, args.out, args.target, tuple(grid.get("baselines", ["fedavg"]))))
 
 

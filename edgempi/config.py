@@ -96,6 +96,8 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 10
     threads: int = 0
+    stop_at_acc: float | None = None  # end the run at the first evaluation with test accuracy >= this
+
 
     def check(self, cfg: "RunConfig") -> None:
         require(self.epochs is None or self.steps is None, "train.steps", "set only one of train.epochs and train.steps")
@@ -114,6 +116,7 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
+        require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
 
 
 @dataclass

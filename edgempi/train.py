@@ -220,7 +220,9 @@ class Trainer:
         return {"step": step, "epoch": step / self.setup.steps_per_epoch, **dict(zip(keys, means.tolist())),
                 "wall_s": self.wall_before + time.perf_counter() - self.started, "sim_s": self.clock.sim_time(comm)}
 
-    def record_eval(self, step: int) -> None:
+    def record_eval(self, step: int) -> bool:
+        """Evaluate and record; True if the run has reached ``train.stop_at_acc`` (every rank
+        sees the same reduced accuracy, so all stop at the same step)."""
         with self.comm.uncounted(), self.clock.paused():
             shards = [(x, loader.relabel(y, step)) for (x, y), loader in zip(self.test_shards, self.loaders)]
             test_loss, test_acc = evaluate(self.bank, self.setup.peers, shards, self.loaders[0].normalize,
@@ -230,6 +232,8 @@ class Trainer:
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)
         self.bar.evaluated(row, self.setup.total_steps)
+        target = self.cfg.train.stop_at_acc
+        return target is not None and test_acc >= target
 
     def record_steps(self, step: int) -> None:
         """A /steps row; the loss is reduced here, so every rank sees a NaN at the same step."""
@@ -297,16 +301,20 @@ class Trainer:
         while self.step < total:
             loss = self.train_step(self.step)
             self.step += 1
-            done = self.step
+            done, reached = self.step, False
+            evaluate_now = done % eval_every == 0 or done == total
             if done % cfg.train.log_every == 0 or done == total:
                 self.record_steps(done)
-                if done % eval_every == 0 or done == total:
-                    self.record_eval(done)
-                if checkpoint is not None and done < total:
+                reached = evaluate_now and self.record_eval(done)
+                if checkpoint is not None and done < total and not reached:
                     checkpoint.maybe_save(self)
-            elif done % eval_every == 0:
-                self.record_eval(done)
+            elif evaluate_now:
+                reached = self.record_eval(done)
             self.bar.step(loss)
+            if reached:  # train.stop_at_acc: the last /steps row is the step the run ended at
+                if done % cfg.train.log_every:
+                    self.record_steps(done)
+                break
         self.bar.close()
         return self.outcome
 

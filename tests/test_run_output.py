@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 
-from helpers import child_env, mpiexec, small_config, write_config
+import numpy as np
+
+from helpers import child_env, edgempi, mpiexec, small_config, write_config
+from edgempi.record import open_for_reading
 from edgempi.config import from_dict
 from edgempi.runner import results_path
 
@@ -62,3 +65,26 @@ def test_default_file_name_does_not_depend_on_the_output_folder() -> None:
     assert results_path(there, "c").parent.as_posix() == "/elsewhere/runs"
     changed = from_dict(cfg, ["train.lr=0.5"])
     assert results_path(changed, "c").name != results_path(here, "c").name
+
+
+def test_run_stops_at_the_first_evaluation_that_reaches_stop_at_acc(tmp_path) -> None:
+    """train.stop_at_acc: the run ends (completed) at the first evaluation at or above the target,
+    with its last /steps row at that step, and a full run's history up to there."""
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 200, "eval_every": 10, "log_every": 7}))
+    full = edgempi("run", str(config), "--quiet", "--out", str(tmp_path), "--set", "output.name=full.h5", ranks=2)
+    assert full.returncode == 0, full.stderr
+    with open_for_reading(tmp_path / "full.h5") as f:
+        acc, steps = f["evals/test_acc"][()], f["evals/step"][()]
+        full_rows = f["steps/step"][()]
+    target = float(np.sort(acc)[len(acc) // 2])  # reached part-way, not at the first evaluation
+    first = int(np.flatnonzero(acc >= target)[0])
+    assert 0 < first < len(acc) - 1
+    stopped = edgempi("run", str(config), "--quiet", "--out", str(tmp_path), "--set", "output.name=stop.h5",
+                      "--set", f"train.stop_at_acc={target}", ranks=2)
+    assert stopped.returncode == 0, stopped.stderr
+    with open_for_reading(tmp_path / "stop.h5") as f:
+        assert f.attrs["status"] == "completed"
+        np.testing.assert_array_equal(f["evals/test_acc"][()], acc[:first + 1])
+        rows = f["steps/step"][()]
+    assert rows[-1] == steps[first]
+    np.testing.assert_array_equal(rows[:-1], full_rows[full_rows < steps[first]])
