@@ -37,7 +37,8 @@ from edgempi import guard
 SCHEMA = "edgempi/1"
 STEP_COLUMNS = ("step", "epoch", "train_loss", "lr", "rounds", "bytes_up", "bytes_down", "ctrl_bytes",
                 "compute_s", "comm_s", "wall_s", "sim_s")
-EVAL_COLUMNS = ("step", "epoch", "rounds", "bytes_up", "bytes_down", "wall_s", "sim_s", "test_loss", "test_acc")
+EVAL_COLUMNS = ("step", "epoch", "rounds", "bytes_up", "bytes_down", "ctrl_bytes", "wall_s", "sim_s", "test_loss",
+                "test_acc")
 TABLES = ("steps", "evals", "syncs")
 RESERVE = 1 << 20  # disk space a results file keeps in hand to close cleanly (see Recorder.reserve)
 _LIBC = ctypes.CDLL(None, use_errno=True)

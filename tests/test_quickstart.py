@@ -35,3 +35,21 @@ def test_quickstart_trains_on_real_data(tmp_path, algorithm):
     assert list(evals["step"]) == [0, 100, 200]
     assert evals["test_acc"][0] < 0.3 < 0.6 < evals["test_acc"][-1]
     assert all(evals["sim_s"][1:] > 0) and all(evals["wall_s"][1:] > 0)
+
+
+def test_quickstart_check_reads_every_promised_row():
+    """benchmarks/quickstart_check.py compares against the README's own table: both rows parse,
+    with the rounds that 5 epochs of 4 devices imply, and a changed accuracy counts as drift."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import quickstart_check
+
+    rows = quickstart_check.expected_rows()
+    assert set(rows) == {"large_batch", "fedavg"}
+    steps = 5 * (60000 // 4 // 32)
+    assert rows["large_batch"]["rounds"] == steps and rows["fedavg"]["rounds"] == steps // 10
+    accuracy = rows["large_batch"]["final test accuracy"]
+    assert not quickstart_check.drifted("final test accuracy", accuracy, accuracy, 0.01)
+    assert quickstart_check.drifted("final test accuracy", accuracy, accuracy - 0.7, 0.01)
+    assert not quickstart_check.drifted("wall time", 39, 90, 0.01)

@@ -1,9 +1,9 @@
 """Bytes per device at every row of a run's table, in the one vocabulary of ``edgempi.units``.
 
-/steps holds all three counters. /evals holds ``bytes_up`` and ``bytes_down`` but no
-``ctrl_bytes``; the control bytes at an evaluation are read from /steps at the same step
-(interpolated between its rows where none falls on that step; control traffic grows step by
-step, so this is exact when ``eval_every`` is a multiple of ``log_every``, as by default).
+/steps and /evals hold all three counters. Files written before /evals had ``ctrl_bytes`` are
+read too: their control bytes at an evaluation come from /steps at the same step (interpolated
+between its rows where none falls on that step, exact when ``eval_every`` is a multiple of
+``log_every``).
 """
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ import yaml
 
 STEP_COLUMNS = ("step", "epoch", "train_loss", "lr", "rounds", "bytes_up", "bytes_down", "ctrl_bytes",
                 "compute_s", "comm_s", "wall_s", "sim_s")
-EVAL_COLUMNS = ("step", "epoch", "rounds", "bytes_up", "bytes_down", "wall_s", "sim_s", "test_loss", "test_acc")
+EVAL_COLUMNS = ("step", "epoch", "rounds", "bytes_up", "bytes_down", "ctrl_bytes", "wall_s", "sim_s", "test_loss",
+                "test_acc")
+OLD_EVAL_COLUMNS = tuple(c for c in EVAL_COLUMNS if c != "ctrl_bytes")  # files written before /evals had it
 
 
 def config(algorithm: str = "fedavg", lr: float = 0.1, seed: int = 0, **sections: Mapping[str, Any]) -> dict:
@@ -48,13 +50,14 @@ def step_curve(n: int = 50) -> dict[str, np.ndarray]:
 
 
 def create(path: Path, cfg: Mapping[str, Any], status: str = "completed", world_size: int = 4,
-           syncs: Sequence[str] = ("step", "violators"), **attrs: Any) -> h5py.File:
+           syncs: Sequence[str] = ("step", "violators"), eval_columns: Sequence[str] = EVAL_COLUMNS,
+           **attrs: Any) -> h5py.File:
     """An open file with the root attributes and empty tables; the caller appends and closes."""
     f = h5py.File(path, "w", libver="latest")
     f.attrs.update({"schema": "edgempi/1", "config": yaml.safe_dump(dict(cfg)), "status": status,
                     "algorithm": cfg["algorithm"]["name"], "world_size": world_size, "devices": world_size,
                     "created": "2026-11-21T00:00:00+00:00", "versions": json.dumps({"python": "3.11"}), **attrs})
-    for table, columns in (("steps", STEP_COLUMNS), ("evals", EVAL_COLUMNS), ("syncs", syncs)):
+    for table, columns in (("steps", STEP_COLUMNS), ("evals", eval_columns), ("syncs", syncs)):
         group = f.create_group(table)
         for col in columns:
             group.create_dataset(col, shape=(0,), maxshape=(None,), dtype="f8", chunks=(64,))

@@ -5,11 +5,12 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgempi.analysis import load_runs, report
 from edgempi.analysis.report import to_target
-from runfiles import config, eval_curve, step_curve, write_run
+from runfiles import OLD_EVAL_COLUMNS, config, eval_curve, step_curve, write_run
 
 
 @pytest.fixture
@@ -95,12 +96,24 @@ def test_baseline_that_never_reached_gives_no_ratio(runs) -> None:
 
 
 def test_control_bytes_count_in_the_total(tmp_path: Path) -> None:
-    """/evals has no ctrl_bytes column: the control traffic at an evaluation comes from /steps."""
+    """A file written before /evals had ctrl_bytes: the control traffic at an evaluation comes
+    from /steps."""
     steps = step_curve(301)
     steps["ctrl_bytes"] = steps["step"] * 8.0  # 8 control bytes per step, as linear FDA sends
-    write_run(tmp_path / "fda.h5", config("fda"), eval_curve([0.5, 0.9]), steps=steps)
+    write_run(tmp_path / "fda.h5", config("fda"), eval_curve([0.5, 0.9]), steps=steps, eval_columns=OLD_EVAL_COLUMNS)
     (run,) = load_runs([tmp_path])
     cost = to_target(run, 0.8)  # the 2nd evaluation, at step 200
     assert cost["ctrl_bytes"] == 1600 and cost["bytes"] == cost["bytes_up"] + cost["bytes_down"] + 1600
     row = parse(report([run], 0.8, fmt="csv"))["fda"]
     assert row["ctrl_bytes_to_target"] == "1600" and row["bytes_to_target"] == str(int(cost["bytes"]))
+
+
+def test_control_bytes_of_an_evaluation_are_its_own_column(tmp_path: Path) -> None:
+    """/evals holds ctrl_bytes: report takes it from there, not from /steps."""
+    steps = step_curve(301)
+    steps["ctrl_bytes"] = steps["step"] * 8.0
+    evals = eval_curve([0.5, 0.9])
+    evals["ctrl_bytes"] = np.array([900.0, 1700.0])  # what the run counted at its evaluations
+    write_run(tmp_path / "fda.h5", config("fda"), evals, steps=steps)
+    (run,) = load_runs([tmp_path])
+    assert to_target(run, 0.8)["ctrl_bytes"] == 1700
