@@ -11,7 +11,6 @@ difference there is drift (exit 1); wall time depends on the machine and is only
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -52,7 +51,7 @@ def measure(method: str, out: Path) -> tuple[dict[str, float], dict[str, str]]:
     last = {key: float(values[-1]) for key, values in run.evals.items()}
     measured = {"final test accuracy": 100 * last["test_acc"], "rounds": last["rounds"],
                 "MB up per device": last["bytes_up"] / 1e6, "wall time": last["wall_s"]}
-    return measured, json.loads(run.attrs["versions"])
+    return measured, run.attrs["versions"]
 
 
 def drifted(name: str, expected: float, measured: float, tolerance: float) -> bool:
