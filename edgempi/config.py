@@ -20,7 +20,7 @@ import yaml
 
 from edgempi.data.drift import DriftConfig
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
-from edgempi.models.zoo import NORMS
+from edgempi.models import NORMS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
 from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its own settings
@@ -74,7 +74,7 @@ class ModelConfig:
     norm: str | None = None
 
     def check(self, cfg: "RunConfig") -> None:
-        MODELS.get(self.name)
+        MODELS.check(self.name)
         if self.norm is not None:
             one_of(self.norm, NORMS, "model.norm")
 

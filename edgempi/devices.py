@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from edgempi.flat import FlatModel
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 class DeviceBank:

@@ -5,8 +5,14 @@ collective, and the optimizer steps one tensor instead of looping over parameter
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+from edgempi.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from torch import nn
+
+torch = lazy_import("torch")
 
 
 def _flatten_into(tensors: list[torch.Tensor], buf: torch.Tensor) -> list[torch.Tensor]:

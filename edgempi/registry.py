@@ -4,7 +4,9 @@ A plug-in registers itself under a name in the module that defines it
 (``@METHODS.register("fedavg")``); a user's own plug-in needs no registration at all: a config
 names it by a dotted path, ``package.module:attr``, imported on first use. The built-in entries
 are found the same way, by importing the package that holds them on the first lookup, so that
-this module (and ``config.py``, which reads sections through it) imports none of them.
+this module (and ``config.py``, which reads sections through it) imports none of them. An entry
+whose module needs torch to be imported (a model) is registered by its dotted path
+(:meth:`Registry.add_path`), so that checking a config that names it imports no torch.
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ class Registry(Generic[T]):
         """Register an entry that is not a class or function of its own (e.g. a record)."""
         self.register(name)(entry)
 
+    def add_path(self, name: str, path: str) -> None:
+        """Register the object at ``package.module:attr`` under ``name``, imported on first
+        :meth:`get`: knowing the name costs no import of its module."""
+        self.register(name)(_Deferred(path))  # type: ignore[arg-type]
+
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True
@@ -56,18 +63,26 @@ class Registry(Generic[T]):
         return name in self.names()
 
     def entries(self) -> dict[str, T]:
-        self._load()
-        return dict(self._entries)
+        return {name: self.get(name) for name in self.names()}
 
     def get(self, name: str) -> T:
         """The entry called ``name``, or the object a ``package.module:attr`` path names."""
         self._load()
         if name in self._entries:
-            return self._entries[name]
+            entry = self._entries[name]
+            if isinstance(entry, _Deferred):
+                entry = self._entries[name] = self._import(entry.path)
+            return entry
         if ":" in name:
             return self._import(name)
         raise ConfigError(self.key, f"unknown value {name!r} (choose from {', '.join(self._entries)}, "
                                     "or name your own as package.module:attr)")
+
+    def check(self, name: str) -> None:
+        """Refuse an unknown name or a dotted path that does not import; a registered name is
+        accepted without importing its module (a config check imports no torch)."""
+        if name not in self.names():
+            self.get(name)
 
     def _import(self, path: str) -> T:
         module_name, _, attr = path.partition(":")
@@ -79,6 +94,13 @@ class Registry(Generic[T]):
             return getattr(module, attr)
         except AttributeError:
             raise ConfigError(self.key, f"{module_name!r} has no {attr!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Deferred:
+    """A registered entry not imported yet: its ``package.module:attr`` path."""
+
+    path: str
 
 
 class SettingsRegistry(Registry[T]):

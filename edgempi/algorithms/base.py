@@ -6,17 +6,21 @@ A method is one module: a :class:`MethodSettings` dataclass with its keys and ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import torch
 
-from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
+from edgempi.lazy import lazy_import
 from edgempi.settings import Settings, exclusive, one_of, require
 from edgempi.sim import Clock
+
+if TYPE_CHECKING:
+    from edgempi.comm import Comm  # importing comm starts MPI
+
+torch = lazy_import("torch")
 
 
 @dataclass

@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgempi.algorithms.base import Context
 from edgempi.compression import GradientExchange
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool = False) -> GradientExchange | None:
@@ -33,11 +35,12 @@ def exchange_state(exchange: GradientExchange | None) -> list[dict[str, Any]]:
     """Error-feedback memories, warm-start factors and random streams, for a checkpoint."""
     if exchange is None:
         return []
-    return [{k: _snapshot(v) for k, v in vars(holder).items() if isinstance(v, _STATEFUL)}
+    return [{k: _snapshot(v) for k, v in vars(holder).items() if isinstance(v, _stateful())}
             for holder in _holders(exchange)]
 
 
-_STATEFUL = (torch.Tensor, torch.Generator, np.random.Generator)
+def _stateful() -> tuple[type, ...]:
+    return (torch.Tensor, torch.Generator, np.random.Generator)
 
 
 def _snapshot(value: torch.Tensor | torch.Generator | np.random.Generator) -> Any:

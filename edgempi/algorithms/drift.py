@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import torch
 
 from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 class DriftPolicy(Policy):

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgempi.algorithms.base import Context
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
+from edgempi.lazy import lazy_import
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive, require
+
+torch = lazy_import("torch")
 
 
 @dataclass

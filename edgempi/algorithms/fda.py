@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgempi.algorithms.base import Context
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.algorithms.sketch import AmsSketch
 from edgempi.config import RunConfig
+from edgempi.lazy import lazy_import
 from edgempi.registry import METHODS
 from edgempi.settings import one_of, require
+
+torch = lazy_import("torch")
 
 
 @dataclass

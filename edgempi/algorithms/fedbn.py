@@ -6,21 +6,28 @@ one contiguous buffer, so the exchange is still one collective and the ledger co
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-from torch import nn
 
-from edgempi.devices import DeviceBank
+from edgempi.lazy import lazy_import
 
-BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgempi.devices import DeviceBank
+
+torch = lazy_import("torch")
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
 
 
 def shared_positions(model: nn.Module) -> torch.Tensor:
     """Positions, in the flat parameter buffer (:class:`edgempi.flat.FlatModel` order), of the
     trainable parameters that do not belong to a BatchNorm layer."""
-    local = {id(p) for m in model.modules() if isinstance(m, BATCHNORMS) for p in m.parameters(recurse=False)}
+    local = {id(p) for m in model.modules() if is_batchnorm(m) for p in m.parameters(recurse=False)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     keep = np.concatenate([np.full(p.numel(), id(p) not in local) for p in trainable])
     return torch.from_numpy(np.flatnonzero(keep))
@@ -36,7 +43,7 @@ def has_batchnorm(cfg: Any) -> bool:
         model = models.create(cfg.model.name, in_channels=shape[0], input_size=shape[1], norm=cfg.model.norm)
     except (ValueError, RuntimeError):
         return True  # cannot tell here; the run's own model build reports the problem
-    return any(isinstance(m, BATCHNORMS) for m in model.modules())
+    return any(is_batchnorm(m) for m in model.modules())
 
 
 def average_shared_(average: Callable[[torch.Tensor, np.ndarray | None], int], bank: DeviceBank,

@@ -6,12 +6,13 @@ step; everything that crosses the network is FedAvg's, so μ = 0 is FedAvg exact
 """
 from dataclasses import dataclass
 
-import torch
-
 from edgempi.algorithms.fedavg import FedAvg, FedAvgSettings
 from edgempi.config import RunConfig
+from edgempi.lazy import lazy_import
 from edgempi.registry import METHODS
 from edgempi.settings import require
+
+torch = lazy_import("torch")
 
 
 @dataclass

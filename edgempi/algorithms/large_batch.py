@@ -1,16 +1,19 @@
 """Synchronous data-parallel SGD: every step, the devices' gradients averaged by one Allreduce
 (or by the configured compressed exchange, with its error feedback)."""
-from dataclasses import dataclass
-from typing import Any
+from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from edgempi.algorithms.base import Context, MethodSettings, Policy
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
-from edgempi.comm import Comm
-from edgempi.models.syncbn import convert_sync_bn
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgempi.comm import Comm
 
 
 @dataclass
@@ -46,6 +49,8 @@ class LargeBatch(Policy):
     @classmethod
     def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
         if settings.sync_bn:
+            from edgempi.models.syncbn import convert_sync_bn  # defines a torch.nn.Module: needs torch
+
             convert_sync_bn(model, comm)
         return model
 

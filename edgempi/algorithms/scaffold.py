@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgempi.algorithms.base import Context, participants
 from edgempi.algorithms.fedavg import FedAvgSettings, PeriodicPolicy
 from edgempi.config import RunConfig
+from edgempi.lazy import lazy_import
 from edgempi.registry import METHODS
 from edgempi.settings import require
+
+torch = lazy_import("torch")
 
 
 @dataclass

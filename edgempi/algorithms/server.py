@@ -18,11 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
 from edgempi.algorithms.base import FederatedSettings
 from edgempi.devices import DeviceBank
+from edgempi.lazy import lazy_import
 from edgempi.settings import exclusive, one_of, require
+
+torch = lazy_import("torch")
 
 SERVER_OPTIMIZERS = ("none", "sgd", "adam", "yogi", "adagrad")
 DEFAULT_LR = {"sgd": 1.0, "adam": 0.01, "yogi": 0.01, "adagrad": 0.1}  # FedAvgM's η = 1; Reddi et al.'s grids

@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 class AmsSketch:

@@ -10,17 +10,19 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
-import torch
 
+from edgempi.lazy import lazy_import
 from edgempi.settings import Settings, require
+
+torch = lazy_import("torch")
 
 if TYPE_CHECKING:
     from edgempi.config import RunConfig
 
-Payload = tuple[torch.Tensor, ...]
+Payload = tuple["torch.Tensor", ...]
 #: ``allreduce_sum_(buf, first)``: sum ``buf`` over devices in place; ``first`` is False for
 #: the later collectives of one exchange, so the ledger counts one round per exchange.
-AllreduceSum = Callable[[torch.Tensor, bool], None]
+AllreduceSum = Callable[["torch.Tensor", bool], None]
 
 
 def payload_bytes(payload: Sequence[torch.Tensor]) -> int:

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
+from edgempi.lazy import lazy_import
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
+
+torch = lazy_import("torch")
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -33,10 +35,10 @@ class _Scratch:
     def __init__(self) -> None:
         self._bufs: dict[tuple[str, int], torch.Tensor] = {}
 
-    def get(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def get(self, name: str, numel: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         buf = self._bufs.get((name, numel))
-        if buf is None:
-            buf = self._bufs[(name, numel)] = torch.empty(numel, dtype=dtype)
+        if buf is None:  # float32 unless said otherwise
+            buf = self._bufs[(name, numel)] = torch.empty(numel, dtype=dtype or torch.float32)
         return buf
 
 

@@ -7,18 +7,22 @@ through :class:`edgempi.comm.Comm`, whose ledger counts the real payload bytes.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
+from edgempi.lazy import lazy_import
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
-from ..comm import Comm
 from .base import CompressionSettings, Compressor
 from .memory import ErrorFeedback, MomentumCorrection, NoMemory
 from .registry import build, settings_of
+
+if TYPE_CHECKING:
+    from ..comm import Comm  # importing comm starts MPI
+
+torch = lazy_import("torch")
 
 _SEED_STREAM = 0xC0DEC
 

@@ -6,9 +6,11 @@ keeps: what was sent + the new residual = the accumulated vector.
 """
 from __future__ import annotations
 
-import torch
+from edgempi.lazy import lazy_import
 
 from .base import Compressor, Payload
+
+torch = lazy_import("torch")
 
 
 class NoMemory:

@@ -16,12 +16,14 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import torch
 
+from edgempi.lazy import lazy_import
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
 from .base import AllreduceSum, CompressionSettings, Compressor, Payload
+
+torch = lazy_import("torch")
 
 
 @dataclass(frozen=True)

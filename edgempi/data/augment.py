@@ -6,8 +6,10 @@ random draws come from the device's own torch.Generator so runs repeat exactly.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
+
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
     """The standard CIFAR-10 augmentation: a random H×W crop of the zero-padded image, then a
@@ -19,7 +21,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, fli
     if x.dim() != 4:
         raise ValueError(f"crop_flip: expects a batch [N, C, H, W], got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator)
     cols = torch.arange(w).expand(n, w)

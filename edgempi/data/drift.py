@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import torch
+
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 KINDS = ("permute_labels", "swap_classes", "switch_shards")
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from edgempi.data.augment import crop_flip
+from edgempi.lazy import lazy_import
+
+torch = lazy_import("torch")
 
 
 def stream_seed(*keys: int) -> int:

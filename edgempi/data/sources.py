@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
+from edgempi.lazy import lazy_import
 from edgempi.registry import DATASETS
+
+torch = lazy_import("torch")
 
 
 class DataError(RuntimeError):

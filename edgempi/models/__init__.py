@@ -1,24 +1,28 @@
 """Model registry: ``create(name, num_classes, in_channels, input_size, norm)`` → nn.Module.
 
 An entry is a builder with that signature whose ``norm`` default is the model's usual
-normalisation; a user's own is ``model.name: package.module:function``.
+normalisation; a user's own is ``model.name: package.module:function``. The built-in ones are
+registered by dotted path: a model's module defines ``torch.nn.Module`` classes, so importing
+it imports torch, which checking a config must not.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
-
-from edgempi.models.lenet import lenet5
-from edgempi.models.resnet import resnet18
-from edgempi.models.zoo import NORMS, densenet121, fda_cnn, mlp
+from edgempi.lazy import lazy_import
 from edgempi.registry import MODELS
-from edgempi.spatial.vgg import spatial_vgg
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
 
-for _builder in (lenet5, resnet18, fda_cnn, densenet121, mlp, spatial_vgg):
-    MODELS.add(_builder.__name__, _builder)
+torch = lazy_import("torch")
+
+Builder = Callable[..., "nn.Module"]
+NORMS = ("batch", "group", "none")
+
+for _path in ("edgempi.models.lenet:lenet5", "edgempi.models.resnet:resnet18", "edgempi.models.zoo:fda_cnn",
+              "edgempi.models.zoo:densenet121", "edgempi.models.zoo:mlp", "edgempi.spatial.vgg:spatial_vgg"):
+    MODELS.add_path(_path.rpartition(":")[2], _path)  # the builder's name is the model's
 
 
 def names() -> tuple[str, ...]:
@@ -31,7 +35,7 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: i
     builder: Builder = MODELS.get(name)
     options = {} if norm is None else {"norm": norm}
     model = builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options)
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model.name: {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 

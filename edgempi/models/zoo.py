@@ -10,7 +10,7 @@ from typing import Callable
 from torch import nn
 from torchvision.models import densenet121 as tv_densenet121
 
-NORMS = ("batch", "group", "none")
+from edgempi.models import NORMS
 
 
 def wu_he_groups(channels: int) -> int:

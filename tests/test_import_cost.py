@@ -1,0 +1,117 @@
+"""Checking a config imports neither torch, torchvision nor mpi4py: ``edgempi validate`` and the
+config errors of ``edgempi run`` answer without the seconds those imports cost (README, Running).
+
+A module on that path (config, registry, every method's and compressor's module, the data and
+model packages) that imports torch at its top, or a model registered by object instead of by
+dotted path, makes these tests fail."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, child_env, small_config, write_config
+
+HEAVY = ("torch", "torchvision", "mpi4py")
+
+# Runs the CLI in a fresh interpreter, then names the heavy modules that were really executed
+# (a lazy_import placeholder that nothing read is a module of another type, not counted).
+PROBE = """
+import json, sys, types
+{prelude}
+from edgempi.cli import main
+rc = main(sys.argv[1:])
+loaded = sorted(n for n, m in list(sys.modules.items())
+                if n.partition(".")[0] in {heavy!r} and type(m) is types.ModuleType)
+print(json.dumps({{"rc": rc, "loaded": loaded}}))
+"""
+
+
+def probe(*args: str, prelude: str = "") -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(prelude=prelude, heavy=HEAVY), *args],
+                          capture_output=True, text=True, timeout=120, env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return {**json.loads(proc.stdout.splitlines()[-1]), "stderr": proc.stderr}
+
+
+@pytest.mark.parametrize("config,extra", [
+    ("benchmarks/configs/quickstart.yaml", []),
+    ("benchmarks/configs/edgify-cifar10.yaml", []),  # resnet18 (torchvision), cifar10
+    ("benchmarks/configs/spatial.yaml", []),  # spatial_vgg, whose package starts MPI when imported
+    ("benchmarks/configs/quickstart.yaml", ["--set", "algorithm.name=fedavg", "--set", "algorithm.local_steps=2",
+                                            "--set", "compression.name=powersgd", "--set", "model.name=densenet121",
+                                            "--ranks", "4"]),
+    ("benchmarks/configs/quickstart.yaml", ["--set", "algorithm.name=fda", "--set", "algorithm.variant=sketch",
+                                            "--set", "data.name=synthetic", "--set", "train.steps=50",
+                                            "--set", "data.drift.steps=[10]"]),
+])
+def test_validate_imports_no_torch_nor_mpi(config, extra):
+    found = probe("validate", config, *extra)
+    assert found["rc"] == 0, found["stderr"]
+    assert found["loaded"] == []
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["train.lr=-1"], "train.lr"),
+    (["model.name=lenet6"], "model.name"),
+    (["algorithm.name=fedavg"], "algorithm.local_steps"),
+    (["compression.name=topk", "compression.ratio=2"], "compression.ratio"),
+])
+def test_run_refuses_a_bad_config_before_importing_torch_or_mpi(tmp_path, overrides, key):
+    config = write_config(tmp_path / "c.yaml", small_config())
+    found = probe("run", str(config), "--out", str(tmp_path), *(a for o in overrides for a in ("--set", o)))
+    assert found["rc"] == 2
+    assert found["stderr"].startswith(f"edgempi: config error: {key}: ") and found["stderr"].count("\n") == 1
+    assert found["loaded"] == []
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_the_probe_sees_a_top_level_torch_import():
+    found = probe("validate", "benchmarks/configs/quickstart.yaml", prelude="import torch; torch.zeros(1)")
+    assert "torch" in found["loaded"]
+
+
+def test_models_are_known_by_name_and_imported_on_first_use():
+    script = """
+import sys
+from edgempi.registry import MODELS
+from edgempi.settings import ConfigError
+MODELS.check("resnet18")
+assert "edgempi.models.resnet" not in sys.modules and "torchvision" not in sys.modules
+for bad in ("resnet19", "no_such_package.nets:build"):
+    try:
+        MODELS.check(bad)
+    except ConfigError as exc:
+        assert exc.key == "model.name"
+    else:
+        raise AssertionError(bad)
+from edgempi.models.resnet import resnet18
+assert MODELS.get("resnet18") is resnet18 and MODELS.entries()["resnet18"] is resnet18
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lazy_import_is_the_module_once_read():
+    script = """
+import sys
+from edgempi.lazy import lazy_import
+torch = lazy_import("torch")
+assert "torch._C" not in sys.modules
+assert torch.ones(2).sum().item() == 2.0 and type(torch) is type(sys)
+import torch as plain
+assert plain is torch
+assert lazy_import("torch") is torch
+try:
+    lazy_import("no_such_module_here")
+except ModuleNotFoundError:
+    pass
+else:
+    raise AssertionError("a missing module must fail at once")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
