@@ -126,6 +126,14 @@ class Comm:
         self._count(np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
+    def segmented_mean(self, buf: torch.Tensor) -> "SegmentedMean":
+        """An Allreduce mean of ``buf`` (one device per rank, every device reporting) whose
+        contiguous segments are summed in the background as the caller hands them over
+        (:class:`SegmentedMean`): a gradient's buckets, while backward computes the rest."""
+        if self.local != 1:
+            raise ValueError("a segmented mean needs one device per rank")
+        return SegmentedMean(self, buf)
+
     def average_members(self, buf: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
         """The mean of the ``members``' rows (a mask over all devices), known to every rank;
         the rows are left as they are: what a coordinator computes before it answers
@@ -339,6 +347,44 @@ class Comm:
     def mpi_abort(self, code: int = 1) -> None:
         """Make MPI end every rank of the job now (see :func:`edgempi.runner.abort`)."""
         self.mpi.Abort(code)
+
+
+class SegmentedMean:
+    """The mean of a flat buffer over all ranks, its segments summed by non-blocking Allreduce.
+
+    Bit-identical to :meth:`Comm.allreduce_mean_`: each element is summed over the ranks
+    (MPI reduces elementwise, whatever the segment) and divided by the device count once, at
+    :meth:`finish`, over the whole buffer. Every rank must :meth:`start` the same segments in
+    the same order. MPI moves a non-blocking collective only inside MPI calls, so the caller
+    calls :meth:`progress` now and then (a backward hook). The ledger holds one round per
+    :meth:`finish`, with the bytes of :meth:`Comm.allreduce_mean_`; its seconds are the wait
+    at :meth:`finish` (the rest ran under backward, counted as local work).
+    """
+
+    def __init__(self, comm: Comm, buf: torch.Tensor) -> None:
+        self.comm, self.buf = comm, buf
+        self.requests: list[Any] = []
+
+    def start(self, lo: int, hi: int) -> None:
+        """Begin summing ``buf[lo:hi]`` over the ranks, in place."""
+        arr = numpy_view(self.buf[lo:hi])
+        self.requests.append(self.comm.mpi.Iallreduce(MPI.IN_PLACE, arr, op=MPI.SUM))
+
+    def progress(self) -> None:
+        """Let MPI move the started sums along (returns at once)."""
+        if self.requests:
+            MPI.Request.Testall(self.requests)
+
+    def finish(self) -> int:
+        """Wait for every started sum, then divide: ``buf`` holds the mean of every device's
+        buffer. Returns how many devices reported (all of them)."""
+        start = time.perf_counter()
+        MPI.Request.Waitall(self.requests)
+        self.requests.clear()
+        self.buf.div_(self.comm.devices)
+        nbytes = self.buf.numel() * self.buf.element_size()
+        self.comm._count(nbytes, nbytes, start)
+        return self.comm.devices
 
 
 def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
