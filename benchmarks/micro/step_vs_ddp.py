@@ -1,6 +1,7 @@
-"""Per-step time of edgempi's ``large_batch`` against the same step without any exchange
-(compute only) and against torch DistributedDataParallel (gloo); with ``--compressors``, also
-``large_batch`` with each compressor against ``none``.
+"""Per-step time of edgempi's ``large_batch`` (its Allreduce in buckets during backward) against
+the same step without any exchange (compute only), against torch DistributedDataParallel
+(gloo) and against one Allreduce after backward (``algorithm.bucket_mb=0``); with
+``--compressors``, also ``large_batch`` with each compressor against ``none``.
 
 Run under MPI, e.g. ``mpiexec -n 4 python benchmarks/micro/step_vs_ddp.py --model resnet18``.
 All variants train the same model (each its own copy, from the same initial weights) on the
@@ -51,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides of every large_batch variant, e.g. algorithm.bucket_mb=0")
+                   help="config overrides of every large_batch variant, e.g. algorithm.bucket_mb=1")
     p.add_argument("--compressors", nargs="*", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="also time large_batch with these compression settings, e.g. topk:ratio=0.001")
     return p.parse_args()
@@ -64,14 +65,15 @@ def edgempi_step(cfg: RunConfig, comm: Comm, args: argparse.Namespace, x: torch.
     torch.manual_seed(0)
     flat = FlatModel(models.create(args.model, in_channels=x.shape[1], input_size=x.shape[2]))
     optimizer = make_optimizer(cfg, flat)
+    # The policy hooks into backward (its buckets), so the compute-only model has none.
     policy = algorithms.policy_class(cfg.algorithm.name)(
-        algorithms.Context(cfg, comm, flat, steps_per_epoch=1, optimizer=optimizer))
+        algorithms.Context(cfg, comm, flat, steps_per_epoch=1, optimizer=optimizer)) if exchange else None
 
     def step() -> float:
         flat.zero_grad()
         loss = F.cross_entropy(flat.model(x), y)
         loss.backward()
-        if exchange:
+        if policy is not None:
             policy.after_backward(0)
         optimizer.step()
         return loss.item()
@@ -108,6 +110,8 @@ def main() -> None:
     y = torch.randint(10, (args.batch,))
     steps = {"compute": edgempi_step(cfg, comm, args, x, y, exchange=False),
              "none": edgempi_step(cfg, comm, args, x, y, exchange=True),
+             "single": edgempi_step(from_dict(base, [*args.overrides, "algorithm.bucket_mb=0"]), comm, args, x, y,
+                                    exchange=True),
              **{spec: edgempi_step(from_dict(base, [*args.overrides, *compression_overrides(spec)]), comm, args,
                                    x, y, exchange=True) for spec in args.compressors},
              "ddp": ddp_step(args, x, y)}
@@ -135,7 +139,8 @@ def report(args: argparse.Namespace, ranks: int, ms: dict[str, float]) -> None:
     print(f"{args.model} ranks={ranks} batch={args.batch} threads={torch.get_num_threads()} "
           f"medians of {args.repeats} blocks of {args.steps} steps: compute only {ms['compute']:.2f} ms/step, "
           f"large_batch {ms['none']:.2f}, DDP {ms['ddp']:.2f}; large_batch / compute {ms['none'] / ms['compute']:.3f}, "
-          f"large_batch / DDP {ms['none'] / ms['ddp']:.3f}")
+          f"large_batch / DDP {ms['none'] / ms['ddp']:.3f}; with one Allreduce after backward (bucket_mb=0) "
+          f"{ms['single']:.2f}, / compute {ms['single'] / ms['compute']:.3f}")
     for name in args.compressors:
         print(f"  large_batch with {name}: {ms[name]:.2f} ms/step, ratio to none {ms[name] / ms['none']:.3f}")
 
