@@ -353,10 +353,10 @@ class SegmentedMean:
     """The mean of a flat buffer over all ranks, its segments summed by non-blocking Allreduce.
 
     Bit-identical to :meth:`Comm.allreduce_mean_`: each element is summed over the ranks
-    (MPI reduces elementwise, whatever the segment) and divided by the device count once, at
-    :meth:`finish`, over the whole buffer. Every rank must :meth:`start` the same segments in
-    the same order. MPI moves a non-blocking collective only inside MPI calls, so the caller
-    calls :meth:`progress` now and then (a backward hook). The ledger holds one round per
+    (MPI reduces elementwise, whatever the segment) and then divided by the device count, a
+    segment as soon as its sum is in. Every rank must :meth:`start` the same segments in the
+    same order. MPI moves a non-blocking collective only inside MPI calls, so the caller calls
+    :meth:`progress` now and then (a backward hook). The ledger holds one round per
     :meth:`finish`, with the bytes of :meth:`Comm.allreduce_mean_`; its seconds are the wait
     at :meth:`finish` (the rest ran under backward, counted as local work).
     """
@@ -364,27 +364,33 @@ class SegmentedMean:
     def __init__(self, comm: Comm, buf: torch.Tensor) -> None:
         self.comm, self.buf = comm, buf
         self.requests: list[Any] = []
+        self.segments: list[torch.Tensor] = []
 
     def start(self, lo: int, hi: int) -> None:
         """Begin summing ``buf[lo:hi]`` over the ranks, in place."""
-        arr = numpy_view(self.buf[lo:hi])
-        self.requests.append(self.comm.mpi.Iallreduce(MPI.IN_PLACE, arr, op=MPI.SUM))
+        segment = self.buf[lo:hi]
+        self.segments.append(segment)
+        self.requests.append(self.comm.mpi.Iallreduce(MPI.IN_PLACE, numpy_view(segment), op=MPI.SUM))
 
     def progress(self) -> None:
-        """Let MPI move the started sums along (returns at once)."""
-        if self.requests:
-            MPI.Request.Testall(self.requests)
+        """Let MPI move the started sums along, and divide those that are in (returns at once)."""
+        self._divide(MPI.Request.Testsome(self.requests) if self.requests else None)
 
     def finish(self) -> int:
-        """Wait for every started sum, then divide: ``buf`` holds the mean of every device's
-        buffer. Returns how many devices reported (all of them)."""
+        """Wait for every started sum: ``buf`` holds the mean of every device's buffer.
+        Returns how many devices reported (all of them)."""
         start = time.perf_counter()
-        MPI.Request.Waitall(self.requests)
+        while (done := MPI.Request.Waitsome(self.requests)) is not None:
+            self._divide(done)
         self.requests.clear()
-        self.buf.div_(self.comm.devices)
+        self.segments.clear()
         nbytes = self.buf.numel() * self.buf.element_size()
         self.comm._count(nbytes, nbytes, start)
         return self.comm.devices
+
+    def _divide(self, done: list[int] | None) -> None:
+        for index in done or ():
+            self.segments[index].div_(self.comm.devices)
 
 
 def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
