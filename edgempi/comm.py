@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Protocol, Sequence
@@ -380,8 +381,10 @@ class SegmentedMean:
         """Wait for every started sum: ``buf`` holds the mean of every device's buffer.
         Returns how many devices reported (all of them)."""
         start = time.perf_counter()
-        while (done := MPI.Request.Waitsome(self.requests)) is not None:
+        while (done := MPI.Request.Testsome(self.requests)) is not None:
             self._divide(done)
+            if not done:
+                os.sched_yield()  # a rank that waits leaves its core to one still computing
         self.requests.clear()
         self.segments.clear()
         nbytes = self.buf.numel() * self.buf.element_size()

@@ -61,10 +61,12 @@ class LargeBatch(Policy):
     def overlaps(self, ctx: Context) -> bool:
         """Can the gradient's Allreduce start during backward? Not when who reports is known only
         after it (a deadline), nor with a row per device, a compressor, a tile group's own
-        reduction, or SyncBN's collectives inside backward."""
+        reduction, or SyncBN's collectives inside backward. A gradient that fits one bucket
+        could only start at the end of backward: the blocking Allreduce is then quicker."""
         no_deadline = ctx.clock is None or ctx.clock.deadline is None
-        return (self.settings.bucket_mb > 0 and self.exchange is None and ctx.bank.count == 1 and no_deadline
-                and ctx.group_reduce is None and not self.settings.sync_bn)
+        several = ctx.flat.grads.numel() * ctx.flat.grads.element_size() > self.settings.bucket_mb * 2**20
+        return (self.settings.bucket_mb > 0 and several and self.exchange is None and ctx.bank.count == 1
+                and no_deadline and ctx.group_reduce is None and not self.settings.sync_bn)
 
     @classmethod
     def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
