@@ -9,7 +9,8 @@ to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, whic
 does not know), and the few MPI calls that other modules need (a node's ranks, the job's
 abort) are thin helpers here, so no other module imports MPI.
 
-Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange.
+Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange, or
+one per bucket of a gradient whose exchange overlaps backward (:class:`SegmentedMean`).
 """
 from __future__ import annotations
 

@@ -56,15 +56,15 @@ def timed_step(model: str, comm: Comm, bucket_mb: float | None, x: torch.Tensor,
     return step
 
 
-def summary(marks: np.ndarray) -> str:
+def summary(marks: np.ndarray, exchanges: bool) -> str:
     """``marks``: ranks × steps × boundaries."""
     phases = np.median(np.diff(marks, axis=2), axis=(0, 1)) * 1e3
     backward_end, exchange_end = marks[:, :, 3], marks[:, :, 4]
     skew = np.median(backward_end.max(0) - backward_end.min(0)) * 1e3
     tail = np.median(exchange_end.min(0) - backward_end.max(0)) * 1e3
     step = np.median((marks[:, :, -1] - marks[:, :, 0]).max(0)) * 1e3
-    return (" ".join(f"{name} {ms:.1f}" for name, ms in zip(PHASES, phases))
-            + f" | skew {skew:.1f}, tail {tail:.1f} | step (slowest rank) {step:.1f}")
+    ranks = f" | skew {skew:.1f}, tail {tail:.1f}" if exchanges else ""
+    return " ".join(f"{name} {ms:.1f}" for name, ms in zip(PHASES, phases)) + f"{ranks} | step (slowest rank) {step:.1f}"
 
 
 def main() -> None:
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"{args.model} ranks={comm.size} batch={args.batch} threads=1, medians (ms) of "
               f"{args.repeats} blocks of {args.steps} steps")
         for name in steps:
-            print(f"  {name:>20}: {summary(np.array([g[name] for g in gathered]))}")
+            print(f"  {name:>20}: {summary(np.array([g[name] for g in gathered]), variants[name] is not None)}")
 
 
 if __name__ == "__main__":
