@@ -57,6 +57,8 @@ def test_buckets_start_during_backward_and_only_where_they_can():
     flat.zero_grad()
     F.cross_entropy(flat.model(x), y).backward()
     assert buckets.started == len(buckets.bounds)  # every bucket left during backward
+    with pytest.raises(RuntimeError, match="second backward"):  # it would add into buckets on the wire
+        F.cross_entropy(flat.model(x), y).backward()
     assert policy.after_backward(0) and buckets.started == 0
     for off in (["algorithm.bucket_mb=0"], ["algorithm.bucket_mb=1"],  # LeNet-5's 241 KiB fit one bucket ["compression.name=fp16"], ["model.norm=batch", "algorithm.sync_bn=true"],
                 ["network.step_ms=10", "network.deadline_s=1"]):
