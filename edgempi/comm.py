@@ -9,12 +9,14 @@ to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, whic
 does not know), and the few MPI calls that other modules need (a node's ranks, the job's
 abort) are thin helpers here, so no other module imports MPI.
 
-Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange.
+Collectives work on flat tensors through zero-copy numpy views: one MPI call per exchange, or
+one per bucket of a gradient whose exchange overlaps backward (:class:`SegmentedMean`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Protocol, Sequence
@@ -125,6 +127,14 @@ class Comm:
             rows.copy_(total.expand_as(rows))
         self._count(np.where(mine, nbytes, 0), nbytes, start)
         return reported
+
+    def segmented_mean(self, buf: torch.Tensor) -> "SegmentedMean":
+        """An Allreduce mean of ``buf`` (one device per rank, every device reporting) whose
+        contiguous segments are summed in the background as the caller hands them over
+        (:class:`SegmentedMean`): a gradient's buckets, while backward computes the rest."""
+        if self.local != 1:
+            raise ValueError("a segmented mean needs one device per rank")
+        return SegmentedMean(self, buf)
 
     def average_members(self, buf: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
         """The mean of the ``members``' rows (a mask over all devices), known to every rank;
@@ -339,6 +349,52 @@ class Comm:
     def mpi_abort(self, code: int = 1) -> None:
         """Make MPI end every rank of the job now (see :func:`edgempi.runner.abort`)."""
         self.mpi.Abort(code)
+
+
+class SegmentedMean:
+    """The mean of a flat buffer over all ranks, its segments summed by non-blocking Allreduce.
+
+    Bit-identical to :meth:`Comm.allreduce_mean_`: each element is summed over the ranks
+    (MPI reduces elementwise, whatever the segment) and then divided by the device count, a
+    segment as soon as its sum is in. Every rank must :meth:`start` the same segments in the
+    same order. MPI moves a non-blocking collective only inside MPI calls, so the caller calls
+    :meth:`progress` now and then (a backward hook). The ledger holds one round per
+    :meth:`finish`, with the bytes of :meth:`Comm.allreduce_mean_`; its seconds are the wait
+    at :meth:`finish` (the rest ran under backward, counted as local work).
+    """
+
+    def __init__(self, comm: Comm, buf: torch.Tensor) -> None:
+        self.comm, self.buf = comm, buf
+        self.requests: list[Any] = []
+        self.segments: list[torch.Tensor] = []
+
+    def start(self, lo: int, hi: int) -> None:
+        """Begin summing ``buf[lo:hi]`` over the ranks, in place."""
+        segment = self.buf[lo:hi]
+        self.segments.append(segment)
+        self.requests.append(self.comm.mpi.Iallreduce(MPI.IN_PLACE, numpy_view(segment), op=MPI.SUM))
+
+    def progress(self) -> None:
+        """Let MPI move the started sums along, and divide those that are in (returns at once)."""
+        self._divide(MPI.Request.Testsome(self.requests) if self.requests else None)
+
+    def finish(self) -> int:
+        """Wait for every started sum: ``buf`` holds the mean of every device's buffer.
+        Returns how many devices reported (all of them)."""
+        start = time.perf_counter()
+        while (done := MPI.Request.Testsome(self.requests)) is not None:
+            self._divide(done)
+            if not done:
+                os.sched_yield()  # a rank that waits leaves its core to one still computing
+        self.requests.clear()
+        self.segments.clear()
+        nbytes = self.buf.numel() * self.buf.element_size()
+        self.comm._count(nbytes, nbytes, start)
+        return self.comm.devices
+
+    def _divide(self, done: list[int] | None) -> None:
+        for index in done or ():
+            self.segments[index].div_(self.comm.devices)
 
 
 def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -49,6 +49,8 @@ BAD = [
      "network.deadline_s"),
     (["algorithm.name=fedprox", "algorithm.local_steps=2", "algorithm.mu=-1"], "algorithm.mu"),
     (["algorithm.name=scaffold", "algorithm.local_steps=2", "compression.name=topk"], "compression.name"),
+    (["algorithm.bucket_mb=-1"], "algorithm.bucket_mb"),
+    (["algorithm.name=fedavg", "algorithm.local_steps=2", "algorithm.bucket_mb=1"], "algorithm.bucket_mb"),
 ])
 def test_combinations_the_devices_stragglers_and_balancing_refuse(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: "):

@@ -1,26 +1,32 @@
-"""Synchronous data-parallel SGD: every step, the devices' gradients averaged by one Allreduce
-(or by the configured compressed exchange, with its error feedback)."""
+"""Synchronous data-parallel SGD: every step, the devices' gradients averaged by Allreduce, in
+buckets started while backward runs (or by the configured compressed exchange, with its error
+feedback)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgempi.algorithms.base import Context, MethodSettings, Policy
+from edgempi.algorithms.buckets import GradientBuckets
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 from edgempi.registry import METHODS
-from edgempi.settings import exclusive
+from edgempi.settings import exclusive, require
 
 if TYPE_CHECKING:
     import torch
 
     from edgempi.comm import Comm
+    from edgempi.config import RunConfig
 
 
 @dataclass
 class LargeBatchSettings(MethodSettings):
-    """``sync_bn``: BatchNorm statistics over the global batch (reduced in forward and backward)."""
+    """``sync_bn``: BatchNorm statistics over the global batch (reduced in forward and backward).
+    ``bucket_mb``: the size of the gradient buckets whose Allreduce starts during backward;
+    0: one Allreduce after backward. The mean is the same bit for bit either way."""
 
     sync_bn: bool = exclusive(False, "only large_batch synchronises BatchNorm")
+    bucket_mb: float = exclusive(4.0, "only large_batch exchanges gradients in buckets")
 
     compresses = "gradients"
     spatial = True
@@ -33,11 +39,19 @@ class LargeBatchSettings(MethodSettings):
     def drops_stragglers(self) -> bool:
         return not self.sync_bn
 
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        require(self.bucket_mb >= 0, "algorithm.bucket_mb", f"must be >= 0 (0: one Allreduce), got {self.bucket_mb}")
+
 
 @METHODS.register("large_batch")
 class LargeBatch(Policy):
     """Devices that miss the round's deadline (``network.deadline_s``) are left out of the mean;
-    if none made it, the step is skipped."""
+    if none made it, the step is skipped.
+
+    The uncompressed exchange of one device per rank that every device joins (no deadline, no
+    spatial groups, no SyncBN, whose own collectives run in backward) goes in buckets during
+    backward (:mod:`edgempi.algorithms.buckets`)."""
 
     Settings = LargeBatchSettings
     exchanges_gradients = True
@@ -45,6 +59,17 @@ class LargeBatch(Policy):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.exchange = make_exchange(ctx)
+        self.buckets = GradientBuckets(ctx.flat, ctx.comm, self.settings.bucket_mb) if self.overlaps(ctx) else None
+
+    def overlaps(self, ctx: Context) -> bool:
+        """Can the gradient's Allreduce start during backward? Not when who reports is known only
+        after it (a deadline), nor with a row per device, a compressor, a tile group's own
+        reduction, or SyncBN's collectives inside backward. A gradient that fits one bucket
+        could only start at the end of backward: the blocking Allreduce is then quicker."""
+        no_deadline = ctx.clock is None or ctx.clock.deadline is None
+        several = ctx.flat.grads.numel() * ctx.flat.grads.element_size() > self.settings.bucket_mb * 2**20
+        return (self.settings.bucket_mb > 0 and several and self.exchange is None and ctx.bank.count == 1
+                and no_deadline and ctx.group_reduce is None and not self.settings.sync_bn)
 
     @classmethod
     def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
@@ -59,6 +84,8 @@ class LargeBatch(Policy):
             self.ctx.group_reduce(self.ctx.flat.grads)
             if self.ctx.comm.size == 1:
                 return True
+        if self.buckets is not None:
+            return self.buckets.finish() > 0
         if self.exchange is None:
             return self.ctx.average_(self.ctx.bank.grads) > 0
         self.exchange.exchange_mean_(self.ctx.flat.grads, step, step / self.ctx.steps_per_epoch)
