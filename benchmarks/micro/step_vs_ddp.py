@@ -65,7 +65,7 @@ def main() -> None:
     ours = FlatModel(models.create(args.model, in_channels=shape[0], input_size=shape[1]))
     ours_opt = make_optimizer(cfg, ours)
     variants = {"none": cfg, **{spec: from_dict(base, compression_overrides(spec)) for spec in args.compressors}}
-    policies = {name: algorithms.create(algorithms.Context(c, comm, ours, steps_per_epoch=1, optimizer=ours_opt))
+    policies = {name: algorithms.policy_class(c.algorithm.name)(algorithms.Context(c, comm, ours, 1, ours_opt))
                 for name, c in variants.items()}
 
     ddp = torch.nn.parallel.DistributedDataParallel(models.create(args.model, in_channels=shape[0],
