@@ -62,21 +62,33 @@ class Blockwise(Compressor):
         """The decoder of payloads stacked as rows (one per device); it computes once what
         every block shares (steps, scales)."""
 
-    def sum_rows_(self, out: torch.Tensor, rows: Payload) -> None:
+    def mean_rows_(self, out: torch.Tensor, rows: Payload) -> None:
         decode, devices = self.block_decoder(rows), rows[0].shape[0]
         full = self.scratch.get("work", devices * self.block_len())
         for start, stop in self.blocks(out.numel()):
             work = full[:devices * (stop - start)].view(devices, stop - start)
             decode(start, stop, work)
-            torch.sum(work, 0, out=out[start:stop])
+            total = torch.sum(work, 0, out=out[start:stop])
+            if devices > 1:
+                total.div_(devices)
 
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
-        self.sum_rows_(out, tuple(part.unsqueeze(0) for part in payload))
+        self.mean_rows_(out, tuple(part.unsqueeze(0) for part in payload))
 
-    def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
+    def decoded(self, payload: Payload, numel: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """One payload decoded block by block: (start, stop, its elements start:stop)."""
         decode = self.block_decoder(tuple(part.unsqueeze(0) for part in payload))
         full = self.scratch.get("work", self.block_len())
-        for start, stop in self.blocks(out.numel()):
+        for start, stop in self.blocks(numel):
             work = full[:stop - start].view(1, stop - start)
             decode(start, stop, work)
-            out[start:stop].add_(work[0], alpha=alpha)
+            yield start, stop, work[0]
+
+    def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
+        for start, stop, values in self.decoded(payload, out.numel()):
+            out[start:stop].add_(values, alpha=alpha)
+
+    def residual_into(self, out: torch.Tensor, acc: torch.Tensor, sent: Payload) -> None:
+        """acc − sent in one pass (acc − v is acc + (−1)·v to the bit)."""
+        for start, stop, values in self.decoded(sent, out.numel()):
+            torch.sub(acc[start:stop], values, out=out[start:stop])

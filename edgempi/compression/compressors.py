@@ -143,10 +143,10 @@ class TopK(Compressor):
         values, idx = payload
         out.index_add_(0, idx, values, alpha=alpha)
 
-    def sum_payloads_(self, out: torch.Tensor, payloads: Sequence[Payload]) -> None:
+    def mean_payloads_(self, out: torch.Tensor, payloads: Sequence[Payload]) -> None:
         """One ``index_add_`` of all devices' elements, in rank order as one at a time added them."""
         values = torch.cat([p[0] for p in payloads])
-        out.zero_().index_add_(0, torch.cat([p[1] for p in payloads]), values)
+        out.zero_().index_add_(0, torch.cat([p[1] for p in payloads]), values).div_(len(payloads))
 
 
 @COMPRESSORS.register("randomk")

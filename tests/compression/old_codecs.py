@@ -15,9 +15,9 @@ from edgempi.compression.compressors import TopK
 
 
 class OldTopK(TopK):
-    """topk with the old exchange decode: one ``index_add_`` per device (the base fallback)."""
+    """topk with the old exchange decode: one ``index_add_`` per device, then ÷ devices (the base fallback)."""
 
-    sum_payloads_ = Compressor.sum_payloads_
+    mean_payloads_ = Compressor.mean_payloads_
 
 
 class OldQSGD(Compressor):
