@@ -216,6 +216,24 @@ class Comm:
         self._count(data.nbytes, down, start)
         return gathered
 
+    def allgather_rows(self, parts: Sequence[torch.Tensor], down_bytes: int | None = None) -> list[np.ndarray]:
+        """Gather payload parts whose sizes are the same on every device (they follow from the
+        vector's length and the settings alone): part i comes back as one (devices, n_i) array
+        in rank order, so a decoder can treat all devices in one operation. One round, one
+        Allgather, no framing; counted as :meth:`allgather_parts` counts the same payload.
+        """
+        start = time.perf_counter()
+        arrays = [numpy_view(p).view(np.uint8).ravel() for p in parts]
+        data = np.concatenate(arrays)
+        out = np.empty((self.size, data.nbytes), np.uint8)
+        self.mpi.Allgather(data, out)
+        rows, offset = [], 0
+        for part, a in zip(parts, arrays):
+            rows.append(_typed_rows(out[:, offset:offset + a.nbytes], numpy_view(part).dtype))
+            offset += a.nbytes
+        self._count(data.nbytes, (self.size - 1) * data.nbytes if down_bytes is None else down_bytes, start)
+        return rows
+
     # -- spatial partitioning: tiles and halos (bytes, not rounds) --------------------
     def alltoallv_(self, send: torch.Tensor, send_counts: Sequence[int],
                    recv: torch.Tensor, recv_counts: Sequence[int]) -> None:
@@ -400,6 +418,13 @@ class SegmentedMean:
 def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Bytes as an array of ``dtype``; copied only if they sit at an address the dtype cannot use."""
     return (chunk if chunk.ctypes.data % dtype.itemsize == 0 else chunk.copy()).view(dtype)
+
+
+def _typed_rows(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Rows of bytes as rows of ``dtype``; copied only if torch could not view them in place."""
+    if block.ctypes.data % dtype.itemsize or block.strides[0] % dtype.itemsize:
+        block = np.ascontiguousarray(block)
+    return block.view(dtype)
 
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}

@@ -75,6 +75,9 @@ class Compressor(ABC):
     #: compression itself needs the devices' sums mid-way (PowerSGD): it runs its
     #: collectives through :meth:`reduce_mean` instead of compress → exchange → decompress.
     collective: ClassVar[bool] = False
+    #: every device's payload parts have the same sizes (they follow from d and the settings),
+    #: so the exchange gathers each part as one (devices, n) tensor and calls :meth:`mean_rows_`.
+    uniform: ClassVar[bool] = False
     Settings: ClassVar[type[CompressionSettings]] = CompressionSettings
 
     @classmethod
@@ -107,6 +110,27 @@ class Compressor(ABC):
     def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
         """``out += alpha · decompress(payload)``; sparse payloads override it to skip the dense copy."""
         out.add_(self.decompress(payload, out.numel()), alpha=alpha)
+
+    def mean_payloads_(self, out: torch.Tensor, payloads: Sequence[Payload]) -> None:
+        """``out`` = Σ decompress(p) over the devices' payloads, added in rank order, ÷ devices.
+
+        This fallback decodes one payload at a time (a plug-in need not do more); the built-in
+        compressors decode all devices in one batched operation.
+        """
+        out.zero_()
+        for payload in payloads:
+            self.add_to_(out, payload)
+        out.div_(len(payloads))
+
+    def mean_rows_(self, out: torch.Tensor, rows: Payload) -> None:
+        """For ``uniform`` compressors: :meth:`mean_payloads_` of the devices' payloads given as
+        rows (row d of every part is device d's)."""
+        self.mean_payloads_(out, [tuple(part[d] for part in rows) for d in range(rows[0].shape[0])])
+
+    def residual_into(self, out: torch.Tensor, acc: torch.Tensor, sent: Payload) -> None:
+        """``out`` = acc − decompress(sent): what error feedback keeps of what was not sent."""
+        out.copy_(acc)
+        self.add_to_(out, sent, alpha=-1.0)
 
     def sent_indices(self, payload: Payload) -> torch.Tensor:
         """For ``sparse`` compressors: the int32 indices of the kept elements."""

@@ -16,6 +16,7 @@ from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
+from .blockwise import BlockDecoder, Blockwise, Scratch
 
 torch = lazy_import("torch")
 
@@ -27,19 +28,6 @@ def _step_seed(seed: int, step: int) -> int:
 
 def _kept(density: float, numel: int) -> int:
     return min(numel, max(1, round(density * numel)))
-
-
-class _Scratch:
-    """Reused work buffers: fresh 45 MB tensors cost more in page faults than the work itself."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, int], torch.Tensor] = {}
-
-    def get(self, name: str, numel: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        buf = self._bufs.get((name, numel))
-        if buf is None:  # float32 unless said otherwise
-            buf = self._bufs[(name, numel)] = torch.empty(numel, dtype=dtype or torch.float32)
-        return buf
 
 
 @COMPRESSORS.register("none")
@@ -112,7 +100,7 @@ class TopK(Compressor):
         self.warmup_epochs = int(warmup_epochs)
         self.sample_ratio = float(sample_ratio)
         self.rng = np.random.default_rng(seed)
-        self.scratch = _Scratch()
+        self.scratch = Scratch()
 
     @classmethod
     def from_settings(cls, settings: TopKSettings, shapes: Sequence[Sequence[int]], seed: int,
@@ -156,6 +144,11 @@ class TopK(Compressor):
     def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
         values, idx = payload
         out.index_add_(0, idx, values, alpha=alpha)
+
+    def mean_payloads_(self, out: torch.Tensor, payloads: Sequence[Payload]) -> None:
+        """One ``index_add_`` of all devices' elements, in rank order as one at a time added them."""
+        values = torch.cat([p[0] for p in payloads])
+        out.zero_().index_add_(0, torch.cat([p[1] for p in payloads]), values).div_(len(payloads))
 
 
 @COMPRESSORS.register("randomk")
@@ -220,13 +213,21 @@ class QSGDSettings(CompressionSettings):
         require(self.bucket_size >= 1, "compression.bucket_size", f"must be a whole number >= 1, got {self.bucket_size}")
 
 
+
+
 @COMPRESSORS.register("qsgd")
-class QSGD(Compressor):
+class QSGD(Blockwise):
     """Stochastic quantisation (Alistarh et al. 2017), unbiased: per bucket of ``bucket_size``
     elements, |x|/‖bucket‖₂ · levels is rounded up or down at random in proportion to its
     remainder. Payload: each element's signed level (one of 2·levels + 1 codes) packed in as few
     bits as divide a byte (2 bits for levels = 1, 4 for ≤ 7, 8 for ≤ 127), plus one fp32 norm
-    per bucket, so fewer levels do cost fewer bytes."""
+    per bucket, so fewer levels do cost fewer bytes. The codes live in a buffer of the
+    compressor: a payload is valid until the next :meth:`compress`.
+
+    Both ways work block by block (whole buckets, whole bytes) so that the dozen element-wise
+    steps run in cache; the uniform draws come from one generator in element order, the same
+    stream as one draw of the whole vector.
+    """
 
     Settings = QSGDSettings
 
@@ -236,14 +237,30 @@ class QSGD(Compressor):
         return cls(settings.levels, settings.bucket_size, seed=seed)
 
     def __init__(self, levels: int = 127, bucket_size: int = 512, seed: int = 0) -> None:
+        super().__init__()
         self.levels = int(levels)
         self.bucket_size = int(bucket_size)
         self.bits = 2 if self.levels == 1 else 4 if self.levels <= 7 else 8
+        self.per_byte = 8 // self.bits
+        #: the shift that puts code j of a byte in place (first code in the high bits).
+        self.shifts = torch.tensor([8 - self.bits * (j + 1) for j in range(self.per_byte)], dtype=torch.uint8)
         self.gen = torch.Generator().manual_seed(seed)
-        self.scratch = _Scratch()
+
+    def block_unit(self) -> int:
+        return math.lcm(self.bucket_size, self.per_byte)
+
+    def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
+        numel, bs = x.numel(), self.bucket_size
+        norms = torch.empty(math.ceil(numel / bs))
+        packed = self.scratch.get("packed", math.ceil(numel / self.per_byte), torch.uint8)
+        for start, stop in self.blocks(numel):
+            buckets = self._buckets(x[start:stop])
+            levels = self._levels(buckets, norms[start // bs:start // bs + buckets.shape[0]])
+            self._pack(levels.view(-1)[:stop - start], packed[start // self.per_byte:-(-stop // self.per_byte)])
+        return packed, norms
 
     def _buckets(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as rows of one bucket each, the last zero-padded (in a kept buffer) if short."""
+        """A block as rows of one bucket each, the last zero-padded (in a kept buffer) if short."""
         padded = math.ceil(x.numel() / self.bucket_size) * self.bucket_size
         if padded != x.numel():
             buf = self.scratch.get("padded", padded)
@@ -252,52 +269,54 @@ class QSGD(Compressor):
             x = buf
         return x.view(-1, self.bucket_size)
 
-    def _codes(self, numel: int) -> torch.Tensor:
-        """A kept uint8 buffer of whole bytes' worth of codes, viewed one packed byte per row."""
-        per = 8 // self.bits
-        return self.scratch.get("codes", math.ceil(numel / per) * per, torch.uint8).view(-1, per)
-
-    def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
-        buckets = self._buckets(x)
-        norms = torch.linalg.vector_norm(buckets, dim=1)
-        scaled = torch.abs(buckets, out=self.scratch.get("scaled", buckets.numel()).view_as(buckets))
+    def _levels(self, buckets: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Each bucket's norm into ``norms``; returns the codes (signed level + levels) as floats."""
+        torch.linalg.vector_norm(buckets, dim=1, out=norms)
+        scaled = torch.abs(buckets, out=self.scratch.get("scaled", self.block_len())[:buckets.numel()].view_as(buckets))
         scaled.mul_((self.levels / torch.where(norms > 0, norms, 1.0)).unsqueeze(1))
         noise = torch.rand(buckets.shape, generator=self.gen,
-                           out=self.scratch.get("noise", buckets.numel()).view_as(buckets))
-        scaled.add_(noise).floor_().clamp_(max=self.levels).copysign_(buckets).add_(self.levels)
-        if self.bits == 8:
-            return scaled.view(-1)[:x.numel()].to(torch.uint8), norms
-        codes = self._codes(x.numel())
-        codes.view(-1)[:x.numel()].copy_(scaled.view(-1)[:x.numel()])
-        codes.view(-1)[x.numel():].zero_()
-        packed = codes[:, 0] << (8 - self.bits)
-        for j in range(1, codes.shape[1]):
-            packed |= codes[:, j] << (8 - self.bits * (j + 1))
-        return packed, norms
+                           out=self.scratch.get("noise", self.block_len())[:buckets.numel()].view_as(buckets))
+        return scaled.add_(noise).floor_().clamp_(max=self.levels).copysign_(buckets).add_(self.levels)
 
-    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
-        packed, norms = payload
-        if self.bits == 8:
-            out.copy_(packed)
-        else:
-            codes, mask = self._codes(out.numel()), (1 << self.bits) - 1
-            for j in range(codes.shape[1]):
-                torch.bitwise_and(packed >> (8 - self.bits * (j + 1)), mask, out=codes[:, j])
-            out.copy_(codes.view(-1)[:out.numel()])
-        out.sub_(self.levels)
-        step = norms / self.levels
-        full = out.numel() // self.bucket_size
-        out[:full * self.bucket_size].view(full, self.bucket_size).mul_(step[:full].unsqueeze(1))
-        out[full * self.bucket_size:].mul_(step[full:])  # the last, shorter bucket (if any)
+    def _pack(self, codes: torch.Tensor, packed: torch.Tensor) -> None:
+        """Codes (floats holding small whole numbers) into ``packed``, ``per_byte`` to a byte."""
+        if self.per_byte == 1:
+            packed.copy_(codes)
+            return
+        lanes = self.scratch.get("lanes", packed.numel() * self.per_byte, torch.uint8)
+        lanes[:codes.numel()].copy_(codes)
+        lanes[codes.numel():].zero_()
+        lanes = lanes.view(-1, self.per_byte)
+        torch.bitwise_left_shift(lanes[:, 0], int(self.shifts[0]), out=packed)
+        for j in range(1, self.per_byte):
+            packed |= lanes[:, j] << int(self.shifts[j])
+
+    def block_decoder(self, rows: Payload) -> BlockDecoder:
+        packed, norms = rows
+        devices, bs, per = packed.shape[0], self.bucket_size, self.per_byte
+        steps = norms / self.levels
+        lanes = self.scratch.get("unpacked", devices * self.block_len(), torch.uint8)
+
+        def decode(start: int, stop: int, work: torch.Tensor) -> None:
+            if per == 1:
+                work.copy_(packed[:, start:stop])
+            else:
+                first, end = start // per, -(-stop // per)
+                split = lanes[:devices * (end - first) * per].view(devices, end - first, per)
+                torch.bitwise_right_shift(packed[:, first:end, None], self.shifts, out=split)
+                work.copy_(split.bitwise_and_((1 << self.bits) - 1).view(devices, -1)[:, :stop - start])
+            work.sub_(self.levels)
+            full, first_bucket = (stop - start) // bs, start // bs
+            work[:, :full * bs].view(devices, full, bs).mul_(steps[:, first_bucket:first_bucket + full, None])
+            if full * bs < stop - start:  # the last, shorter bucket
+                work[:, full * bs:].mul_(steps[:, first_bucket + full:first_bucket + full + 1])
+        return decode
 
 
 @COMPRESSORS.register("signsgd")
-class SignSGD(Compressor):
+class SignSGD(Blockwise):
     """EF-signSGD (Karimireddy et al. 2019): ‖x‖₁/d · sign(x), meant to run with error
     feedback. Payload: the sign bits packed 8 to a byte plus one fp32 scale (zero counts as +)."""
-
-    def __init__(self) -> None:
-        self.scratch = _Scratch()
 
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         scale = (torch.linalg.vector_norm(x, ord=1) / x.numel()).reshape(1)
@@ -305,7 +324,11 @@ class SignSGD(Compressor):
         bits = np.packbits(np.greater_equal(x.detach().numpy(), 0, out=positive))
         return torch.from_numpy(bits), scale
 
-    def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
-        bits, scale = payload
-        out.copy_(torch.from_numpy(np.unpackbits(bits.numpy(), count=out.numel())))
-        out.mul_(2 * scale).sub_(scale)
+    def block_decoder(self, rows: Payload) -> BlockDecoder:
+        bits, scale = rows[0].numpy(), rows[1]
+        double = 2 * scale
+
+        def decode(start: int, stop: int, work: torch.Tensor) -> None:
+            positive = np.unpackbits(bits[:, start // 8:-(-stop // 8)], axis=1, count=stop - start)
+            work.copy_(torch.from_numpy(positive)).mul_(double).sub_(scale)  # the old decoder's steps
+        return decode

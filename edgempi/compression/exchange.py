@@ -43,8 +43,8 @@ class GradientExchange:
 
     Summable payloads (none, fp16, randomk, powersgd) are summed by Allreduce, divided by the
     device count *before* the sum (fp16 cannot overflow); the others (topk, qsgd, signsgd) are
-    gathered by Allgather, and every device decompresses all payloads in rank order and takes
-    the mean, so the result is bitwise identical on every device.
+    gathered by Allgather, and every device decodes all payloads at once (``mean_rows_`` or
+    ``mean_payloads_``) and takes the mean, so the result is bitwise identical on every device.
 
     With ``momentum`` > 0, a sparse compressor and error feedback, the exchange applies DGC's
     momentum correction itself (``owns_momentum`` is then True) and the optimizer must run
@@ -117,11 +117,12 @@ class GradientExchange:
             self._allreduce_sum_(buf.div_(devices), True)
             c.decompress_into(payload, flat)
             return
-        gathered = self.comm.allgather_parts(payload, down_bytes=self.dense_down)
-        flat.zero_()
-        for parts in gathered:
-            c.add_to_(flat, tuple(torch.from_numpy(p) for p in parts))
-        flat.div_(devices)
+        if c.uniform:
+            rows = self.comm.allgather_rows(payload, down_bytes=self.dense_down)
+            c.mean_rows_(flat, tuple(torch.from_numpy(r) for r in rows))
+        else:
+            gathered = self.comm.allgather_parts(payload, down_bytes=self.dense_down)
+            c.mean_payloads_(flat, [tuple(torch.from_numpy(p) for p in parts) for parts in gathered])
 
     def _allreduce_sum_(self, buf: torch.Tensor, first: bool) -> None:
         down = None if self.dense_down is None else (self.dense_down if first else 0)

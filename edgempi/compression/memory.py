@@ -37,8 +37,7 @@ class ErrorFeedback:
         return g.add_(self.residual)
 
     def update_(self, acc: torch.Tensor, compressor: Compressor, sent: Payload) -> None:
-        self.residual.copy_(acc)
-        compressor.add_to_(self.residual, sent, alpha=-1.0)
+        compressor.residual_into(self.residual, acc, sent)
 
 
 class MomentumCorrection:
