@@ -23,6 +23,7 @@ from edgempi.settings import require
 @dataclass
 class ScaffoldSettings(FedAvgSettings):
     compresses = None  # the control variates travel dense
+    batches = False  # each device's gradient is corrected by its own control variate
 
     @property
     def drops_stragglers(self) -> bool:
