@@ -26,7 +26,7 @@ from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 
 LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity)
-GROUP = 64  # devices per batched computation: bounds the activations held at once (~1 MB a LeNet-5 device)
+GROUP = 32  # devices per batched computation: bounds the activations held at once (~1 MB a LeNet-5 device)
 
 
 def model_reason(model: nn.Module) -> str | None:
@@ -155,7 +155,10 @@ class BatchedSteps:
             optimizer.state[param] = state
         optimizer.step()
         param.grad = None
-        for key, value in optimizer.state[param].items():
+        state = optimizer.state.get(param)
+        if not state:  # plain SGD keeps no state: the devices stay "not stepped", as in the loop
+            return
+        for key, value in state.items():
             rows = bank.optimizer_rows.get(key)
             if rows is None:
                 shape = value.shape if value.dim() == 0 else value.shape[1:]
