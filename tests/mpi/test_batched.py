@@ -17,13 +17,10 @@ from helpers import small_config
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Trainer, build
+from test_devices import CLOSE, EXACT, COMMON as DEVICES_COMMON
 
 pytestmark = pytest.mark.mpi(min_size=1)
-EXACT = ("step", "rounds", "bytes_up", "bytes_down", "ctrl_bytes")
-CLOSE = ("train_loss", "test_loss", "test_acc", "sim_s")
-COMMON = ["train.steps=12", "train.log_every=3", "train.eval_every=6", "data.partition=dirichlet",
-          "data.alpha=0.5", "network.preset=4g", "network.spread=0.5", "network.step_ms=20",
-          "parallel.devices_per_rank=3"]
+COMMON = [*DEVICES_COMMON, "parallel.devices_per_rank=3"]
 METHODS = {
     "fedavg_momentum": ["algorithm.name=fedavg", "algorithm.local_steps=3", "train.momentum=0.9"],
     "fedavg_adam_participation": ["algorithm.name=fedavg", "algorithm.local_steps=2", "train.optimizer=adam",
