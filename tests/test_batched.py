@@ -68,3 +68,21 @@ def test_models_the_stack_does_not_know_keep_the_loop():
     assert "Dropout" in batched.model_reason(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
     assert "frozen" in batched.model_reason(nn.Sequential(nn.Linear(2, 2).requires_grad_(False)))
     assert "circular" in batched.model_reason(nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="circular")))
+
+
+@pytest.mark.parametrize("overrides,said", [
+    (MANY, "the 3 devices of each rank take their local steps together, as one batched computation"),
+    ([*MANY, "model.norm=batch"], "the 3 devices of each rank take their local steps one after another "
+                                  "(the model keeps running statistics (BatchNorm) that every step updates)"),
+    ([*MANY, "parallel.devices_per_rank=1"], None),
+])
+def test_the_path_is_said_once(overrides, said, capsys):
+    from types import SimpleNamespace
+
+    from edgempi.runner import say_batching
+
+    cfg = from_dict(small_config(), overrides)
+    reason = batched.why_not(cfg, models.probe(cfg))
+    say_batching(cfg, SimpleNamespace(batched=None if reason else object(), unbatched_because=reason))
+    err = capsys.readouterr().err
+    assert err == ("" if said is None else f"edgempi: {said}\n")
