@@ -28,6 +28,7 @@ from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its o
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+BATCHED = ("auto", "on", "off")
 
 
 @dataclass
@@ -135,7 +136,12 @@ class ParallelConfig:
     grid: list[int] = field(default_factory=lambda: [1, 1])  # spatial: rows × columns of tiles
     layers: int = 1  # spatial: how many leading layers of the model are partitioned
     groups: str | list[list[int]] = "auto"  # spatial: fused layer groups [[first, last], ...] or auto
-    devices_per_rank: int = 1  # virtual devices trained one after another on each rank
+    devices_per_rank: int = 1  # virtual devices on each rank
+    batched: str | bool = "auto"  # auto | on | off: a rank's devices step as one computation (edgempi.batched)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batched, bool):  # YAML reads a bare on / off as true / false
+            self.batched = "on" if self.batched else "off"
 
     def check(self, cfg: "RunConfig") -> None:
         one_of(self.mode, ("data", "spatial"), "parallel.mode")
@@ -153,6 +159,12 @@ class ParallelConfig:
             require(self.mode == "data" and cfg.algorithm.virtual_devices and cfg.compression.name == "none",
                     "parallel.devices_per_rank", "several devices per rank are for data-parallel methods "
                     "(not centralized) without compression or sync_bn")
+        one_of(self.batched, BATCHED, "parallel.batched")
+        if self.batched == "on":  # as FedBN's check: only this setting builds the model to check it
+            from edgempi import batched, models
+
+            reason = batched.why_not(cfg, models.probe(cfg))
+            require(reason is None, "parallel.batched", f"on is not possible here: {reason}")
 
 
 @dataclass

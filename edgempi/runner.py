@@ -204,6 +204,14 @@ def warn_single_device(cfg: RunConfig, world_size: int) -> None:
                    "parallel.devices_per_rank 1); start it under mpiexec -n K or srun for K devices")
 
 
+def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
+    """One line, when a rank holds several devices, on how they train (``parallel.batched``)."""
+    if cfg.parallel.devices_per_rank > 1:
+        how = ("together, as one batched computation" if trainer.batched is not None
+               else f"one after another ({trainer.unbatched_because})")
+        write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
+
+
 def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) -> Outcome:
     """Build, restore, open the file, train; the file's final status is agreed by all ranks."""
     setup, state = _prepare(cfg, comm, path, action)
@@ -219,6 +227,7 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) 
     agree(comm, error)
     if comm.rank == 0:
         warn_single_device(cfg, comm.size)
+        say_batching(cfg, trainer)
     recorder = trainer.recorder
     checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgempi import algorithms, data, models
+from edgempi import algorithms, batched, data, models
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
@@ -198,6 +198,10 @@ class Trainer:
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
         policy = algorithms.policy_class(setup.cfg.algorithm.name)
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
+        # parallel.batched: the devices' steps as one computation, or (None) the loop below, and why
+        hook = policy.before_device_step is not algorithms.Policy.before_device_step
+        self.batched, self.unbatched_because = batched.create(setup.cfg, setup.flat, self.bank, setup.optimizer,
+                                                              setup.clock, hook)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
                                                setup.optimizer, self.bank, setup.group_reduce, setup.clock))
         test = setup.dataset
@@ -260,8 +264,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
         steps_now = not self.policy.exchanges_gradients
-        loss_sum = 0.0
-        for device in bank.each(save_grads=not steps_now):
+        loss_sum = 0.0 if self.batched is None else self.batched.local_steps(self.loaders, step, steps_now)
+        for device in (bank.each(save_grads=not steps_now) if self.batched is None else ()):
             mark = clock.mark()  # spatial/SyncBN talk in forward
             x, y = self.loaders[device].batch(step)
             flat.zero_grad()
@@ -274,7 +278,10 @@ class Trainer:
             clock.add_compute(clock.work_since(mark), device)
         later = np.zeros(bank.count)
         mark = clock.mark()
-        if self.policy.after_backward(step) and not steps_now:
+        applied = self.policy.after_backward(step) and not steps_now
+        if applied and self.batched is not None:
+            later = self.batched.step_all()
+        elif applied:
             for device in bank.each(load_grads=bank.count > 1):
                 started = time.perf_counter()
                 optimizer.step()

@@ -35,6 +35,7 @@ class MethodSettings(Settings):
     compresses: ClassVar[str | None] = None  # what a compressed exchange of this method carries
     spatial: ClassVar[bool] = False  # trains tile groups in spatial mode
     exchanges: ClassVar[bool] = True  # False: one device that never talks (the centralized baseline)
+    batches: ClassVar[bool] = True  # False: a per-device hook (before_device_step), so no batched steps
 
     @classmethod
     def section(cls) -> str:

@@ -34,16 +34,12 @@ def shared_positions(model: nn.Module) -> torch.Tensor:
 
 
 def has_batchnorm(cfg: Any) -> bool:
-    """Does the configured model have a BatchNorm layer? (Built on CPU with the data set's
-    usual input shape: a config check, before any MPI work.)"""
+    """Does the configured model have a BatchNorm layer? (A config check, before any MPI work;
+    a model that cannot be built here is reported by the run's own build.)"""
     from edgempi import models
 
-    shape = {"cifar10": (3, 32)}.get(cfg.data.name, (1, 28 if cfg.data.name != "synthetic" else cfg.data.synthetic_side))
-    try:
-        model = models.create(cfg.model.name, in_channels=shape[0], input_size=shape[1], norm=cfg.model.norm)
-    except (ValueError, RuntimeError):
-        return True  # cannot tell here; the run's own model build reports the problem
-    return any(is_batchnorm(m) for m in model.modules())
+    model = models.probe(cfg)
+    return model is None or any(is_batchnorm(m) for m in model.modules())
 
 
 def average_shared_(average: Callable[[torch.Tensor, np.ndarray | None], int], bank: DeviceBank,

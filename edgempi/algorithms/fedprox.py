@@ -19,6 +19,8 @@ torch = lazy_import("torch")
 class FedProxSettings(FedAvgSettings):
     mu: float = 0.01  # weight of the proximal term (the paper tries 0.001 … 1)
 
+    batches = False  # the proximal term is added to each device's gradient on its own
+
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(self.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg)")

@@ -25,6 +25,7 @@ torch = lazy_import("torch")
 @dataclass
 class ScaffoldSettings(FedAvgSettings):
     compresses = None  # the control variates travel dense
+    batches = False  # each device's gradient is corrected by its own control variate
 
     @property
     def drops_stragglers(self) -> bool:

@@ -1,0 +1,178 @@
+"""The devices of one rank taking their local steps together (``parallel.batched``).
+
+The loop (:class:`edgempi.devices.DeviceBank`) trains a rank's devices one after another; here a
+group of them runs as one computation on their stacked rows: one grouped convolution per
+convolution layer (the devices side by side as channel groups, channels-last), one batched
+matrix product per linear layer, and the configured torch optimizer applied once to the group's
+stacked weights, gradients and optimizer rows. Elementwise updates give each row what the loop
+gives it; forward and backward sum in another order (float rounding only).
+
+``torch.func.vmap`` over ``functional_call`` computes the same, but its convolution rule (grouped,
+channels-first) measured slower on CPU than the loop itself, so the stacked layers are spelled
+out for the layers a plain stack of them uses (``LAYERS``). Anything else keeps the loop:
+:func:`why_not` says why, once, and ``parallel.batched: on`` is refused where it cannot be.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgempi.devices import DeviceBank
+from edgempi.flat import FlatModel
+
+LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity)
+GROUP = 32  # devices per batched computation: bounds the activations held at once (~1 MB a LeNet-5 device)
+
+
+def model_reason(model: nn.Module) -> str | None:
+    """Why ``model``'s devices cannot be stacked (None: they can)."""
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} is not a plain stack of layers"
+    if any(b.is_floating_point() for b in model.buffers()):
+        return "the model keeps running statistics (BatchNorm) that every step updates"
+    if not all(p.requires_grad for p in model.parameters()):
+        return "the model has frozen parameters"
+    for layer in model:
+        if not isinstance(layer, LAYERS):
+            return f"the model has a {type(layer).__name__} layer (batched: {', '.join(c.__name__ for c in LAYERS)})"
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+            return f"a convolution pads with {layer.padding_mode!r}"
+        if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) != (1, -1):
+            return "a Flatten keeps more than the batch dimension"
+    return None
+
+
+def why_not(cfg: Any, model: nn.Module | None) -> str | None:
+    """Why this run's devices train one after another (None: they are batched). ``cfg`` is the
+    whole RunConfig; ``model`` None means the model could not be built to look at."""
+    if cfg.parallel.batched == "off":
+        return "parallel.batched is off"
+    if cfg.parallel.devices_per_rank == 1:
+        return "one device per rank"
+    if not cfg.algorithm.batches:
+        return f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
+    if model is None:
+        return f"model {cfg.model.name!r} could not be built to be checked"
+    return model_reason(model)
+
+
+class Stacked:
+    """The forward pass of a plain stack of layers for D devices at once: images (D, B, C, H, W)
+    and rows (D, P) of parameters in :class:`FlatModel` order → logits (D, B, classes)."""
+
+    def __init__(self, model: nn.Sequential) -> None:
+        self.layers = list(model)
+        self.shapes = [tuple(p.shape) for p in model.parameters()]
+        self.sizes = [p.numel() for p in model.parameters()]
+
+    def __call__(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        devices, batch = images.shape[:2]
+        params = iter(part.reshape(devices, *shape) for part, shape in
+                      zip(torch.split(rows, self.sizes, dim=1), self.shapes))
+        # Feature maps as (B, D·C, H, W): device d's channels are the d-th block of C.
+        x = images.transpose(0, 1).reshape(batch, -1, *images.shape[3:])
+        x = x.contiguous(memory_format=torch.channels_last)
+        for layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                weight, bias = next(params), next(params) if layer.bias is not None else None
+                x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
+                             layer.stride, layer.padding, layer.dilation, devices * layer.groups)
+            elif isinstance(layer, nn.Linear):
+                weight = next(params).transpose(1, 2)
+                x = torch.baddbmm(next(params).unsqueeze(1), x, weight) if layer.bias is not None else x @ weight
+            elif isinstance(layer, nn.Flatten):  # (B, D·C, H, W) → (D, B, C·H·W), each device's in C, H, W order
+                x = x.reshape(batch, devices, -1).transpose(0, 1)
+            elif isinstance(layer, nn.MaxPool2d):
+                x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+            elif isinstance(layer, nn.ReLU):
+                x = F.relu(x)
+        return x
+
+    def losses(self, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each device's mean cross-entropy over its batch, (D,)."""
+        logits = self(rows, images)
+        per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+        return per_sample.view(labels.shape).mean(1)
+
+
+class BatchedSteps:
+    """A rank's devices' local steps in groups of ``GROUP``: what the loop of
+    :meth:`edgempi.train.Trainer.train_step` does device by device, with the same batches,
+    optimizer rows (:class:`DeviceBank`'s, so checkpoints are the loop's) and clock entries
+    (each device of a group is given an equal share of the group's time)."""
+
+    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, clock: Any,
+                 group: int = GROUP) -> None:
+        self.stacked = Stacked(flat.model)  # type: ignore[arg-type]
+        self.bank, self.optimizer, self.clock, self.group = bank, optimizer, clock, group
+
+    def local_steps(self, loaders: Sequence[Any], step: int, steps_now: bool) -> float:
+        """Forward and backward of every device; its optimizer step too if ``steps_now``, else
+        its gradient is left in ``bank.grads`` for the exchange. Returns the sum of the losses."""
+        loss_sum = 0.0
+        for first in range(0, self.bank.count, self.group):
+            devices = slice(first, min(first + self.group, self.bank.count))
+            mark = self.clock.mark()
+            images, labels = map(torch.stack, zip(*(loaders[d].batch(step) for d in range(devices.start, devices.stop))))
+            rows = self.bank.params[devices].detach().requires_grad_()
+            losses = self.stacked.losses(rows, images, labels)
+            (grads,) = torch.autograd.grad(losses.sum(), rows)
+            if steps_now:
+                self.optimize(devices, grads)
+            else:
+                self.bank.grads[devices].copy_(grads)
+            loss_sum = sum(losses.tolist(), loss_sum)  # in device order, as the loop adds them
+            share = self.clock.work_since(mark) / (devices.stop - devices.start)
+            for device in range(devices.start, devices.stop):
+                self.clock.add_compute(share, device)
+        return loss_sum
+
+    def step_all(self) -> np.ndarray:
+        """Every device's optimizer step with its (exchanged) gradient in ``bank.grads``;
+        returns each device's share of the seconds it took."""
+        started = time.perf_counter()
+        self.optimize(slice(0, self.bank.count), self.bank.grads)
+        return np.full(self.bank.count, (time.perf_counter() - started) / self.bank.count)
+
+    def optimize(self, devices: slice, grads: torch.Tensor) -> None:
+        """One step of the configured optimizer (class and current settings) on the stacked
+        rows of ``devices``, with their optimizer state as views of the bank's rows."""
+        bank, settings = self.bank, dict(self.optimizer.param_groups[0])
+        del settings["params"]
+        param = bank.params[devices]
+        param.grad = grads
+        optimizer = type(self.optimizer)([param], **settings)
+        stepped = bank.stepped[devices]
+        if stepped.all():  # the devices of a group always step together: all or none have state
+            state = {key: rows[devices] for key, rows in bank.optimizer_rows.items()}
+            if "step" in state:  # Adam's step count, one number for the group (they step together)
+                state["step"] = state["step"][0].clone()
+            optimizer.state[param] = state
+        optimizer.step()
+        param.grad = None
+        state = optimizer.state.get(param)
+        if not state:  # plain SGD keeps no state: the devices stay "not stepped", as in the loop
+            return
+        for key, value in state.items():
+            rows = bank.optimizer_rows.get(key)
+            if rows is None:
+                shape = value.shape if value.dim() == 0 else value.shape[1:]
+                rows = bank.optimizer_rows[key] = torch.zeros(bank.count, *shape, dtype=value.dtype)
+            if value.dim() == 0 or value.data_ptr() != rows[devices].data_ptr():
+                rows[devices].copy_(value)
+        bank.stepped[devices] = True
+
+
+def create(cfg: Any, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, clock: Any,
+           per_device_hook: bool) -> tuple[BatchedSteps | None, str | None]:
+    """The batched steps of this run, or None and why the loop trains its devices
+    (``per_device_hook``: the method's policy overrides ``before_device_step``)."""
+    reason = why_not(cfg, flat.model) if bank.count > 1 else "one device per rank"
+    if reason is None and per_device_hook:
+        reason = f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
+    return (None, reason) if reason else (BatchedSteps(flat, bank, optimizer, clock), None)

@@ -1,0 +1,88 @@
+"""``parallel.batched``: which runs can batch their devices' steps, the one-line refusals of
+``on``, and the stacked forward pass against each device's own (the collective comparisons of
+whole runs are in tests/mpi/test_batched.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import small_config
+from edgempi import batched, models
+from edgempi.config import from_dict
+from edgempi.settings import ConfigError
+
+MANY = ["parallel.devices_per_rank=3", "algorithm.name=fedavg", "algorithm.local_steps=2"]
+
+
+@pytest.mark.parametrize("overrides,why", [
+    (["parallel.devices_per_rank=1"], "one device per rank"),
+    ([*MANY, "algorithm.name=fedprox"], "fedprox changes each device's gradient"),
+    ([*MANY, "algorithm.name=scaffold"], "scaffold changes each device's gradient"),
+    ([*MANY, "model.norm=batch"], "running statistics (BatchNorm)"),
+    ([*MANY, "model.norm=group"], "GroupNorm layer"),
+    ([*MANY, "model.name=fda_cnn"], "Dropout layer"),
+    ([*MANY, "model.name=resnet18"], "not a plain stack"),
+])
+def test_on_is_refused_in_one_line_where_the_loop_must_train(overrides, why):
+    with pytest.raises(ConfigError) as err:
+        from_dict(small_config(), [*overrides, "parallel.batched=on"])
+    assert err.value.key == "parallel.batched" and why in str(err.value) and "\n" not in str(err.value)
+    assert from_dict(small_config(), overrides).parallel.batched == "auto"  # auto falls back instead
+
+
+@pytest.mark.parametrize("value,read", [("on", "on"), ("off", "off"), ("auto", "auto"), ("true", "on")])
+def test_yaml_on_and_off_read_as_the_words(value, read):
+    assert from_dict(small_config(), [*MANY, f"parallel.batched={value}"]).parallel.batched == read
+
+
+def test_an_unknown_value_is_refused():
+    with pytest.raises(ConfigError, match="parallel.batched: unknown value 'sometimes'"):
+        from_dict(small_config(), [*MANY, "parallel.batched=sometimes"])
+
+
+@pytest.mark.parametrize("name,size", [("lenet5", 28), ("lenet5", 32), ("mlp", 12)])
+def test_the_stacked_forward_is_each_devices_own(name, size):
+    """Logits and each device's loss gradient of the stacked pass equal the model's, device by device."""
+    torch.manual_seed(0)
+    model = models.create(name, in_channels=3 if size == 32 else 1, input_size=size)
+    assert batched.model_reason(model) is None
+    rows = torch.stack([torch.cat([p.detach().flatten() for p in models.create(name, in_channels=3 if size == 32 else 1,
+                                                                               input_size=size).parameters()])
+                        for _ in range(4)])
+    images, labels = torch.randn(4, 5, 3 if size == 32 else 1, size, size), torch.randint(0, 10, (4, 5))
+    stacked = batched.Stacked(model)
+    leaf = rows.clone().requires_grad_()
+    (grads,) = torch.autograd.grad(stacked.losses(leaf, images, labels).sum(), leaf)
+    for d in range(4):
+        torch.nn.utils.vector_to_parameters(rows[d], model.parameters())
+        model.zero_grad()
+        logits = model(images[d])
+        F.cross_entropy(logits, labels[d]).backward()
+        assert torch.allclose(stacked(rows, images)[d], logits, atol=1e-5)
+        assert torch.allclose(grads[d], torch.cat([p.grad.flatten() for p in model.parameters()]), atol=1e-6)
+
+
+def test_models_the_stack_does_not_know_keep_the_loop():
+    assert "Dropout" in batched.model_reason(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
+    assert "frozen" in batched.model_reason(nn.Sequential(nn.Linear(2, 2).requires_grad_(False)))
+    assert "circular" in batched.model_reason(nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="circular")))
+
+
+@pytest.mark.parametrize("overrides,said", [
+    (MANY, "the 3 devices of each rank take their local steps together, as one batched computation"),
+    ([*MANY, "model.norm=batch"], "the 3 devices of each rank take their local steps one after another "
+                                  "(the model keeps running statistics (BatchNorm) that every step updates)"),
+    ([*MANY, "parallel.devices_per_rank=1"], None),
+])
+def test_the_path_is_said_once(overrides, said, capsys):
+    from types import SimpleNamespace
+
+    from edgempi.runner import say_batching
+
+    cfg = from_dict(small_config(), overrides)
+    reason = batched.why_not(cfg, models.probe(cfg))
+    say_batching(cfg, SimpleNamespace(batched=None if reason else object(), unbatched_because=reason))
+    err = capsys.readouterr().err
+    assert err == ("" if said is None else f"edgempi: {said}\n")
