@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -30,6 +31,7 @@ def server_app(devices: int, rounds: int, out: Path) -> ServerApp:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        torch.set_num_threads(1)  # beside the two actors on two cores, as each edgempi rank has one
         work = Workload(devices, rounds)
         model = work.initial_model()
         ended: list[float] = []

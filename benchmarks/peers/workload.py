@@ -37,6 +37,11 @@ def overrides(devices: int, rounds: int, ranks: int = RANKS) -> list[str]:
             f"train.log_every={local}", f"train.eval_every={rounds * local}"]
 
 
+def workload_config(devices: int, rounds: int) -> RunConfig:
+    """The config both engines run, as edgempi reads it from :func:`edgempi_command`."""
+    return config.load(CONFIG, overrides(devices, rounds))
+
+
 def edgempi_command(devices: int, rounds: int, out: Path, mpiexec: str = "mpiexec") -> list[str]:
     """The command line of edgempi's side: ``mpiexec -n 2 python -m edgempi run ...``."""
     sets = [arg for value in overrides(devices, rounds) for arg in ("--set", value)]
@@ -52,7 +57,7 @@ class Workload:
     """
 
     def __init__(self, devices: int, rounds: int, dataset: Dataset | None = None) -> None:
-        self.cfg: RunConfig = config.load(CONFIG, overrides(devices, rounds))
+        self.cfg = workload_config(devices, rounds)
         self.dataset = dataset or load_dataset(self.cfg)
         self.seeds = Seeds.from_seed(self.cfg.seed, devices)
         self.parts = make_partition(self.cfg, self.dataset, self.seeds)
