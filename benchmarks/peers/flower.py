@@ -1,0 +1,183 @@
+"""edgempi beside Flower: the same FedAvg workload on both, alternating, measured alike.
+
+    python benchmarks/peers/flower.py --devices 10 100 1000 --rounds 3 --repeats 3
+
+Each run is a fresh command in its own session: edgempi's public CLI under ``mpiexec -n 2``
+(``parallel.devices_per_rank`` = devices / 2), and Flower's ``run_simulation`` (Ray, one actor
+per core) through ``flower_app.py``. The two alternate, the first engine changing with each
+repeat. For each run:
+
+- start-up: from launching the command to the end of round 1, less one steady-state round, so
+  it holds everything that is not training (interpreter, imports, MPI or Ray, data,
+  partition, model, the evaluation before round 1, and whatever round 1 spends warming up);
+- seconds per round: the median over rounds 2 … R of the time between round ends;
+- peak memory: the largest sum over all processes of the run's session (mpiexec, its proxy
+  and ranks; Flower's driver, Ray's daemons and actors), as resident set (RSS, counting shared
+  libraries once per process) and as proportional set (PSS, shared pages split), sampled every
+  0.25 s from /proc;
+- the final test accuracy, which must agree between the engines.
+
+Prints one JSON line per run as it ends, then a Markdown table of medians over the repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from edgempi.config import ConfigError  # noqa: E402
+from edgempi.record import open_for_reading  # noqa: E402
+from runs import Run, launch  # noqa: E402
+from workload import edgempi_command, overrides  # noqa: E402
+
+ENGINES = ("edgempi", "flower")
+SAME_ACCURACY = 0.005  # 50 test images of 10,000: float sums in another order, nothing more
+
+
+def flower_command(devices: int, rounds: int, out: Path) -> list[str]:
+    return [sys.executable, str(HERE / "flower_app.py"), "--devices", str(devices), "--rounds", str(rounds),
+            "--out", str(out)]
+
+
+def run_edgempi(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Run:
+    """edgempi's round ends in wall-clock time: its progress line after the evaluation before
+    round 1 fixes when that evaluation ended; the /steps rows (one per round) follow from there."""
+    argv = edgempi_command(devices, rounds, work, mpiexec=shutil.which("mpiexec") or "mpiexec")
+    launched, ended, lines, memory = launch(argv, env, work / f"edgempi-{devices}.log")
+    first = next((t for t, text in lines if "edgempi: step 0/" in text), None)
+    if first is None:
+        raise RuntimeError(f"edgempi printed no evaluation before round 1; see {work / f'edgempi-{devices}.log'}")
+    with open_for_reading(work / f"peers-{devices}.h5") as f:
+        began = first - float(f["evals"]["wall_s"][0])
+        round_ends = [began + float(w) for w in f["steps"]["wall_s"][()]]
+        accuracy = float(f["evals"]["test_acc"][-1])
+    return Run("edgempi", devices, launched, round_ends, ended, accuracy, *memory)
+
+
+def run_flower(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Run:
+    out = work / f"flower-{devices}.json"
+    out.unlink(missing_ok=True)
+    launched, ended, _, memory = launch(flower_command(devices, rounds, out), env, work / f"flower-{devices}.log")
+    if not out.exists():
+        raise RuntimeError(f"Flower wrote no result; see {work / f'flower-{devices}.log'}")
+    result = json.loads(out.read_text())
+    return Run("flower", devices, launched, result["round_ends"], ended, result["accuracy"], *memory)
+
+
+RUNNERS = {"edgempi": run_edgempi, "flower": run_flower}
+
+
+def measure(args: argparse.Namespace, work: Path) -> list[Run]:
+    """Every device count, ``repeats`` times each engine, alternating which goes first."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
+           "RAY_TMPDIR": str(work)}
+    runs = []
+    for devices in args.devices:
+        for repeat in range(args.repeats):
+            order = args.engines if repeat % 2 == 0 else args.engines[::-1]
+            for engine in order:
+                run = RUNNERS[engine](devices, args.rounds, work, env)
+                print(json.dumps({**run.summary(), "repeat": repeat}), flush=True)
+                runs.append(run)
+    return runs
+
+
+def median_of(runs: list[Run], engine: str, devices: int, key: str) -> float:
+    return statistics.median(r.summary()[key] for r in runs if r.engine == engine and r.devices == devices)
+
+
+def table(runs: list[Run], devices: list[int]) -> str:
+    """Medians over the repeats; ratios are Flower's figure over edgempi's."""
+    lines = ["| devices | start-up s: edgempi / Flower (ratio) | s per round: edgempi / Flower (ratio) "
+             "| peak RSS GB: edgempi / Flower | peak PSS GB: edgempi / Flower | accuracy: edgempi / Flower "
+             "| load (1 min) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k in devices:
+        m = {(e, key): median_of(runs, e, k, key) for e in ENGINES
+             for key in ("startup_s", "s_per_round", "peak_rss_gb", "peak_pss_gb", "accuracy")}
+        loads = [r.load for r in runs if r.devices == k]
+        lines.append(
+            f"| {k:,} | {m['edgempi', 'startup_s']:.1f} / {m['flower', 'startup_s']:.1f} "
+            f"({m['flower', 'startup_s'] / m['edgempi', 'startup_s']:.1f}×) "
+            f"| {m['edgempi', 's_per_round']:.3g} / {m['flower', 's_per_round']:.3g} "
+            f"({m['flower', 's_per_round'] / m['edgempi', 's_per_round']:.1f}×) "
+            f"| {m['edgempi', 'peak_rss_gb']:.2f} / {m['flower', 'peak_rss_gb']:.2f} "
+            f"| {m['edgempi', 'peak_pss_gb']:.2f} / {m['flower', 'peak_pss_gb']:.2f} "
+            f"| {m['edgempi', 'accuracy']:.2%} / {m['flower', 'accuracy']:.2%} "
+            f"| {min(loads):.1f}–{max(loads):.1f} |")
+    return "\n".join(lines)
+
+
+def disagreements(runs: list[Run]) -> list[str]:
+    """Runs of the same devices whose accuracies differ by more than float noise."""
+    out = []
+    for k in sorted({r.devices for r in runs}):
+        accs = {r.accuracy for r in runs if r.devices == k}
+        if max(accs) - min(accs) > SAME_ACCURACY:
+            out.append(f"{k} devices: accuracies {sorted(accs)} differ by more than {SAME_ACCURACY:.1%}")
+    return out
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad input is one line and exit 2, without the usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 2: round 1 holds the warm-up)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--dry-run", action="store_true", help="print the commands and the workload, run nothing")
+    args = p.parse_args(argv)
+    try:
+        for devices in args.devices:
+            overrides(devices, args.rounds)
+    except ConfigError as exc:
+        p.error(str(exc))
+    if args.rounds < 2 or args.repeats < 1:
+        p.error("--rounds must be >= 2 and --repeats >= 1")
+    if "flower" in args.engines and not args.dry_run and importlib.util.find_spec("flwr") is None:
+        p.error("Flower is not installed: pip install -e '.[peers]' (or measure edgempi alone: --engines edgempi)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.dry_run:
+        for devices in args.devices:
+            print(" ".join(edgempi_command(devices, args.rounds, Path("OUT"), "mpiexec")))
+            print(" ".join(flower_command(devices, args.rounds, Path("OUT") / f"flower-{devices}.json")))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="peers-"))
+    try:
+        runs = measure(args, work)
+    except RuntimeError as exc:
+        print(f"flower.py: {exc}", file=sys.stderr)  # the logs stay for reading
+        return 1
+    if set(args.engines) == set(ENGINES):
+        print(table(runs, args.devices))
+    problems = disagreements(runs)
+    for line in problems:
+        print(f"flower.py: {line}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Flower's side of ``flower.py``: the workload as a ServerApp and a ClientApp on Flower's
+simulation engine (``run_simulation``, Ray backend), one actor per core.
+
+    python benchmarks/peers/flower_app.py --devices 100 --rounds 3 --out result.json
+
+Writes the wall-clock time (``time.time()``) at which each round ended and the final test
+accuracy. The server's FedAvg weights each reply by its examples (all equal here: every device
+trains ``local_steps`` full batches), so it is edgempi's plain mean. Flower's federated
+evaluation is off (``fraction_evaluate=0``); the server evaluates the global model on the whole
+test set before the first round and after the last, as edgempi does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+
+from flower_client import client
+from workload import RANKS, Workload
+
+
+def server_app(devices: int, rounds: int, out: Path) -> ServerApp:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.set_num_threads(1)  # beside the two actors on two cores, as each edgempi rank has one
+        work = Workload(devices, rounds)
+        model = work.initial_model()
+        ended: list[float] = []
+        accuracy: dict[int, float] = {}
+
+        def evaluate(round_index: int, arrays: ArrayRecord) -> MetricRecord | None:
+            ended.append(time.time())  # called before round 1 and after every round
+            if round_index not in (0, rounds):
+                return None
+            model.load_state_dict(arrays.to_torch_state_dict())
+            accuracy[round_index] = work.accuracy(model)
+            return MetricRecord({"accuracy": accuracy[round_index]})
+
+        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=devices,
+                          min_available_nodes=devices)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
+                       train_config=ConfigRecord({"rounds": rounds}), evaluate_fn=evaluate)
+        out.write_text(json.dumps({"round_ends": ended[1:], "accuracy": accuracy[rounds]}))
+
+    return server
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": RANKS}}
+    run_simulation(server_app(args.devices, args.rounds, args.out), client, num_supernodes=args.devices,
+                   backend_config=backend)
+
+
+if __name__ == "__main__":
+    main()

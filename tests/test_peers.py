@@ -1,0 +1,140 @@
+"""benchmarks/peers: edgempi and Flower run one workload. Without Flower: the edgempi command
+is that workload, and the Flower client's training (edgempi's shards, batches, model and start,
+averaged as Flower's FedAvg does) ends where edgempi's FedAvg ends. With Flower (the ``peers``
+extra): a whole small comparison agrees on the accuracy."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgempi import config
+from edgempi.comm import self_comm
+from edgempi.train import build, load_dataset, train
+from helpers import FASHION, ROOT
+
+PEERS = ROOT / "benchmarks" / "peers"
+sys.path.insert(0, str(PEERS))
+
+import runs  # noqa: E402
+from workload import CONFIG, RANKS, Workload, edgempi_command, overrides, workload_config  # noqa: E402
+
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+
+
+def command_config(argv: list[str]) -> config.RunConfig:
+    """The config ``edgempi run CONFIG --set ...`` in ``argv`` reads."""
+    run = argv.index("run")
+    sets = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    return config.load(argv[run + 1], sets)
+
+
+@pytest.mark.parametrize("devices", [10, 100, 1000])
+def test_edgempi_command_runs_the_workload_flower_is_given(devices, tmp_path):
+    argv = edgempi_command(devices, 3, tmp_path, mpiexec="mpiexec")
+    assert argv[:3] == ["mpiexec", "-n", str(RANKS)] and argv[3:6] == [sys.executable, "-m", "edgempi"]
+    ours = command_config(argv)
+    assert ours.output.name == f"peers-{devices}"
+    ours.output = workload_config(devices, 3).output
+    assert ours == workload_config(devices, 3)
+    d, t, a = ours.data, ours.train, ours.algorithm
+    assert (d.name, d.partition, ours.model.name, ours.seed) == ("fashion-mnist", "iid", "lenet5", 0)
+    assert (t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.warmup_steps) == \
+        (32, "sgd", 0.05, 0.0, 0.0, "constant", 0)
+    assert (a.name, a.local_steps, a.participation, a.dropout) == ("fedavg", 10, 1.0, 0.0)
+    assert ours.parallel.devices_per_rank * RANKS == devices and t.steps == 30 and t.log_every == 10
+
+
+def test_a_device_count_the_ranks_do_not_divide_is_refused():
+    with pytest.raises(config.ConfigError, match="7 devices"):
+        overrides(7, 3)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as each rank and each Flower actor has (two threads on a loaded
+    2-core machine make LeNet-5's step about 20 times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@needs_fashion
+def test_flower_clients_averaged_end_where_edgempi_fedavg_ends(one_thread):
+    """Two devices, two rounds: what the Flower client computes per device, averaged with
+    equal weights (every reply counts the same examples), equals edgempi's run in this process."""
+    cfg = config.load(CONFIG, overrides(2, 2, ranks=1))  # both devices on this one rank
+    dataset = load_dataset(cfg)
+    setup = build(cfg, self_comm(), dataset)
+    outcome = train(setup, self_comm())
+    work = Workload(2, 2, dataset)
+    assert work.cfg.train == cfg.train and work.cfg.algorithm == cfg.algorithm
+    model = work.initial_model()
+    for round_index in (1, 2):
+        states = []
+        for device in (0, 1):
+            local = work.initial_model()
+            local.load_state_dict(model.state_dict())
+            work.fit(local, device, round_index)
+            states.append(local.state_dict())
+        model.load_state_dict({k: (states[0][k] + states[1][k]) / 2 for k in states[0]})
+    ours = torch.cat([p.detach().flatten() for p in model.parameters()])
+    theirs = outcome.storage[0, :ours.numel()]
+    assert not torch.equal(ours, torch.cat([p.detach().flatten() for p in work.initial_model().parameters()]))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert work.accuracy(model) == pytest.approx(outcome.evals[-1]["test_acc"], abs=1e-4)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_measured_command_leaves_nothing_running(tmp_path, monkeypatch):
+    """A child that outlives the command (as Ray's actors do) is counted, then ended."""
+    monkeypatch.setattr(runs, "GRACE_S", 0.5)
+    script = "import subprocess; print(subprocess.Popen(['sleep', '60']).pid, flush=True)"
+    started = time.monotonic()
+    launched, ended, lines, (rss, pss, _) = runs.launch([sys.executable, "-c", script], {}, tmp_path / "log")
+    orphan = int(lines[0][1])
+    assert ended >= launched and time.monotonic() - started < 30
+    assert rss >= pss > 0
+    assert not alive(orphan)
+
+
+def peers_main(*args: str) -> int:
+    """``flower.py ARGS`` in this process (it needs no Flower for a dry run or a refusal)."""
+    spec = importlib.util.spec_from_file_location("peers_flower", PEERS / "flower.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.main(list(args))
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_dry_run_prints_both_commands_and_bad_input_is_one_line(capsys):
+    assert peers_main("--devices", "10", "1000", "--rounds", "3", "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and "parallel.devices_per_rank=500" in lines[2] and "flower_app.py" in lines[3]
+    for bad in (["--devices", "7"], ["--rounds", "1"], ["--devices", "x"]):
+        assert peers_main(*bad) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "error" in err, err
+
+
+@needs_fashion
+@pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="Flower is not installed (extra: peers)")
+def test_flower_and_edgempi_reach_the_same_accuracy():
+    proc = subprocess.run([sys.executable, str(PEERS / "flower.py"), "--devices", "2", "--rounds", "2", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| 2 |" in proc.stdout
