@@ -1,6 +1,6 @@
 """``parallel.batched``: which runs can batch their devices' steps, the one-line refusals of
 ``on``, and the stacked forward pass against each device's own (the collective comparisons of
-whole runs are in tests/mpi/test_batched.py)."""
+whole runs are in tests/mpi/test_batched_runs.py)."""
 from __future__ import annotations
 
 import pytest
