@@ -17,7 +17,7 @@ from helpers import small_config
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Trainer, build
-from test_devices import CLOSE, EXACT, COMMON as DEVICES_COMMON
+from test_devices import COMMON as DEVICES_COMMON, assert_same_rows
 
 pytestmark = pytest.mark.mpi(min_size=1)
 COMMON = [*DEVICES_COMMON, "parallel.devices_per_rank=3"]
@@ -65,13 +65,7 @@ def assert_same_run(loop: Trainer, batch: Trainer, outcome_loop, outcome_batch) 
     for key, rows in loop.bank.optimizer_rows.items():
         assert relative(rows, batch.bank.optimizer_rows[key]) < 5e-3, key
     assert (loop.bank.stepped == batch.bank.stepped).all()
-    assert [s["step"] for s in outcome_loop.syncs] == [s["step"] for s in outcome_batch.syncs]
-    assert [pytest.approx(s, rel=1e-5) for s in outcome_batch.syncs] == outcome_loop.syncs
-    for table in ("steps", "evals"):
-        for mine, theirs in zip(getattr(outcome_batch, table), getattr(outcome_loop, table), strict=True):
-            assert all(mine[k] == theirs[k] for k in EXACT if k in mine), (table, mine, theirs)
-            assert all(mine[k] == pytest.approx(theirs[k], rel=1e-5, abs=1e-6) for k in CLOSE if k in mine), \
-                (table, mine, theirs)
+    assert_same_rows(outcome_batch, outcome_loop, syncs_rel=1e-5, rel=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS, ids=str)

@@ -67,13 +67,7 @@ def test_devices_per_rank_equal_as_many_ranks(method):
         # Sums in another order: 1e-7 differences, grown by training to at most 7e-5 (fda_cnn);
         # a device with another's optimizer state or random stream is off by more than 2e-3.
         assert torch.allclose(weights, ranks_w, rtol=1e-4, atol=2e-4), float((weights - ranks_w).abs().max())
-        assert [s["step"] for s in other.syncs] == [s["step"] for s in ranks.syncs]
-        assert [pytest.approx(s, rel=1e-6) for s in other.syncs] == ranks.syncs
-        for table in ("steps", "evals"):
-            for mine, theirs in zip(getattr(other, table), getattr(ranks, table), strict=True):
-                assert all(mine[k] == theirs[k] for k in EXACT if k in mine), (table, mine, theirs)
-                assert all(mine[k] == pytest.approx(theirs[k], rel=1e-4, abs=1e-6) for k in CLOSE if k in mine), \
-                    (table, mine, theirs)
+        assert_same_rows(other, ranks, syncs_rel=1e-6, rel=1e-4)
     assert ranks.steps[-1]["bytes_up"] > 0
 
 
@@ -159,3 +153,14 @@ def test_a_round_nobody_makes_changes_nothing_but_the_clock(method):
     rounds = 6 if large_batch else 3
     assert outcome.steps[-1]["sim_s"] == pytest.approx(rounds * 0.01, rel=1e-9)
     assert all(s["participants"] == 0 for s in outcome.syncs)
+
+
+def assert_same_rows(mine_run, their_run, syncs_rel: float, rel: float) -> None:
+    """Two runs' /syncs, /steps and /evals rows: counters exact, measured values to ``rel``."""
+    assert [s["step"] for s in mine_run.syncs] == [s["step"] for s in their_run.syncs]
+    assert [pytest.approx(s, rel=syncs_rel) for s in mine_run.syncs] == their_run.syncs
+    for table in ("steps", "evals"):
+        for mine, theirs in zip(getattr(mine_run, table), getattr(their_run, table), strict=True):
+            assert all(mine[k] == theirs[k] for k in EXACT if k in mine), (table, mine, theirs)
+            assert all(mine[k] == pytest.approx(theirs[k], rel=rel, abs=1e-6) for k in CLOSE if k in mine), \
+                (table, mine, theirs)
