@@ -1,5 +1,5 @@
 """The decoders and encoders of qsgd and signsgd as they were before the blockwise rewrite
-(one device at a time, whole-vector passes), kept verbatim as the reference that the tests
+(one device at a time, whole-vector passes), kept verbatim (apart from the shared bucketing) as the reference that the tests
 compare the new path with. Not registered: the tests build them directly."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from edgempi.compression.base import Compressor, Payload
 from edgempi.compression.blockwise import Scratch as _Scratch
-from edgempi.compression.compressors import TopK
+from edgempi.compression.compressors import QSGD, TopK
 
 
 class OldTopK(TopK):
@@ -34,15 +34,7 @@ class OldQSGD(Compressor):
         self.gen = torch.Generator().manual_seed(seed)
         self.scratch = _Scratch()
 
-    def _buckets(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as rows of one bucket each, the last zero-padded (in a kept buffer) if short."""
-        padded = math.ceil(x.numel() / self.bucket_size) * self.bucket_size
-        if padded != x.numel():
-            buf = self.scratch.get("padded", padded)
-            buf[:x.numel()].copy_(x)
-            buf[x.numel():].zero_()
-            x = buf
-        return x.view(-1, self.bucket_size)
+    _buckets = QSGD._buckets  # unchanged by the rewrite: the bucketing is not what is tested
 
     def _codes(self, numel: int) -> torch.Tensor:
         """A kept uint8 buffer of whole bytes' worth of codes, viewed one packed byte per row."""
