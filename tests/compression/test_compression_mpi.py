@@ -138,4 +138,5 @@ def test_half_precision_sum_adds_in_float32_and_agrees_bitwise(numel: int) -> No
     expected = torch.stack(values).double().sum(0).half()
     assert bitwise_equal(everyone)
     assert torch.allclose(buf.float(), expected.float(), rtol=1e-3, atol=1e-3)
+    assert torch.equal(buf, torch.stack(values).float().sum(0).half())  # float32 adds in rank order, rounded once
     assert comm.ledger.bytes_up == comm.ledger.bytes_down == 2 * numel

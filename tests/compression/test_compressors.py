@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgempi.comm import self_comm
-from edgempi.compression import (ErrorFeedback, GradientExchange, MomentumCorrection, build_compressor,
+from edgempi.compression import (Compressor, ErrorFeedback, GradientExchange, MomentumCorrection, build_compressor,
                                  create, payload_bytes, validate)
 
 SHAPES = [(8, 5), (6, 3, 2, 2), (7,), (4, 9)]
@@ -27,6 +27,16 @@ def test_none_and_fp16_roundtrip() -> None:
     x = vector(1000)
     assert torch.equal(roundtrip("none", x), x)
     assert torch.equal(roundtrip("fp16", x), x.half().float())
+
+
+def test_fp16_residual_is_the_base_classes() -> None:
+    """fp16's own residual (a float copy, then a subtraction) gives the base's values bit for bit."""
+    comp, acc = create("fp16"), vector(100_003, seed=5) * 1e3
+    payload = comp.compress(acc)
+    ours, base = torch.empty_like(acc), torch.empty_like(acc)
+    comp.residual_into(ours, acc, payload)
+    Compressor.residual_into(comp, base, acc, payload)
+    assert torch.equal(ours, base) and ours.abs().max() > 0
 
 
 def test_topk_at_full_density_equals_none() -> None:
