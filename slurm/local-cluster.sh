@@ -5,7 +5,8 @@
 #   slurm/local-cluster.sh status   daemons, node state and queue; exit 0 if up, 1 if not
 #   slurm/local-cluster.sh down     cancel its jobs and stop the daemons it started
 #
-# Everything lives in one scratch folder, ${EDGEMPI_SLURM_DIR:-/tmp/edgempi-slurm}: config,
+# Everything lives in one scratch folder, ${EDGEMPI_SLURM_DIR:-/tmp/edgempi-slurm} (any path,
+# spaces included): config,
 # state, spool, logs and pid files. Nothing in /etc changes. Only daemons whose pid files are
 # in that folder (and whose command line names its slurm.conf, or is already gone as it exits)
 # are ever signalled.
@@ -23,6 +24,15 @@
 set -euo pipefail
 
 DIR=${EDGEMPI_SLURM_DIR:-/tmp/edgempi-slurm}
+# Slurm's config files end a value at a space, so a folder whose path has one is reached through
+# a space-free symbolic link in /tmp, named by the folder's checksum (the same link every call).
+if [[ $DIR == *[[:space:]]* ]]; then
+    real=$(realpath -m -- "$DIR")
+    mkdir -p -- "$real"
+    link=/tmp/edgempi-slurm-$(printf %s "$real" | cksum | cut -d' ' -f1)
+    ln -sfn -- "$real" "$link"
+    DIR=$link
+fi
 PORT=${EDGEMPI_SLURM_PORT:-6817}
 CPUS=${EDGEMPI_SLURM_CPUS:-16}
 TIMEOUT=${EDGEMPI_SLURM_TIMEOUT:-60}

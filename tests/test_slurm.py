@@ -128,7 +128,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    c = Cluster(tmp_path / "slurm")
+    c = Cluster(tmp_path / "slurm state")  # a space in the path: Slurm's config files split values there
     try:
         yield c
     finally:
@@ -144,7 +144,7 @@ def test_up_job_status_down_up_again(cluster: Cluster, tmp_path: Path) -> None:
 
     status = cluster.script("status")
     assert status.returncode == 0 and "slurmctld: running" in status.stdout and "idle" in status.stdout
-    pids = [int((tmp_path / "slurm" / "run" / f"{d}.pid").read_text()) for d in ("slurmctld", "slurmd")]
+    pids = [int((tmp_path / "slurm state" / "run" / f"{d}.pid").read_text()) for d in ("slurmctld", "slurmd")]
     assert cluster.script("down").returncode == 0
     assert cluster.script("status").returncode == 1
     for pid in pids:  # gone, or a zombie nobody reaps: not running either way
