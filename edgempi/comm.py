@@ -169,7 +169,6 @@ class Comm:
         """
         start = time.perf_counter()
         arr = numpy_view(buf)
-        self._arrive()
         if arr.dtype == np.float16:
             self._sum_half_(arr)
         else:
@@ -214,7 +213,6 @@ class Comm:
         start = time.perf_counter()
         arrays = [numpy_view(p) if isinstance(p, torch.Tensor) else np.ascontiguousarray(p) for p in parts]
         data = np.concatenate([a.view(np.uint8).ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
-        self._arrive()
         part_sizes = np.array(self.mpi.allgather([a.nbytes for a in arrays]), dtype=np.int64)
         sizes = part_sizes.sum(axis=1)
         out = np.empty(int(sizes.sum()), dtype=np.uint8)
@@ -239,7 +237,6 @@ class Comm:
         arrays = [numpy_view(p).view(np.uint8).ravel() for p in parts]
         data = np.concatenate(arrays)
         out = numpy_view(self._work("rows", self.size * data.nbytes, torch.uint8)).reshape(self.size, -1)
-        self._arrive()
         self.mpi.Allgather(data, out)
         rows, offset = [], 0
         for part, a in zip(parts, arrays):
@@ -357,16 +354,6 @@ class Comm:
         request = self.mpi.Ibarrier()
         while not request.Test():
             time.sleep(poll_s)
-
-    def _arrive(self) -> None:
-        """Wait, yielding the core, until every rank has reached the collective that follows.
-        MPI's blocking collectives spin while they wait: with more ranks than cores, the first to
-        arrive takes the core from a rank still encoding its payload (qsgd's ResNet-18 step at 4
-        ranks on 2 cores). Costs one barrier's latency."""
-        if self.size > 1:
-            request = self.mpi.Ibarrier()
-            while not request.Test():
-                os.sched_yield()
 
     def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         out = np.empty_like(arr)
