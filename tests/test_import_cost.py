@@ -115,3 +115,15 @@ else:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=child_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("model,torchvision", [("lenet5", False), ("mlp", False), ("resnet18", True)])
+def test_only_torchvisions_models_import_torchvision(model, torchvision):
+    """A LeNet-5 run need not pay torchvision's import (~1–2 s of start-up: its ops load
+    torch._dynamo); models built on torchvision's classes do."""
+    code = ("import sys; from edgempi import models; models.create(%r, in_channels=1, input_size=28); "
+            "print('torchvision' in sys.modules)" % model)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(torchvision)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
-from torchvision.models import densenet121 as tv_densenet121
 
 from edgempi.models import NORMS
 
@@ -72,6 +71,10 @@ def densenet121(num_classes: int = 10, in_channels: int = 3, input_size: int = 3
     ``norm`` replaces every BatchNorm (all DenseNet norms sit on 2-D feature maps).
     """
     _require("densenet121", input_size, 8, "three 2x2 transition pools")
+    # Here, not at the top: importing torchvision costs a LeNet-5 or MLP run ~1–2 s of start-up
+    # (its ops pull in torch._dynamo), and norm_layer, which every model uses, lives in this module.
+    from torchvision.models import densenet121 as tv_densenet121
+
     model = tv_densenet121(weights=None, num_classes=num_classes)
     model.features.conv0 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
     model.features.pool0 = nn.Identity()
