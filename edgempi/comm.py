@@ -24,6 +24,8 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
+from edgempi.scratch import Scratch
+
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI
 except ImportError as exc:  # pragma: no cover - exercised only without mpi4py installed
@@ -73,7 +75,7 @@ class Comm:
         self.rank: int = self.mpi.Get_rank()
         self.size: int = self.mpi.Get_size()
         self.ledger = Ledger()
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._scratch = Scratch()  # the float16 sum's and the gathers' work buffers
         self.host(local, observer)
 
     def host(self, local: int, observer: ExchangeObserver | None = None) -> None:
@@ -187,20 +189,13 @@ class Comm:
         counts = np.array([arr.size // size + (r < arr.size % size) for r in range(size)], np.int64)
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         mine = int(counts[self.rank])
-        pieces = self._work("pieces", size * mine, torch.float16)
+        pieces = self._scratch.get("pieces", size * mine, torch.float16)
         self.mpi.Alltoallv([words, (counts, displs)],
                            [numpy_view(pieces).view(np.uint16), (np.full(size, mine), np.arange(size) * mine)])
-        wide = self._work("wide", size * mine, torch.float32).view(size, mine)
-        total = torch.sum(wide.copy_(pieces.view(size, mine)), 0, out=self._work("total", mine, torch.float32))
-        ours = self._work("ours", mine, torch.float16).copy_(total)
+        wide = self._scratch.get("wide", size * mine, torch.float32).view(size, mine)
+        total = torch.sum(wide.copy_(pieces.view(size, mine)), 0, out=self._scratch.get("total", mine, torch.float32))
+        ours = self._scratch.get("ours", mine, torch.float16).copy_(total)
         self.mpi.Allgatherv(numpy_view(ours).view(np.uint16), [words, (counts, displs)])
-
-    def _work(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A work buffer kept between calls: a fresh 45 MB one costs more in page faults than the sum."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() != numel or buf.dtype != dtype:
-            buf = self._buffers[name] = torch.empty(numel, dtype=dtype)
-        return buf
 
     def allgather_parts(self, parts: Sequence[np.ndarray | torch.Tensor],
                         down_bytes: int | None = None) -> list[list[np.ndarray]]:
@@ -236,7 +231,7 @@ class Comm:
         start = time.perf_counter()
         arrays = [numpy_view(p).view(np.uint8).ravel() for p in parts]
         data = np.concatenate(arrays)
-        out = numpy_view(self._work("rows", self.size * data.nbytes, torch.uint8)).reshape(self.size, -1)
+        out = numpy_view(self._scratch.get("rows", self.size * data.nbytes, torch.uint8)).reshape(self.size, -1)
         self.mpi.Allgather(data, out)
         rows, offset = [], 0
         for part, a in zip(parts, arrays):

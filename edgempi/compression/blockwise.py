@@ -14,25 +14,14 @@ from typing import Callable, Iterator
 
 from edgempi.lazy import lazy_import
 
+from edgempi.scratch import Scratch
+
 from .base import Compressor, Payload
 
 torch = lazy_import("torch")
 
 #: fills ``work`` (devices, stop − start) with every device's decoded elements start:stop.
 BlockDecoder = Callable[[int, int, "torch.Tensor"], None]
-
-
-class Scratch:
-    """Reused work buffers: fresh 45 MB tensors cost more in page faults than the work itself."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, int], torch.Tensor] = {}
-
-    def get(self, name: str, numel: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        buf = self._bufs.get((name, numel))
-        if buf is None:  # float32 unless said otherwise
-            buf = self._bufs[(name, numel)] = torch.empty(numel, dtype=dtype or torch.float32)
-        return buf
 
 
 class Blockwise(Compressor):

@@ -16,7 +16,9 @@ from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
-from .blockwise import BlockDecoder, Blockwise, Scratch
+from edgempi.scratch import Scratch
+
+from .blockwise import BlockDecoder, Blockwise
 
 torch = lazy_import("torch")
 

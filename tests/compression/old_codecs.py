@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edgempi.compression.base import Compressor, Payload
-from edgempi.compression.blockwise import Scratch as _Scratch
+from edgempi.scratch import Scratch as _Scratch
 from edgempi.compression.compressors import QSGD, TopK
 
 
