@@ -434,9 +434,11 @@ def _typed(chunk: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _typed_rows(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Rows of bytes as rows of ``dtype``; copied only if torch could not view them in place."""
+    """Rows of bytes as rows of ``dtype``; copied only if torch could not view them in place.
+    (A copy, not ``ascontiguousarray``: a single row counts as contiguous whatever its row
+    stride, and torch refuses a stride that is not a whole number of elements.)"""
     if block.ctypes.data % dtype.itemsize or block.strides[0] % dtype.itemsize:
-        block = np.ascontiguousarray(block)
+        block = block.copy()
     return block.view(dtype)
 
 

@@ -39,6 +39,19 @@ def test_fp16_residual_is_the_base_classes() -> None:
     assert torch.equal(ours, base) and ours.abs().max() > 0
 
 
+@pytest.mark.parametrize("name", ["qsgd", "signsgd"])
+def test_gathered_exchange_of_one_device(name: str) -> None:
+    """One rank alone (large_batch under mpiexec -n 1): its gathered payload comes back as a
+    single row whose packed bytes are not a whole number of float32s, and is its own mean."""
+    x = vector(1001, seed=2)
+    ex = GradientExchange.from_config({"name": name}, self_comm(), [(1001,)])
+    reference = GradientExchange.from_config({"name": name}, self_comm(), [(1001,)]).compressor  # same seed
+    expected = reference.decompress(reference.compress(x.clone()), x.numel())
+    got = x.clone()
+    ex.exchange_mean_(got, 0, 0.0)
+    assert torch.equal(got, expected)
+
+
 def test_topk_at_full_density_equals_none() -> None:
     x = vector(5000)
     assert torch.equal(roundtrip("topk", x, ratio=1.0), x)
