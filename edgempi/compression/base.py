@@ -128,9 +128,17 @@ class Compressor(ABC):
         self.mean_payloads_(out, [tuple(part[d] for part in rows) for d in range(rows[0].shape[0])])
 
     def residual_into(self, out: torch.Tensor, acc: torch.Tensor, sent: Payload) -> None:
-        """``out`` = acc − decompress(sent): what error feedback keeps of what was not sent."""
-        out.copy_(acc)
-        self.add_to_(out, sent, alpha=-1.0)
+        """``out`` = acc − decompress(sent): what error feedback keeps of what was not sent.
+
+        A compressor with an :meth:`add_to_` of its own (a sparse update) adds −sent to a copy of
+        ``acc``; one without decodes straight into ``out`` and subtracts, rather than decoding
+        into a fresh vector and adding it (the same values: x + (−1)·y is x − y)."""
+        if type(self).add_to_ is Compressor.add_to_:
+            self.decompress_into(sent, out)
+            torch.sub(acc, out, out=out)
+        else:
+            out.copy_(acc)
+            self.add_to_(out, sent, alpha=-1.0)
 
     def sent_indices(self, payload: Payload) -> torch.Tensor:
         """For ``sparse`` compressors: the int32 indices of the kept elements."""

@@ -64,14 +64,6 @@ class FP16(Compressor):
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
         out.copy_(payload[0])
 
-    def add_to_(self, out: torch.Tensor, payload: Payload, alpha: float = 1.0) -> None:
-        out.add_(payload[0], alpha=alpha)
-
-    def residual_into(self, out: torch.Tensor, acc: torch.Tensor, sent: Payload) -> None:
-        """acc − float(sent), the same values as the base's mixed-precision add, which is ~3×
-        slower on a CPU (it converts element by element inside the add)."""
-        out.copy_(sent[0])
-        torch.sub(acc, out, out=out)
 
 
 @dataclass
