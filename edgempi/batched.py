@@ -82,6 +82,12 @@ class Stacked:
         self.sizes = [p.numel() for p in model.parameters()]
 
     def __call__(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return self.features(rows, images).transpose(1, 2)
+
+    def features(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The stack's output with the features before the batch, (D, classes, B): each linear
+        layer is then W @ x, whose weight gradient comes out in the weight's own layout (x @ Wᵀ
+        gives Wᵀ's, copied over to the rows in backward)."""
         devices, batch = images.shape[:2]
         params = iter(part.reshape(devices, *shape) for part, shape in
                       zip(torch.split(rows, self.sizes, dim=1), self.shapes))
@@ -94,10 +100,10 @@ class Stacked:
                 x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, devices * layer.groups)
             elif isinstance(layer, nn.Linear):
-                weight = next(params).transpose(1, 2)
-                x = torch.baddbmm(next(params).unsqueeze(1), x, weight) if layer.bias is not None else x @ weight
-            elif isinstance(layer, nn.Flatten):  # (B, D·C, H, W) → (D, B, C·H·W), each device's in C, H, W order
-                x = x.reshape(batch, devices, -1).transpose(0, 1)
+                weight = next(params)
+                x = torch.baddbmm(next(params).unsqueeze(2), weight, x) if layer.bias is not None else weight @ x
+            elif isinstance(layer, nn.Flatten):  # (B, D·C, H, W) → (D, C·H·W, B), each device's in C, H, W order
+                x = x.reshape(batch, devices, -1).permute(1, 2, 0)
             elif isinstance(layer, nn.MaxPool2d):
                 x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
             elif isinstance(layer, nn.ReLU):
@@ -106,9 +112,7 @@ class Stacked:
 
     def losses(self, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each device's mean cross-entropy over its batch, (D,)."""
-        logits = self(rows, images)
-        per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-        return per_sample.view(labels.shape).mean(1)
+        return F.cross_entropy(self.features(rows, images), labels, reduction="none").mean(1)
 
 
 class BatchedSteps:
