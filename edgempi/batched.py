@@ -133,8 +133,10 @@ class BatchedSteps:
         """Forward and backward of every device; its optimizer step too if ``steps_now``, else
         its gradient is left in ``bank.grads`` for the exchange. Returns the sum of the losses."""
         loss_sum = 0.0
-        for first in range(0, self.bank.count, self.group):
-            devices = slice(first, min(first + self.group, self.bank.count))
+        count = self.bank.count
+        groups = -(-count // self.group)  # of equal sizes, so no group of a few devices pays a group's overheads
+        for group in range(groups):
+            devices = slice(group * count // groups, (group + 1) * count // groups)
             mark = self.clock.mark()
             images, labels = map(torch.stack, zip(*(loaders[d].batch(step) for d in range(devices.start, devices.stop))))
             rows = self.bank.params[devices].detach().requires_grad_()
