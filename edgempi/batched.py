@@ -119,7 +119,7 @@ class Stacked:
 
 
 class BatchedSteps:
-    """A rank's devices' local steps in groups of ``GROUP``: what the loop of
+    """A rank's devices' local steps in equal groups of at most ``GROUP``: what the loop of
     :meth:`edgempi.train.Trainer.train_step` does device by device, with the same batches,
     optimizer rows (:class:`DeviceBank`'s, so checkpoints are the loop's) and clock entries
     (each device of a group is given an equal share of the group's time)."""
