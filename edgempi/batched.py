@@ -9,8 +9,11 @@ gives it; forward and backward sum in another order (float rounding only).
 
 ``torch.func.vmap`` over ``functional_call`` computes the same, but its convolution rule (grouped,
 channels-first) measured slower on CPU than the loop itself, so the stacked layers are spelled
-out for the layers a plain stack of them uses (``LAYERS``). Anything else keeps the loop:
-:func:`why_not` says why, once, and ``parallel.batched: on`` is refused where it cannot be.
+out for the layers a plain stack of them uses (``LAYERS``). Convolutions as im2col and one
+batched matrix product per device measured 2-3x slower than the grouped convolution (LeNet-5's
+shapes, 25 or 150 by 6 or 16, are poor matrix products, and the patches are copied). Anything
+else keeps the loop: :func:`why_not` says why, once, and ``parallel.batched: on`` is refused
+where it cannot be.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 
 LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity)
-GROUP = 32  # devices per batched computation: bounds the activations held at once (~1 MB a LeNet-5 device)
+GROUP = 16  # devices per batched computation: for LeNet-5 as fast as 32 with half the activations; 64 is slower
 
 
 def model_reason(model: nn.Module) -> str | None:
@@ -61,16 +64,33 @@ def why_not(cfg: Any, model: nn.Module | None) -> str | None:
     return model_reason(model)
 
 
+def pool_before_relu(layers: list[nn.Module]) -> list[nn.Module]:
+    """The layers with each ReLU followed by a max-pool swapped with it: the two commute
+    (a maximum of rectified values is the rectified maximum), and rectifying after pooling
+    touches a quarter of the values (2×2 pools), forward and backward."""
+    layers = list(layers)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], nn.MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return layers
+
+
 class Stacked:
     """The forward pass of a plain stack of layers for D devices at once: images (D, B, C, H, W)
     and rows (D, P) of parameters in :class:`FlatModel` order → logits (D, B, classes)."""
 
     def __init__(self, model: nn.Sequential) -> None:
-        self.layers = list(model)
+        self.layers = pool_before_relu(list(model))
         self.shapes = [tuple(p.shape) for p in model.parameters()]
         self.sizes = [p.numel() for p in model.parameters()]
 
     def __call__(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return self.features(rows, images).transpose(1, 2)
+
+    def features(self, rows: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The stack's output with the features before the batch, (D, classes, B): each linear
+        layer is then W @ x, whose weight gradient comes out in the weight's own layout (x @ Wᵀ
+        gives Wᵀ's, copied over to the rows in backward)."""
         devices, batch = images.shape[:2]
         params = iter(part.reshape(devices, *shape) for part, shape in
                       zip(torch.split(rows, self.sizes, dim=1), self.shapes))
@@ -83,10 +103,10 @@ class Stacked:
                 x = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), None if bias is None else bias.reshape(-1),
                              layer.stride, layer.padding, layer.dilation, devices * layer.groups)
             elif isinstance(layer, nn.Linear):
-                weight = next(params).transpose(1, 2)
-                x = torch.baddbmm(next(params).unsqueeze(1), x, weight) if layer.bias is not None else x @ weight
-            elif isinstance(layer, nn.Flatten):  # (B, D·C, H, W) → (D, B, C·H·W), each device's in C, H, W order
-                x = x.reshape(batch, devices, -1).transpose(0, 1)
+                weight = next(params)
+                x = torch.baddbmm(next(params).unsqueeze(2), weight, x) if layer.bias is not None else weight @ x
+            elif isinstance(layer, nn.Flatten):  # (B, D·C, H, W) → (D, C·H·W, B), each device's in C, H, W order
+                x = x.reshape(batch, devices, -1).permute(1, 2, 0)
             elif isinstance(layer, nn.MaxPool2d):
                 x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
             elif isinstance(layer, nn.ReLU):
@@ -95,13 +115,11 @@ class Stacked:
 
     def losses(self, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each device's mean cross-entropy over its batch, (D,)."""
-        logits = self(rows, images)
-        per_sample = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
-        return per_sample.view(labels.shape).mean(1)
+        return F.cross_entropy(self.features(rows, images), labels, reduction="none").mean(1)
 
 
 class BatchedSteps:
-    """A rank's devices' local steps in groups of ``GROUP``: what the loop of
+    """A rank's devices' local steps in equal groups of at most ``GROUP``: what the loop of
     :meth:`edgempi.train.Trainer.train_step` does device by device, with the same batches,
     optimizer rows (:class:`DeviceBank`'s, so checkpoints are the loop's) and clock entries
     (each device of a group is given an equal share of the group's time)."""
@@ -115,8 +133,10 @@ class BatchedSteps:
         """Forward and backward of every device; its optimizer step too if ``steps_now``, else
         its gradient is left in ``bank.grads`` for the exchange. Returns the sum of the losses."""
         loss_sum = 0.0
-        for first in range(0, self.bank.count, self.group):
-            devices = slice(first, min(first + self.group, self.bank.count))
+        count = self.bank.count
+        groups = -(-count // self.group)  # of equal sizes, so no group of a few devices pays a group's overheads
+        for group in range(groups):
+            devices = slice(group * count // groups, (group + 1) * count // groups)
             mark = self.clock.mark()
             images, labels = map(torch.stack, zip(*(loaders[d].batch(step) for d in range(devices.start, devices.stop))))
             rows = self.bank.params[devices].detach().requires_grad_()

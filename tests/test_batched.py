@@ -42,16 +42,32 @@ def test_an_unknown_value_is_refused():
         from_dict(small_config(), [*MANY, "parallel.batched=sometimes"])
 
 
-@pytest.mark.parametrize("name,size", [("lenet5", 28), ("lenet5", 32), ("mlp", 12)])
-def test_the_stacked_forward_is_each_devices_own(name, size):
+def odd_convolutions() -> nn.Sequential:
+    """Convolutions LeNet-5 does not have: stride, dilation, groups, ``'same'`` padding with an
+    odd pixel, no bias, a max-pool with a stride of its own, a ReLU before a Linear."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2, 1),
+                         nn.Conv2d(4, 6, (2, 4), dilation=(3, 1), padding="same", groups=2), nn.ReLU(),
+                         nn.Conv2d(6, 4, 3, padding="valid"), nn.Flatten(), nn.ReLU(), nn.Linear(4 * 4 * 4, 10))
+
+
+BUILDERS = {"lenet5_28": lambda: models.create("lenet5", in_channels=1, input_size=28),
+            "lenet5_32": lambda: models.create("lenet5", in_channels=3, input_size=32),
+            "mlp": lambda: models.create("mlp", in_channels=1, input_size=12),
+            "odd_convolutions": odd_convolutions}
+IMAGES = {"lenet5_28": (1, 28), "lenet5_32": (3, 32), "mlp": (1, 12), "odd_convolutions": (3, 13)}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_the_stacked_forward_is_each_devices_own(name):
     """Logits and each device's loss gradient of the stacked pass equal the model's, device by device."""
     torch.manual_seed(0)
-    model = models.create(name, in_channels=3 if size == 32 else 1, input_size=size)
+    model = BUILDERS[name]()
     assert batched.model_reason(model) is None
-    rows = torch.stack([torch.cat([p.detach().flatten() for p in models.create(name, in_channels=3 if size == 32 else 1,
-                                                                               input_size=size).parameters()])
-                        for _ in range(4)])
-    images, labels = torch.randn(4, 5, 3 if size == 32 else 1, size, size), torch.randint(0, 10, (4, 5))
+    rows = torch.stack([torch.cat([p.detach().flatten() for p in BUILDERS[name]().parameters()]) for _ in range(4)])
+    channels, side = IMAGES[name]
+    images, labels = torch.randn(4, 5, channels, side, side), torch.randint(0, 10, (4, 5))
+    images[..., :side // 3, :] = 0.5  # a plain background, as most images have: tied maxima to pool
     stacked = batched.Stacked(model)
     leaf = rows.clone().requires_grad_()
     (grads,) = torch.autograd.grad(stacked.losses(leaf, images, labels).sum(), leaf)

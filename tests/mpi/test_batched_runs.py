@@ -80,8 +80,19 @@ def test_batched_steps_equal_the_loop_step_by_step(method):
     """Three steps from the same start: weights, gradients (large_batch) and optimizer rows
     agree to 1e-6, before any kink can be crossed differently (Adam: 1e-4, as it divides a
     gradient entry of 1e-9 by its own size, so its rounding becomes a step of up to lr)."""
+    assert_same_steps(method, trainer(METHODS[method], "off"), trainer(METHODS[method], "on"))
+
+
+@pytest.mark.parametrize("method", ["fedavg_momentum", "large_batch_nesterov"])
+def test_devices_split_into_several_groups_take_the_loops_steps(method):
+    """Groups of at most 2 of a rank's 3 devices (sizes 1 and 2): no device left out or doubled."""
+    batch = trainer(METHODS[method], "on")
+    batch.batched.group = 2
+    assert_same_steps(method, trainer(METHODS[method], "off"), batch)
+
+
+def assert_same_steps(method: str, loop: Trainer, batch: Trainer) -> None:
     atol = 1e-4 if "adam" in method else 1e-6
-    loop, batch = trainer(METHODS[method], "off"), trainer(METHODS[method], "on")
     for run in (loop, batch):
         run.started = 0.0
         run.flat.model.train()
