@@ -25,7 +25,7 @@ def steps(group: int, batch: int) -> tuple[Callable[[], None], Callable[[], None
     """The stacked step and the loop's steps over the same rows, images and labels."""
     torch.manual_seed(0)
     model = models.create("lenet5", in_channels=1, input_size=28)
-    rows = torch.stack([torch.cat([p.detach().flatten() for p in models.create("lenet5").parameters()])
+    rows = torch.stack([torch.nn.utils.parameters_to_vector(models.create("lenet5").parameters()).detach()
                         for _ in range(group)])
     images, labels = torch.randn(group, batch, 1, 28, 28), torch.randint(0, 10, (group, batch))
     stacked = batched.Stacked(model)
