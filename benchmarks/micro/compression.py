@@ -5,8 +5,8 @@
 Times compress and decompress (into a kept buffer, as the exchange does; median over
 repeats, after one warm-up call) of each compressor on one device, and the compression ratio 4·d / payload bytes.
 For the compressors exchanged by Allgather it also times what each device does after it: the
-mean of ``--devices`` (4) devices' payloads (``mean_rows_`` / ``mean_payloads_``), and error
-feedback's residual acc − sent (``residual_into``). The DGC-style
+mean of ``--devices`` (4) devices' payloads (``mean_rows_`` / ``mean_payloads_``); for every
+compressor, error feedback's residual acc − sent (``residual_into``). The DGC-style
 ``topk`` selection is compared with ``torch.topk`` at the same density in the same run; the
 script exits with status 1 if it is not at least ``--min-speedup`` (5) times faster.
 """
@@ -83,7 +83,7 @@ def bench_model(label: str, shapes: list[tuple[int, ...]], repeats: int, devices
         d_ms = median_ms(lambda: comp.decompress_into(payload, out), repeats)
         mean = gathered_mean(comp, payloads, out)
         m_ms = f"{median_ms(mean, repeats):.3g}" if mean else "–"
-        r_ms = f"{median_ms(lambda: comp.residual_into(residual, x, payload), repeats):.3g}" if mean else "–"
+        r_ms = f"{median_ms(lambda: comp.residual_into(residual, x, payload), repeats):.3g}"
         ratio = 4 * numel / payload_bytes(payload)
         rows.append(f"| {label} | {name} | {describe(kw)} | {c_ms:.3g} | {d_ms:.3g} | {m_ms} | {r_ms} | {ratio:.1f}× |")
     k = round(0.001 * numel)
