@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgempi import algorithms, batched, data, models
+from edgempi import algorithms, batched, data, models, optim
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
@@ -155,12 +155,13 @@ def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray]
 
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
-    """One optimizer over the single flat parameter tensor: one fused update per step."""
+    """One optimizer over the single flat parameter tensor: one fused update per step (torch's,
+    eager only: see :mod:`edgempi.optim`)."""
     t = cfg.train
     if t.optimizer == "adam":
-        return torch.optim.Adam([flat.params], lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD([flat.params], lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
-                           weight_decay=t.weight_decay)
+        return optim.Adam([flat.params], lr=t.lr, weight_decay=t.weight_decay)
+    return optim.SGD([flat.params], lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                     weight_decay=t.weight_decay)
 
 
 def learning_rate(cfg: RunConfig, step: int, steps_per_epoch: int, total: int) -> float:

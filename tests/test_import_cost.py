@@ -127,3 +127,18 @@ def test_only_torchvisions_models_import_torchvision(model, torchvision):
                           env=child_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(torchvision)
+
+
+@pytest.mark.parametrize("settings", [
+    {"algorithm": {"name": "fedavg", "local_steps": 5}, "parallel": {"devices_per_rank": 3},
+     "train": {"momentum": 0.9, "nesterov": True}},  # virtual devices on the batched path
+    {"algorithm": {"name": "fda", "theta": 1.0}, "train": {"optimizer": "adam"}},
+])
+def test_a_training_run_imports_no_dynamo(tmp_path, settings):
+    """torch's optimizers import torch._dynamo on their first call (1.5–3 s of a rank's start-up,
+    as long as torch's own import); edgempi's (edgempi.optim) must not."""
+    config = write_config(tmp_path / "c.yaml", small_config(**settings))
+    found = probe("run", str(config), "--out", str(tmp_path))
+    assert found["rc"] == 0, found["stderr"]
+    assert "torch.optim" in found["loaded"]
+    assert "torch._dynamo" not in found["loaded"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgempi import config, models
+from edgempi import config, models, optim
 from edgempi.config import ConfigError, RunConfig
 from edgempi.data import Dataset, DeviceLoader
 from edgempi.train import Seeds, device_loader, load_dataset, make_partition
@@ -77,9 +77,11 @@ class Workload:
         return self.loaders[device]
 
     def fit(self, model: nn.Module, device: int, round_index: int) -> float:
-        """One round of device ``device`` on ``model`` in place; returns its mean training loss."""
+        """One round of device ``device`` on ``model`` in place; returns its mean training loss.
+        The optimizer is edgempi's (torch's SGD without the seconds of ``torch._dynamo`` import),
+        so that neither engine's start-up is charged for it."""
         t, loader = self.cfg.train, self.loader(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        optimizer = optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         model.train()
         losses = []
         for step in range((round_index - 1) * self.local_steps, round_index * self.local_steps):
