@@ -5,6 +5,7 @@ extra): a whole small comparison agrees on the accuracy."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -131,6 +132,18 @@ def test_dry_run_prints_both_commands_and_bad_input_is_one_line(capsys):
         assert len(err.splitlines()) == 1 and "error" in err, err
 
 
+def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp():
+    spec = importlib.util.spec_from_file_location("peers_flower", PEERS / "flower.py")
+    flower = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flower)
+    # Flower's round 1 (120 s) is shorter than its later rounds (150 s): round 1 less a round is < 0
+    measured = [runs.Run("edgempi", 8, 100.0, 103.0, [110.0, 116.0, 122.0], 123.0, 0.5, 2 * 10**9, 10**9, 1.0),
+                runs.Run("flower", 8, 200.0, 209.0, [320.0, 470.0, 620.0], 621.0, 0.5, 4 * 10**9, 3 * 10**9, 1.5)]
+    row = flower.table(measured, [8]).splitlines()[2].split(" | ")
+    assert row[1:4] == ["3.0 / 9.0 (3.0×)", "4.0 / -30.0 (–)", "6 / 150 (25.0×)"]
+    assert row[4:6] == ["2.00 / 4.00", "1.00 / 3.00"]
+
+
 @needs_fashion
 @pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="Flower is not installed (extra: peers)")
 def test_flower_and_edgempi_reach_the_same_accuracy():
@@ -138,3 +151,6 @@ def test_flower_and_edgempi_reach_the_same_accuracy():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| 2 |" in proc.stdout
+    measured = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(m["engine"] for m in measured) == ["edgempi", "flower"]
+    assert all(0 < m["ready_s"] < m["first_round_s"] for m in measured), measured

@@ -36,6 +36,7 @@ def server_app(devices: int, rounds: int, out: Path) -> ServerApp:
         model = work.initial_model()
         ended: list[float] = []
         accuracy: dict[int, float] = {}
+        ready: list[float] = []  # when the evaluation before round 1 ended
 
         def evaluate(round_index: int, arrays: ArrayRecord) -> MetricRecord | None:
             ended.append(time.time())  # called before round 1 and after every round
@@ -43,13 +44,15 @@ def server_app(devices: int, rounds: int, out: Path) -> ServerApp:
                 return None
             model.load_state_dict(arrays.to_torch_state_dict())
             accuracy[round_index] = work.accuracy(model)
+            if round_index == 0:
+                ready.append(time.time())
             return MetricRecord({"accuracy": accuracy[round_index]})
 
         strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=devices,
                           min_available_nodes=devices)
         strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
                        train_config=ConfigRecord({"rounds": rounds}), evaluate_fn=evaluate)
-        out.write_text(json.dumps({"round_ends": ended[1:], "accuracy": accuracy[rounds]}))
+        out.write_text(json.dumps({"ready": ready[0], "round_ends": ended[1:], "accuracy": accuracy[rounds]}))
 
     return server
 

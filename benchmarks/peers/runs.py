@@ -27,6 +27,7 @@ class Run:
     engine: str
     devices: int
     launched: float
+    ready: float  # the evaluation before round 1 has ended
     round_ends: list[float]
     ended: float
     accuracy: float
@@ -38,6 +39,7 @@ class Run:
         rounds = [b - a for a, b in zip(self.round_ends, self.round_ends[1:])]
         steady = statistics.median(rounds)
         return {"engine": self.engine, "devices": self.devices, "rounds": len(self.round_ends),
+                "ready_s": self.ready - self.launched,
                 "startup_s": self.round_ends[0] - self.launched - steady, "first_round_s": self.round_ends[0] - self.launched,
                 "s_per_round": steady, "total_s": self.ended - self.launched, "accuracy": self.accuracy,
                 "peak_rss_gb": self.peak_rss / 1e9, "peak_pss_gb": self.peak_pss / 1e9, "load": self.load}
