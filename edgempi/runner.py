@@ -26,6 +26,7 @@ from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, confi
                                 remove)
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
+from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.topology import threads_per_rank
@@ -174,6 +175,7 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
 
     config_mod.validate_world(cfg, comm.size)
     torch.set_num_threads(threads_per_rank(cfg, comm))
+    keep_freed_memory()
     lock, action, error = None, None, None
     try:
         if comm.rank == 0:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from edgempi import batched, models
+from edgempi.heap import keep_freed_memory
 
 
 def steps(group: int, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=12, help="operators listed")
     args = p.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as edgempi run does, so the figures are a run's
     together, one_by_one = steps(args.group, args.batch)
     for _ in range(3):
         together()

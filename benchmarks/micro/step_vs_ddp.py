@@ -27,6 +27,7 @@ from edgempi import algorithms, models
 from edgempi.comm import Comm
 from edgempi.config import RunConfig, from_dict
 from edgempi.flat import FlatModel
+from edgempi.heap import keep_freed_memory
 from edgempi.topology import threads_per_rank
 from edgempi.train import make_optimizer
 
@@ -101,6 +102,7 @@ def main() -> None:
     base = {"model": {"name": args.model}, "train": {"batch_size": args.batch, "lr": 0.01}}
     cfg = from_dict(base, args.overrides)
     torch.set_num_threads(threads_per_rank(cfg, comm))
+    keep_freed_memory()  # as edgempi run does, so the figures are a run's
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.broadcast_object(free_port())))
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
 
