@@ -2,7 +2,7 @@
 
 Every ``torch.optim.Optimizer`` method is wrapped so that it can be skipped by the compiler
 (``torch._disable_dynamo``, and ``step``'s ``_use_grad_for_differentiable``), and those
-wrappers import ``torch._dynamo`` on their first call, even when nothing is compiled: 1.5–3 s
+wrappers import ``torch._dynamo`` on their first call, even when nothing is compiled: 1.4–3.5 s
 of every rank's start-up on these machines, as long as importing torch itself. edgempi never
 compiles, so its optimizers are torch's own classes with each such method replaced by the
 function the wrapper holds (its ``__wrapped__``): the same update, state and ``state_dict``,
@@ -19,11 +19,6 @@ import torch
 Method = Callable[..., Any]
 
 
-def _eager(method: Method) -> Method:
-    """``method`` without torch's compiler wrappers."""
-    return inspect.unwrap(method)
-
-
 def _eager_step(step: Method) -> Method:
     """An optimizer's ``step`` without its wrappers, under ``no_grad`` as the wrapper ran it
     (``differentiable`` is never set here)."""
@@ -33,10 +28,10 @@ def _eager_step(step: Method) -> Method:
 class _Eager:
     """The :class:`torch.optim.Optimizer` methods edgempi calls, unwrapped."""
 
-    add_param_group = _eager(torch.optim.Optimizer.add_param_group)
-    zero_grad = _eager(torch.optim.Optimizer.zero_grad)
-    state_dict = _eager(torch.optim.Optimizer.state_dict)
-    load_state_dict = _eager(torch.optim.Optimizer.load_state_dict)
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
 
 class SGD(_Eager, torch.optim.SGD):
