@@ -13,7 +13,6 @@ from abc import abstractmethod
 from typing import Callable, Iterator
 
 from edgempi.lazy import lazy_import
-
 from edgempi.scratch import Scratch
 
 from .base import Compressor, Payload

@@ -13,11 +13,10 @@ import numpy as np
 
 from edgempi.lazy import lazy_import
 from edgempi.registry import COMPRESSORS
+from edgempi.scratch import Scratch
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
-from edgempi.scratch import Scratch
-
 from .blockwise import BlockDecoder, Blockwise
 
 torch = lazy_import("torch")
@@ -63,7 +62,6 @@ class FP16(Compressor):
 
     def decompress_into(self, payload: Payload, out: torch.Tensor) -> None:
         out.copy_(payload[0])
-
 
 
 @dataclass
@@ -215,8 +213,6 @@ class QSGDSettings(CompressionSettings):
         require(1 <= self.levels <= 127, "compression.levels",
                 f"must be a whole number in [1, 127] (a level fits in one byte), got {self.levels}")
         require(self.bucket_size >= 1, "compression.bucket_size", f"must be a whole number >= 1, got {self.bucket_size}")
-
-
 
 
 @COMPRESSORS.register("qsgd")
