@@ -10,6 +10,7 @@ user's own is ``data.name: package.module:function`` with the same signature.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -19,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgempi.data import inflated
 from edgempi.lazy import lazy_import
 from edgempi.registry import DATASETS
 
@@ -85,14 +87,17 @@ MAX_IDX_BYTES = 1 << 32  # the largest IDX file read (MNIST's training images ar
 
 def _read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzipped or not), checked against its own header: a file cut short, with
-    bytes to spare or not gzip where it says so is refused, naming the file."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    bytes to spare or not gzip where it says so is refused, naming the file. A gzipped file is
+    read from its inflated copy when one matches it (:mod:`edgempi.data.inflated`)."""
+    gzipped = path.suffix == ".gz"
+    copy = inflated.read(path) if gzipped else None
     try:
-        with opener(path, "rb") as f:
+        with io.BytesIO(copy) if copy is not None else (gzip.open if gzipped else open)(path, "rb") as f:
             head = f.read(4)
             if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
                 raise DataError(f"{path}: not an unsigned-byte IDX file")
-            dims = tuple(int(d) for d in np.frombuffer(f.read(4 * head[3]), dtype=">u4"))
+            shape = f.read(4 * head[3])
+            dims = tuple(int(d) for d in np.frombuffer(shape, dtype=">u4"))
             expected = math.prod(dims)
             if len(dims) != head[3] or expected > MAX_IDX_BYTES:
                 raise DataError(f"{path}: bad IDX header (dimensions {dims})")
@@ -102,6 +107,8 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) != expected:
         what = "truncated IDX file" if len(raw) < expected else "IDX file longer than its header says"
         raise DataError(f"{path}: {what} ({min(len(raw), expected)} of {expected} values)")
+    if gzipped and copy is None:
+        inflated.write(path, (head, shape, raw))
     return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
 
 

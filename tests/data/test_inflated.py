@@ -1,0 +1,114 @@
+"""Inflated copies of gzipped IDX files: used only when they match the file's own gzip trailer,
+written once, never torn, and never in the way of an error the file itself would give."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from edgempi import data
+from edgempi.data import inflated
+from edgempi.data.sources import DataError
+from test_data import make_idx_folder, write_idx
+
+IMAGES = "train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("EDGEMPI_CACHE", str(folder))
+    return folder
+
+
+def copies(folder):
+    return sorted(p.name for p in folder.glob("*.idx")) if folder.exists() else []
+
+
+def test_a_first_load_keeps_copies_and_a_second_reads_them_without_inflating(tmp_path, cache, monkeypatch):
+    make_idx_folder(tmp_path / "mnist")
+    first = data.load("mnist", root=str(tmp_path))
+    assert len(copies(cache)) == 4 and not list(cache.glob("*.partial"))
+
+    def no_gzip(*args, **kwargs):
+        raise AssertionError("inflated again")
+
+    monkeypatch.setattr(gzip, "open", no_gzip)
+    second = data.load("mnist", root=str(tmp_path))
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        assert getattr(first, name).equal(getattr(second, name))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[:-5],                                   # cut short
+    lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:],  # one bit flipped
+    lambda b: b"",                                      # emptied
+])
+def test_a_damaged_copy_is_never_read_and_is_rewritten(tmp_path, cache, damage):
+    make_idx_folder(tmp_path / "mnist")
+    expected = data.load("mnist", root=str(tmp_path)).train_x
+    (copy,) = cache.glob("train-images-*.idx")
+    copy.write_bytes(damage(copy.read_bytes()))
+    assert data.load("mnist", root=str(tmp_path)).train_x.equal(expected)
+    assert inflated.read(tmp_path / "mnist" / IMAGES) is not None  # rewritten whole
+
+
+def test_a_changed_file_gets_its_own_copy(tmp_path, cache):
+    folder = tmp_path / "mnist"
+    make_idx_folder(folder)
+    data.load("mnist", root=str(tmp_path))
+    write_idx(folder / IMAGES, np.full((40, 28, 28), 7))
+    assert data.load("mnist", root=str(tmp_path)).train_x.eq(7).all()
+    assert len(copies(cache)) == 5
+
+
+def test_a_damaged_gzip_file_is_still_refused_when_its_copy_is_good(tmp_path, cache):
+    folder = tmp_path / "mnist"
+    make_idx_folder(folder)
+    data.load("mnist", root=str(tmp_path))
+    path = folder / IMAGES
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"{IMAGES}: unreadable or truncated"):
+        data.load("mnist", root=str(tmp_path))
+
+
+def test_a_copy_being_written_by_another_rank_is_left_alone(tmp_path, cache):
+    folder = tmp_path / "mnist"
+    make_idx_folder(folder)
+    path = folder / IMAGES
+    cache.mkdir()
+    partial = inflated.copy_path(path, cache, inflated.trailer(path)).with_suffix(".partial")
+    partial.write_bytes(b"")
+    data.load("mnist", root=str(tmp_path))
+    assert partial.exists() and inflated.read(path) is None
+    old = partial.stat().st_mtime - inflated.STALE_PARTIAL_S - 1
+    os.utime(partial, (old, old))  # its writer died long ago: removed, the next load writes
+    data.load("mnist", root=str(tmp_path))
+    assert not partial.exists()
+    data.load("mnist", root=str(tmp_path))
+    assert inflated.read(path) is not None
+
+
+@pytest.mark.parametrize("setting", ["off", ""])
+def test_copies_can_be_turned_off(tmp_path, monkeypatch, setting):
+    monkeypatch.setenv("EDGEMPI_CACHE", setting)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    make_idx_folder(tmp_path / "mnist")
+    data.load("mnist", root=str(tmp_path))
+    assert not (tmp_path / "xdg").exists() and inflated.cache_dir() is None
+
+
+def test_the_default_folder_is_the_users_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDGEMPI_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert inflated.cache_dir() == tmp_path / "edgempi"
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_only_the_inflation(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EDGEMPI_CACHE", str(blocker / "cache"))
+    make_idx_folder(tmp_path / "mnist")
+    assert len(data.load("mnist", root=str(tmp_path)).train_x) == 40
