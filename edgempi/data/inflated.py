@@ -15,7 +15,11 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import Union
 
+import numpy as np
+
+Buffer = Union[bytes, bytearray, np.ndarray]
 STALE_PARTIAL_S = 600  # a partial copy this old was left by a writer that died
 
 
@@ -45,33 +49,34 @@ def copy_path(path: Path, folder: Path, check: tuple[int, int]) -> Path:
     return folder / f"{path.name.removesuffix('.gz')}-{where}-{check[0]:08x}-{check[1]}.idx"
 
 
-def read(path: Path) -> bytes | None:
-    """The inflated contents of gzip file ``path`` from its copy, or None (no copy, or a
-    damaged one, which is removed)."""
+def copy_of(path: Path) -> Path | None:
+    """The inflated copy kept for gzip file ``path``, if there is one: to be read as an IDX
+    file and then checked with :func:`holds`."""
     folder, check = cache_dir(), trailer(path)
     if folder is None or check is None:
         return None
     copy = copy_path(path, folder, check)
-    try:
-        data = copy.read_bytes()
-        if (zlib.crc32(data), len(data) & 0xFFFFFFFF) == check:
-            return data
-        copy.unlink()  # damaged (copies appear whole, by rename): the inflated file replaces it
-    except OSError:
-        pass
-    return None
+    return copy if copy.is_file() else None
 
 
-def write(path: Path, parts: tuple[bytes, ...]) -> None:
+def holds(path: Path, parts: tuple[Buffer, ...]) -> bool:
+    """Whether ``parts`` (read from a copy, in order) are the inflated contents of ``path``:
+    their CRC-32 and length are the ones in its gzip trailer."""
+    return _check(parts) == trailer(path)
+
+
+def discard(copy: Path) -> None:
+    """Remove a damaged copy (copies appear whole, by rename), for the inflated file to replace."""
+    copy.unlink(missing_ok=True)
+
+
+def write(path: Path, parts: tuple[Buffer, ...]) -> None:
     """Keep the inflated contents of ``path`` (``parts`` in order) when they match its trailer.
     One writer at a time (a partial file taken exclusively, then renamed into place), so the
     ranks of a job starting together write one copy and never a torn one; a failure to write
     is ignored."""
     folder, check = cache_dir(), trailer(path)
-    crc = 0
-    for part in parts:
-        crc = zlib.crc32(part, crc)
-    if folder is None or check != (crc, sum(map(len, parts)) & 0xFFFFFFFF):
+    if folder is None or check != _check(parts):
         return
     target = copy_path(path, folder, check)
     partial = target.with_suffix(".partial")
@@ -87,6 +92,14 @@ def write(path: Path, parts: tuple[bytes, ...]) -> None:
             partial.unlink(missing_ok=True)
     except OSError:
         return
+
+
+def _check(parts: tuple[Buffer, ...]) -> tuple[int, int]:
+    """(CRC-32, length mod 2³²) of ``parts`` one after another, as a gzip trailer holds them."""
+    crc, length = 0, 0
+    for part in parts:
+        crc, length = zlib.crc32(part, crc), length + memoryview(part).nbytes
+    return crc, length & 0xFFFFFFFF
 
 
 def _claim(partial: Path) -> bool:

@@ -10,13 +10,12 @@ user's own is ``data.name: package.module:function`` with the same signature.
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -89,10 +88,26 @@ def _read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzipped or not), checked against its own header: a file cut short, with
     bytes to spare or not gzip where it says so is refused, naming the file. A gzipped file is
     read from its inflated copy when one matches it (:mod:`edgempi.data.inflated`)."""
-    gzipped = path.suffix == ".gz"
-    copy = inflated.read(path) if gzipped else None
+    if path.suffix != ".gz":
+        return _parse_idx(path, open)[1]
+    copy = inflated.copy_of(path)
+    if copy is not None:
+        try:
+            header, values = _parse_idx(copy, open)
+            if inflated.holds(path, (header, values)):
+                return values
+        except DataError:
+            pass
+        inflated.discard(copy)
+    header, values = _parse_idx(path, gzip.open)
+    inflated.write(path, (header, values))
+    return values
+
+
+def _parse_idx(path: Path, opener: Callable[..., BinaryIO]) -> tuple[bytes, np.ndarray]:
+    """The header and the (writable) values of IDX file ``path`` opened with ``opener``."""
     try:
-        with io.BytesIO(copy) if copy is not None else (gzip.open if gzipped else open)(path, "rb") as f:
+        with opener(path, "rb") as f:
             head = f.read(4)
             if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
                 raise DataError(f"{path}: not an unsigned-byte IDX file")
@@ -101,15 +116,14 @@ def _read_idx(path: Path) -> np.ndarray:
             expected = math.prod(dims)
             if len(dims) != head[3] or expected > MAX_IDX_BYTES:
                 raise DataError(f"{path}: bad IDX header (dimensions {dims})")
-            raw = f.read(expected + 1)
+            raw = bytearray(expected + 1)  # one byte to spare, to tell a file that has more
+            got = f.readinto(raw)
     except (OSError, EOFError, zlib.error) as exc:  # gzip: cut short, bad CRC, not gzip
         raise DataError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
-    if len(raw) != expected:
-        what = "truncated IDX file" if len(raw) < expected else "IDX file longer than its header says"
-        raise DataError(f"{path}: {what} ({min(len(raw), expected)} of {expected} values)")
-    if gzipped and copy is None:
-        inflated.write(path, (head, shape, raw))
-    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+    if got != expected:
+        what = "truncated IDX file" if got < expected else "IDX file longer than its header says"
+        raise DataError(f"{path}: {what} ({min(got, expected)} of {expected} values)")
+    return head + shape, np.frombuffer(raw, dtype=np.uint8, count=expected).reshape(dims)
 
 
 def _find_idx_folder(folders: tuple[str, ...], roots: list[Path]) -> Path | None:
@@ -172,8 +186,8 @@ class IdxDataset:
             raise DataError(f"{self.name} not found (looked in {looked}); {self.hint}put the IDX files in a folder "
                             "and set data.root or $EDGEMPI_DATA, or set data.download=true")
         train_x, train_y, test_x, test_y = _checked_idx(folder)
-        return Dataset(self.name, torch.from_numpy(train_x.copy()).unsqueeze(1),
-                       torch.from_numpy(train_y.astype(np.int64)), torch.from_numpy(test_x.copy()).unsqueeze(1),
+        return Dataset(self.name, torch.from_numpy(train_x).unsqueeze(1),
+                       torch.from_numpy(train_y.astype(np.int64)), torch.from_numpy(test_x).unsqueeze(1),
                        torch.from_numpy(test_y.astype(np.int64)), 10, self.mean, self.std)
 
 
