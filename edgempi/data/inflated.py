@@ -88,7 +88,7 @@ def write(path: Path, parts: tuple[Buffer, ...]) -> None:
             with open(partial, "wb") as f:
                 f.writelines(parts)
             os.replace(partial, target)
-        finally:
+        except OSError:  # a full disk, say: no copy this time
             partial.unlink(missing_ok=True)
     except OSError:
         return

@@ -121,3 +121,13 @@ def test_a_cache_folder_that_cannot_be_written_costs_only_the_inflation(tmp_path
     monkeypatch.setenv("EDGEMPI_CACHE", str(blocker / "cache"))
     make_idx_folder(tmp_path / "mnist")
     assert len(data.load("mnist", root=str(tmp_path)).train_x) == 40
+
+
+def test_a_copy_that_fails_to_be_written_leaves_nothing_behind(tmp_path, cache, monkeypatch):
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    make_idx_folder(tmp_path / "mnist")
+    assert len(data.load("mnist", root=str(tmp_path)).train_x) == 40
+    assert copies(cache) == [] and list(cache.glob("*.partial")) == []
