@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from edgempi import launch
 from edgempi.analysis.report import to_target
 from edgempi.analysis.runs import read_run, read_status
 
@@ -69,7 +69,7 @@ def command(run: Run, base: Path, out: Path, extra: list[str], max_ranks: int | 
     """The run on K ranks, or on the most ranks up to max_ranks that split K evenly: the same run
     (tests/mpi/test_devices.py) on fewer processes than a small machine can hold. It stops at
     the target (train.stop_at_acc): the table needs nothing after it."""
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    mpiexec = launch.mpiexec() or "mpiexec"
     ranks = max(r for r in range(1, min(run.devices, max_ranks or run.devices) + 1) if run.devices % r == 0)
     sets = [*run.overrides, f"train.stop_at_acc={target}", *extra, f"parallel.devices_per_rank={run.devices // ranks}", f"output.name={run.name}.h5"]
     return [mpiexec, "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(base), "--out", str(out),

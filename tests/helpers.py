@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgempi import launch
 from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def mpiexec() -> str:
-    exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    exe = launch.mpiexec()
     if exe is None:
         pytest.skip("no mpiexec on PATH")
     return exe

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgempi.launch import mpiexec
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
 
@@ -55,7 +57,7 @@ def child(devices: int, batched: str, rounds: int, local_steps: int, out: Path) 
 
 
 def measure(ranks: int, devices: int, batched: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
-    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), sys.executable, __file__, "--child",
+    cmd = [mpiexec() or "mpiexec", "-n", str(ranks), sys.executable, __file__, "--child",
            str(devices), batched, "--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:

@@ -42,6 +42,7 @@ ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from edgempi.config import ConfigError  # noqa: E402
+from edgempi.launch import mpiexec  # noqa: E402
 from edgempi.record import open_for_reading  # noqa: E402
 from runs import Run, launch  # noqa: E402
 from workload import edgempi_command, overrides  # noqa: E402
@@ -58,7 +59,7 @@ def flower_command(devices: int, rounds: int, out: Path) -> list[str]:
 def run_edgempi(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Run:
     """edgempi's round ends in wall-clock time: its progress line after the evaluation before
     round 1 fixes when that evaluation ended; the /steps rows (one per round) follow from there."""
-    argv = edgempi_command(devices, rounds, work, mpiexec=shutil.which("mpiexec") or "mpiexec")
+    argv = edgempi_command(devices, rounds, work, mpiexec=mpiexec() or "mpiexec")
     launched, ended, lines, memory = launch(argv, env, work / f"edgempi-{devices}.log")
     first = next((t for t, text in lines if "edgempi: step 0/" in text), None)
     if first is None:
