@@ -6,7 +6,10 @@ on every rank, for the compute-only step, one Allreduce after backward (``bucket
 the bucketed exchange, alternating blocks. ``perf_counter`` is one clock for all processes of
 a host, so it also gives how far apart the ranks end backward (the *skew*, waited for by the
 first in any synchronous step) and how long the exchange lasts after the last rank's backward
-(the *tail*: the wire time left exposed). Medians over steps, in ms.
+(the *tail*: the wire time left exposed). For the compute-only step it gives the *spread* of a
+rank's step times and the *slowest-rank wait*: the mean over steps of the slowest rank's step
+less the mean step, what a synchronous step pays for the ranks' noise alone. Medians over steps,
+in ms.
 """
 from __future__ import annotations
 
@@ -62,8 +65,13 @@ def summary(marks: np.ndarray, exchanges: bool) -> str:
     backward_end, exchange_end = marks[:, :, 3], marks[:, :, 4]
     skew = np.median(backward_end.max(0) - backward_end.min(0)) * 1e3
     tail = np.median(exchange_end.min(0) - backward_end.max(0)) * 1e3
-    step = np.median((marks[:, :, -1] - marks[:, :, 0]).max(0)) * 1e3
-    ranks = f" | skew {skew:.1f}, tail {tail:.1f}" if exchanges else ""
+    steps = marks[:, :, -1] - marks[:, :, 0]
+    step = np.median(steps.max(0)) * 1e3
+    if exchanges:
+        ranks = f" | skew {skew:.1f}, tail {tail:.1f}"
+    else:  # what waiting for the slowest rank every step would add to these unsynchronised steps
+        ranks = (f" | spread {np.median(steps.std(1)) * 1e3:.2f} (std of a rank's steps), "
+                 f"slowest-rank wait {(steps.max(0).mean() - steps.mean()) * 1e3:.2f}")
     return " ".join(f"{name} {ms:.1f}" for name, ms in zip(PHASES, phases)) + f"{ranks} | step (slowest rank) {step:.1f}"
 
 
