@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgempi import launch
+from edgempi.launch import mpiexec as find_mpiexec
 from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def mpiexec() -> str:
-    exe = launch.mpiexec()
+    exe = find_mpiexec()
     if exe is None:
         pytest.skip("no mpiexec on PATH")
     return exe
