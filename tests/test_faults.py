@@ -73,7 +73,9 @@ def test_killed_rank_then_resume_completes_the_same_history(reference, tmp_path)
     proc.communicate(timeout=120)
     kill_job(proc)
     assert proc.returncode != 0
-    assert read_run(tmp_path / "cut.h5").status == "running"  # flushed rows readable, nothing claimed
+    # Flushed rows readable, nothing claimed: "running" when the launcher killed rank 0 first,
+    # "failed" when rank 0 saw its peer's death in a collective first and said so.
+    assert read_run(tmp_path / "cut.h5").status in ("running", "failed")
     resumed = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=cut", "--resume", "--quiet",
                       ranks=2)
     assert resumed.returncode == 0, resumed.stderr
