@@ -14,5 +14,5 @@ _CACHE = tempfile.mkdtemp(prefix="edgempi-test-cache-")
 os.environ["EDGEMPI_CACHE"] = _CACHE
 
 
-def pytest_unconfigure(config) -> None:
+def pytest_unconfigure(config: object) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)

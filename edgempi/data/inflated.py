@@ -1,15 +1,16 @@
 """Inflated copies of gzipped IDX files, so that a run reads 47 MB of Fashion-MNIST's training
 images instead of inflating 26 MB (0.3 s on every rank, a tenth of a run's start-up).
 
-A copy is read only when its CRC-32 and length equal the ones its gzip file carries in its own
-trailer, so a copy that is stale (the file changed), damaged or cut short is never used: the file
-is inflated again and the copy rewritten. Copies live in ``$EDGEMPI_CACHE`` (default
-``$XDG_CACHE_HOME/edgempi`` or ``~/.cache/edgempi``); ``EDGEMPI_CACHE=off`` keeps none. A cache
-folder that cannot be written only costs the inflation.
+A copy is named after its file's name and the CRC-32 and length that the gzip file carries in its
+own trailer, and is read only when its contents have that CRC-32 and length: a damaged copy is
+never used (it is removed and the file inflated again), and a changed file gets a copy of its own.
+The same file in several folders (MNIST and Fashion-MNIST share file names but not trailers; a
+job that stages its data per run does not) shares one copy. Copies live in ``$EDGEMPI_CACHE``
+(default ``$XDG_CACHE_HOME/edgempi`` or ``~/.cache/edgempi``); ``EDGEMPI_CACHE=off`` keeps none.
+A cache folder that cannot be read or written only costs the inflation.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import time
@@ -43,10 +44,9 @@ def trailer(path: Path) -> tuple[int, int] | None:
 
 
 def copy_path(path: Path, folder: Path, check: tuple[int, int]) -> Path:
-    """Where the inflated copy of ``path`` lies: named after the file, where it is, and its
-    trailer, so two files of one name never share a copy."""
-    where = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    return folder / f"{path.name.removesuffix('.gz')}-{where}-{check[0]:08x}-{check[1]}.idx"
+    """Where the inflated copy of ``path`` lies; ``check`` is its trailer, which tells apart
+    files of one name (MNIST's and Fashion-MNIST's) and a file that changed."""
+    return folder / f"{path.name.removesuffix('.gz')}-{check[0]:08x}-{check[1]}.idx"
 
 
 def copy_of(path: Path) -> Path | None:
@@ -56,7 +56,11 @@ def copy_of(path: Path) -> Path | None:
     if folder is None or check is None:
         return None
     copy = copy_path(path, folder, check)
-    return copy if copy.is_file() else None
+    try:
+        copy.stat()  # not is_file(): it lets a folder that may not be searched raise
+    except OSError:
+        return None
+    return copy
 
 
 def holds(path: Path, parts: tuple[Buffer, ...]) -> bool:
@@ -66,8 +70,12 @@ def holds(path: Path, parts: tuple[Buffer, ...]) -> bool:
 
 
 def discard(copy: Path) -> None:
-    """Remove a damaged copy (copies appear whole, by rename), for the inflated file to replace."""
-    copy.unlink(missing_ok=True)
+    """Remove a damaged copy (copies appear whole, by rename), for the inflated file to replace;
+    one that may not be removed stays, and the file is inflated each time."""
+    try:
+        copy.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write(path: Path, parts: tuple[Buffer, ...]) -> None:
@@ -82,14 +90,17 @@ def write(path: Path, parts: tuple[Buffer, ...]) -> None:
     partial = target.with_suffix(".partial")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if target.exists() or not _claim(partial):
+        fd = None if target.exists() else _claim(partial)
+        if fd is None:
             return
-        try:
-            with open(partial, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
+            try:
                 f.writelines(parts)
-            os.replace(partial, target)
-        except OSError:  # a full disk, say: no copy this time
-            partial.unlink(missing_ok=True)
+                f.flush()
+                os.replace(partial, target)
+            except OSError:  # a full disk, say: no copy this time
+                if os.path.samestat(os.fstat(f.fileno()), os.stat(partial)):  # ours, not a later writer's
+                    partial.unlink()
     except OSError:
         return
 
@@ -102,13 +113,14 @@ def _check(parts: tuple[Buffer, ...]) -> tuple[int, int]:
     return crc, length & 0xFFFFFFFF
 
 
-def _claim(partial: Path) -> bool:
-    """Whether this process may write ``partial`` (created here, exclusively); one left by a
-    dead writer long ago is removed, for the next run to claim."""
+def _claim(partial: Path) -> int | None:
+    """A descriptor of ``partial``, created here exclusively (this process writes the copy), or
+    None when another writer holds it; one left by a dead writer long ago is removed, for the
+    next run to claim. The copy is written through the descriptor, never reopened by name, so
+    two writers never share a file."""
     try:
-        os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        return True
+        return os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
             partial.unlink(missing_ok=True)
-        return False
+        return None

@@ -112,18 +112,21 @@ def _parse_idx(path: Path, opener: Callable[..., BinaryIO]) -> tuple[bytes, np.n
             if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
                 raise DataError(f"{path}: not an unsigned-byte IDX file")
             shape = f.read(4 * head[3])
+            if len(shape) != 4 * head[3]:
+                raise DataError(f"{path}: truncated IDX header")
             dims = tuple(int(d) for d in np.frombuffer(shape, dtype=">u4"))
             expected = math.prod(dims)
-            if len(dims) != head[3] or expected > MAX_IDX_BYTES:
+            if expected > MAX_IDX_BYTES:
                 raise DataError(f"{path}: bad IDX header (dimensions {dims})")
-            raw = bytearray(expected + 1)  # one byte to spare, to tell a file that has more
+            # Not zero-filled: a header that claims more than the file holds costs no memory.
+            raw = np.empty(expected + 1, dtype=np.uint8)  # one to spare, to tell a file that has more
             got = f.readinto(raw)
     except (OSError, EOFError, zlib.error) as exc:  # gzip: cut short, bad CRC, not gzip
         raise DataError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from exc
     if got != expected:
         what = "truncated IDX file" if got < expected else "IDX file longer than its header says"
         raise DataError(f"{path}: {what} ({min(got, expected)} of {expected} values)")
-    return head + shape, np.frombuffer(raw, dtype=np.uint8, count=expected).reshape(dims)
+    return head + shape, raw[:expected].reshape(dims)
 
 
 def _find_idx_folder(folders: tuple[str, ...], roots: list[Path]) -> Path | None:

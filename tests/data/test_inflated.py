@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
+
+from pathlib import Path
 
 from edgempi import data
 from edgempi.data import inflated
@@ -24,11 +28,11 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-def copies(folder):
+def copies(folder) -> list[str]:
     return sorted(p.name for p in folder.glob("*.idx")) if folder.exists() else []
 
 
-def kept_whole(path) -> bool:
+def kept_whole(path: Path) -> bool:
     """Whether gzip file ``path`` has a copy that holds its inflated contents."""
     copy = inflated.copy_of(path)
     return copy is not None and inflated.holds(path, (copy.read_bytes(),))
@@ -54,6 +58,7 @@ def test_a_first_load_keeps_copies_and_a_second_reads_them_without_inflating(tmp
     lambda b: b[:-5],                                   # cut short
     lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:],  # one bit flipped
     lambda b: b"",                                      # emptied
+    lambda b: b[:6],                                    # cut inside its dimensions
 ])
 def test_a_damaged_copy_is_never_read_and_is_rewritten(tmp_path, cache, damage):
     make_idx_folder(tmp_path / "mnist")
@@ -131,3 +136,69 @@ def test_a_copy_that_fails_to_be_written_leaves_nothing_behind(tmp_path, cache, 
     make_idx_folder(tmp_path / "mnist")
     assert len(data.load("mnist", root=str(tmp_path)).train_x) == 40
     assert copies(cache) == [] and list(cache.glob("*.partial")) == []
+
+
+def test_a_copy_that_may_not_be_removed_costs_only_the_inflation(tmp_path, cache, monkeypatch):
+    make_idx_folder(tmp_path / "mnist")
+    expected = data.load("mnist", root=str(tmp_path)).train_x
+    (copy,) = cache.glob("train-images-*.idx")
+    copy.write_bytes(b"damaged")
+
+    def refused(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    assert data.load("mnist", root=str(tmp_path)).train_x.equal(expected)
+
+
+def test_a_file_in_two_folders_shares_one_copy_and_one_of_several_members_gets_none(tmp_path, cache):
+    make_idx_folder(tmp_path / "a" / "mnist")
+    make_idx_folder(tmp_path / "b" / "mnist")  # the same seeded contents: a job's staged copy
+    data.load("mnist", root=str(tmp_path / "a"))
+    data.load("mnist", root=str(tmp_path / "b"))
+    assert len(copies(cache)) == 4
+    path = tmp_path / "a" / "mnist" / IMAGES
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))  # two gzip members
+    assert data.load("mnist", root=str(tmp_path / "a")).train_x.equal(data.load("mnist", root=str(tmp_path / "b")).train_x)
+    assert inflated.copy_of(path) is None  # its trailer covers its last member only: never kept
+
+
+LOAD = """
+import hashlib, sys
+from edgempi import data
+ds = data.load("mnist", root=sys.argv[1])
+print(hashlib.sha1(ds.train_x.numpy().tobytes() + ds.test_y.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_ranks_starting_together_read_the_same_data_and_leave_one_whole_copy(tmp_path, cache):
+    make_idx_folder(tmp_path / "mnist", n_train=4000)
+    ranks = [subprocess.Popen([sys.executable, "-c", LOAD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    digests = {proc.communicate(timeout=120)[0] for proc in ranks}
+    assert len(digests) == 1 and all(proc.returncode == 0 for proc in ranks)
+    assert len(copies(cache)) == 4 and not list(cache.glob("*.partial"))
+    assert all(kept_whole(tmp_path / "mnist" / f"{name}.gz") for name in
+               ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+
+
+PEAK = """
+import resource, struct, sys
+from pathlib import Path
+from edgempi.data.sources import DataError, _read_idx
+path = Path(sys.argv[1])
+path.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 1, 32768, 32768) + bytes(100))
+try:
+    _read_idx(path)
+except DataError as exc:
+    print(exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_header_claiming_a_gigabyte_costs_no_gigabyte(tmp_path):
+    out = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "big-idx3-ubyte")], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert "truncated IDX file (100 of 1073741824 values)" in out[0]
+    assert int(out[1]) < 600  # MB of peak memory; zero-filling the claimed buffer took 1,055
