@@ -8,8 +8,9 @@ a host, so it also gives how far apart the ranks end backward (the *skew*, waite
 first in any synchronous step) and how long the exchange lasts after the last rank's backward
 (the *tail*: the wire time left exposed). For the compute-only step it gives the *spread* of a
 rank's step times and the *slowest-rank wait*: the mean over steps of the slowest rank's step
-less the mean step, what a synchronous step pays for the ranks' noise alone. Medians over steps,
-in ms.
+less the mean step, pairing the ranks' i-th steps; these are not synchronised, so it estimates what
+a synchronous step would pay for the ranks' noise alone if that noise is independent. Medians
+over steps, in ms.
 """
 from __future__ import annotations
 
