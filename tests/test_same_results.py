@@ -7,7 +7,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import yaml
 
+from edgempi.config import from_dict
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -58,3 +60,11 @@ def test_new_columns_only_when_named_and_missing_files_count(before: pathlib.Pat
 def test_every_run_names_a_config_of_the_repository() -> None:
     for ranks, config, _ in same_results.RUNS.values():
         assert ranks >= 1 and (ROOT / config).is_file()
+
+
+def test_every_run_is_fixed_by_its_config_and_seed() -> None:
+    """A run whose config lets the code decide from timings (``parallel.groups: auto`` plans the
+    spatial layers from measured layer times) could differ between two runs of one code."""
+    for name, (_, config, overrides) in same_results.RUNS.items():
+        cfg = from_dict(yaml.safe_load((ROOT / config).read_text()), overrides)
+        assert cfg.parallel.mode != "spatial" or cfg.parallel.groups != "auto", name
