@@ -331,10 +331,11 @@ def open_for_reading(path: str | Path) -> h5py.File:
 
 
 def summary(path: str | Path) -> dict[str, Any]:
-    """What a resume checks of a file: status, config text, run id, last recorded step.
-    Run it through ``guard.call`` (a damaged file can make this read hang)."""
+    """What a resume checks of a file: status, config text, run id, last recorded step, and
+    the spatial layer groups it trained with. Run it through ``guard.call`` (a damaged file can
+    make this read hang)."""
     with open_for_reading(path) as f:
-        attrs = {k: f.attrs.get(k) for k in ("schema", "status", "config", "run_id")}
+        attrs = {k: f.attrs.get(k) for k in ("schema", "status", "config", "run_id", "spatial_groups")}
         steps = f["steps"]
         n = min(steps[c].shape[0] for c in steps)
         last = float(steps["step"][n - 1]) if n else 0.0

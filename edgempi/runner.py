@@ -12,7 +12,9 @@ only after its file was read back complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
+from edgempi.spatial.model import SpatialModel
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.topology import threads_per_rank
 from edgempi.train import Outcome, Setup, Trainer, build, tables
@@ -77,15 +80,16 @@ def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Excep
     return gathered[0][1]
 
 
-def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> str:
+def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str, str | None]:
     """Rank 0, holding the lock: ``new`` (write a new file), ``resume`` or ``done`` (a
-    completed run of this config: nothing to do); SetupError when the file must be kept."""
+    completed run of this config: nothing to do), with the spatial layer groups a resumed file
+    trained with (JSON; None for a new file); SetupError when the file must be kept."""
     if not path.exists():
         if resume:
             raise SetupError(f"{path} does not exist: nothing to resume (run without --resume)")
-        return "new"
+        return "new", None
     if overwrite:
-        return "new"
+        return "new", None
     if not resume:
         raise SetupError(f"{path} exists; pass --overwrite to replace it, --resume to continue it, "
                          "or --set output.name=NEW")
@@ -102,7 +106,7 @@ def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> str:
     if not same:
         raise SetupError(f"{path} was written by a different config; --resume continues only the same run "
                          "(pass --overwrite to replace it, or --set output.name=NEW)")
-    return "done" if found["status"] == "completed" else "resume"
+    return "done" if found["status"] == "completed" else "resume", found.get("spatial_groups")
 
 
 def _matching(meta: dict[str, Any] | None, path: Path, folder: Path) -> dict[str, Any] | None:
@@ -119,12 +123,21 @@ def _matching(meta: dict[str, Any] | None, path: Path, folder: Path) -> dict[str
     return meta
 
 
-def _prepare(cfg: RunConfig, comm: Comm, path: Path, action: str) -> tuple[Setup, dict[str, Any] | None]:
+def with_groups(cfg: RunConfig, groups: str | None) -> RunConfig:
+    """``cfg`` with its spatial layer groups set to ``groups`` (JSON), if given and planned
+    ``auto``; the config that is checked and recorded stays the user's."""
+    if groups is None or cfg.parallel.mode != "spatial" or cfg.parallel.groups != "auto":
+        return cfg
+    return dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, groups=json.loads(groups)))
+
+
+def _prepare(cfg: RunConfig, comm: Comm, path: Path, action: str,
+             groups: str | None = None) -> tuple[Setup, dict[str, Any] | None]:
     """Every rank: data, model, and (resuming) this rank's checkpoint state, checked."""
     folder = checkpoint_dir(path)
     setup, state, error = None, None, None
     try:
-        setup = build(cfg, comm)
+        setup = build(with_groups(cfg, groups), comm)
         meta = read_meta(folder, cfg, comm.size) if action == "resume" else None
         if comm.rank == 0:
             _matching(meta, path, folder)
@@ -147,6 +160,8 @@ def _open_recorder(cfg: RunConfig, trainer: Trainer, path: Path, resumed: bool) 
         raise OutputError(error)
     attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": trainer.comm.size,
              "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
+    if isinstance(trainer.flat.model, SpatialModel):
+        attrs["spatial_groups"] = json.dumps([list(g) for g in trainer.flat.model.groups])
     setup = trainer.setup
     arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
     return Recorder(path, attrs, tables(setup), arrays, overwrite=path.exists())
@@ -176,18 +191,18 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     config_mod.validate_world(cfg, comm.size)
     torch.set_num_threads(threads_per_rank(cfg, comm))
     keep_freed_memory()
-    lock, action, error = None, None, None
+    lock, planned, error = None, None, None
     try:
         if comm.rank == 0:
             try:
                 lock = OutputLock(path)
-                action = plan(cfg, path, overwrite, resume)
+                planned = plan(cfg, path, overwrite, resume)
             except (OutputError, SetupError) as exc:
                 error = str(exc)
-        action = agree(comm, error, action)
+        action, groups = agree(comm, error, planned)
         if action == "done":
             return None
-        outcome = _train(cfg, comm, path, action, progress)
+        outcome = _train(cfg, comm, path, action, progress, groups)
         if comm.rank == 0 and not keep_checkpoints:
             warning = remove(checkpoint_dir(path))
             if warning:
@@ -214,9 +229,12 @@ def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
         write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
 
 
-def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool) -> Outcome:
-    """Build, restore, open the file, train; the file's final status is agreed by all ranks."""
-    setup, state = _prepare(cfg, comm, path, action)
+def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
+           groups: str | None = None) -> Outcome:
+    """Build, restore, open the file, train; the file's final status is agreed by all ranks.
+    A resumed spatial run keeps the layer groups its file records (``groups``), which
+    ``groups: auto`` would plan anew from timings measured now."""
+    setup, state = _prepare(cfg, comm, path, action, groups)
     trainer = Trainer(setup, comm, progress=progress)
     if state is not None:
         trainer.load_state_dict(state)

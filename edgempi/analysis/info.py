@@ -52,6 +52,8 @@ def info(path: str | Path) -> str:
         lines.append(f"  error: {a['error']}")
     if a.get("evaluated_model"):
         lines.append(f"  evaluations score: {a['evaluated_model']}")
+    if a.get("spatial_groups"):
+        lines.append(f"  spatial layer groups: {a['spatial_groups']}")
     sections: dict[str, list[str]] = {}
     for key, value in c.items():
         section, _, rest = key.partition(".")
