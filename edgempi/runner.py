@@ -30,8 +30,8 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
-from edgempi.spatial.model import SpatialModel
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
+from edgempi.spatial.model import SpatialModel
 from edgempi.topology import threads_per_rank
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
