@@ -139,9 +139,10 @@ def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp
     # Flower's round 1 (120 s) is shorter than its later rounds (150 s): round 1 less a round is < 0
     measured = [runs.Run("edgempi", 8, 100.0, 103.0, [110.0, 116.0, 122.0], 123.0, 0.5, 2 * 10**9, 10**9, 1.0),
                 runs.Run("flower", 8, 200.0, 209.0, [320.0, 470.0, 620.0], 621.0, 0.5, 4 * 10**9, 3 * 10**9, 1.5)]
-    row = flower.table(measured, [8]).splitlines()[2].split(" | ")
+    row = flower.table(measured, [8], {8: [1.9, 1.7, 2.4]}).splitlines()[2].split(" | ")
     assert row[1:4] == ["3.0 / 9.0 (3.0×)", "4.0 / -30.0 (–)", "6 / 150 (25.0×)"]
     assert row[4:6] == ["2.00 / 4.00", "1.00 / 3.00"]
+    assert row[7] == "1.9"  # the import of torch on two ranks, median of the repeats
 
 
 @needs_fashion
@@ -151,6 +152,9 @@ def test_flower_and_edgempi_reach_the_same_accuracy():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| 2 |" in proc.stdout
-    measured = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    measured = [m for m in lines if "engine" in m]
     assert sorted(m["engine"] for m in measured) == ["edgempi", "flower"]
+    imports = [m["import_torch_s"] for m in lines if "import_torch_s" in m]
+    assert len(imports) == 1 and 0 < imports[0] < 120, lines
     assert all(0 < m["ready_s"] < m["first_round_s"] for m in measured), measured

@@ -19,7 +19,9 @@ repeat. For each run:
   and ranks; Flower's driver, Ray's daemons and actors), as resident set (RSS, counting shared
   libraries once per process) and as proportional set (PSS, shared pages split), sampled every
   0.25 s from /proc;
-- the final test accuracy, which must agree between the engines.
+- the final test accuracy, which must agree between the engines;
+- and, beside each repeat, ``mpiexec -n 2 python -c "import torch"``: what any engine running
+  torch on two ranks pays before its first line of its own, the floor of edgempi's start-up.
 
 Prints one JSON line per run as it ends, then a Markdown table of medians over the repeats.
 """
@@ -45,7 +47,7 @@ from edgempi.config import ConfigError  # noqa: E402
 from edgempi.launch import mpiexec  # noqa: E402
 from edgempi.record import open_for_reading  # noqa: E402
 from runs import Run, launch  # noqa: E402
-from workload import edgempi_command, overrides  # noqa: E402
+from workload import RANKS, edgempi_command, overrides  # noqa: E402
 
 ENGINES = ("edgempi", "flower")
 SAME_ACCURACY = 0.005  # 50 test images of 10,000: float sums in another order, nothing more
@@ -84,11 +86,21 @@ def run_flower(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Ru
 RUNNERS = {"edgempi": run_edgempi, "flower": run_flower}
 
 
-def measure(args: argparse.Namespace, work: Path) -> list[Run]:
-    """Every device count, ``repeats`` times each engine, alternating which goes first."""
+def torch_import_s(env: dict[str, str]) -> float:
+    """Seconds from launching ``mpiexec -n 2 python -c "import torch"`` to its end."""
+    launched = time.time()
+    subprocess.run([mpiexec() or "mpiexec", "-n", str(RANKS), sys.executable, "-c", "import torch"], env=env,
+                   check=True, capture_output=True)
+    return time.time() - launched
+
+
+def measure(args: argparse.Namespace, work: Path) -> tuple[list[Run], dict[int, list[float]]]:
+    """Every device count, ``repeats`` times each engine, alternating which goes first, and the
+    import of torch on two ranks after each repeat's runs (seconds, by device count)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
            "RAY_TMPDIR": str(work)}
-    runs = []
+    runs: list[Run] = []
+    imports: dict[int, list[float]] = {}
     for devices in args.devices:
         for repeat in range(args.repeats):
             order = args.engines if repeat % 2 == 0 else args.engines[::-1]
@@ -96,7 +108,9 @@ def measure(args: argparse.Namespace, work: Path) -> list[Run]:
                 run = RUNNERS[engine](devices, args.rounds, work, env)
                 print(json.dumps({**run.summary(), "repeat": repeat}), flush=True)
                 runs.append(run)
-    return runs
+            imports.setdefault(devices, []).append(torch_import_s(env))
+            print(json.dumps({"import_torch_s": imports[devices][-1], "devices": devices, "repeat": repeat}), flush=True)
+    return runs, imports
 
 
 def median_of(runs: list[Run], engine: str, devices: int, key: str) -> float:
@@ -113,12 +127,13 @@ def cell(m: dict[tuple[str, str], float], key: str, fmt: str, ratio: bool = True
     return f"{text} ({theirs / ours:.1f}×)" if ours > 0 and theirs > 0 else f"{text} (–)"
 
 
-def table(runs: list[Run], devices: list[int]) -> str:
+def table(runs: list[Run], devices: list[int], imports: dict[int, list[float]]) -> str:
     """Medians over the repeats; ratios are Flower's figure over edgempi's."""
     lines = ["| devices | ready s: edgempi / Flower (ratio) | start-up s: edgempi / Flower (ratio) "
              "| s per round: edgempi / Flower (ratio) | peak RSS GB: edgempi / Flower "
-             "| peak PSS GB: edgempi / Flower | accuracy: edgempi / Flower | load (1 min) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| peak PSS GB: edgempi / Flower | accuracy: edgempi / Flower | `import torch` on 2 ranks s "
+             "| load (1 min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for k in devices:
         m = {(e, key): median_of(runs, e, k, key) for e in ENGINES
              for key in ("ready_s", "startup_s", "s_per_round", "peak_rss_gb", "peak_pss_gb", "accuracy")}
@@ -126,7 +141,8 @@ def table(runs: list[Run], devices: list[int]) -> str:
         lines.append(
             f"| {k:,} | {cell(m, 'ready_s', '.1f')} | {cell(m, 'startup_s', '.1f')} | {cell(m, 's_per_round', '.3g')} "
             f"| {cell(m, 'peak_rss_gb', '.2f', False)} | {cell(m, 'peak_pss_gb', '.2f', False)} "
-            f"| {cell(m, 'accuracy', '.2%', False)} | {min(loads):.1f}–{max(loads):.1f} |")
+            f"| {cell(m, 'accuracy', '.2%', False)} | {statistics.median(imports[k]):.1f} "
+            f"| {min(loads):.1f}–{max(loads):.1f} |")
     return "\n".join(lines)
 
 
@@ -176,12 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     try:
-        runs = measure(args, work)
+        runs, imports = measure(args, work)
     except RuntimeError as exc:
         print(f"flower.py: {exc}", file=sys.stderr)  # the logs stay for reading
         return 1
     if set(args.engines) == set(ENGINES):
-        print(table(runs, args.devices))
+        print(table(runs, args.devices, imports))
     problems = disagreements(runs)
     for line in problems:
         print(f"flower.py: {line}", file=sys.stderr)
