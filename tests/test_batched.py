@@ -3,12 +3,14 @@
 whole runs are in tests/mpi/test_batched_runs.py)."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import small_config
+from helpers import ROOT, small_config
 from edgempi import batched, models
 from edgempi.config import from_dict
 from edgempi.settings import ConfigError
@@ -102,3 +104,13 @@ def test_the_path_is_said_once(overrides, said, capsys):
     say_batching(cfg, SimpleNamespace(batched=None if reason else object(), unbatched_because=reason))
     err = capsys.readouterr().err
     assert err == ("" if said is None else f"edgempi: {said}\n")
+
+
+def test_the_kernel_floor_times_every_kind_of_layer_the_batched_path_runs():
+    """benchmarks/micro/lenet_ceiling.py's floor (torch's kernels alone, laid out as the batched
+    path lays them out) runs, and finds convolutions, max-pools and linear layers in LeNet-5."""
+    spec = importlib.util.spec_from_file_location("lenet_ceiling", ROOT / "benchmarks" / "micro" / "lenet_ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    parts = ceiling.kernel_floor(batch=2, group=3, repeats=1)
+    assert set(parts) == {"convolutions", "max-pools", "linear layers"} and all(ms > 0 for ms in parts.values()), parts
