@@ -114,3 +114,21 @@ def test_the_kernel_floor_times_every_kind_of_layer_the_batched_path_runs():
     spec.loader.exec_module(ceiling)
     parts = ceiling.kernel_floor(batch=2, group=3, repeats=1)
     assert set(parts) == {"convolutions", "max-pools", "linear layers"} and all(ms > 0 for ms in parts.values()), parts
+
+
+def test_the_compile_benchmark_times_the_gradient_the_loop_computes():
+    """benchmarks/micro/batched_compiled.py times (and checks the compiled step against) the
+    gradient of a group's stacked rows: device by device, the loop's gradient of its own loss."""
+    spec = importlib.util.spec_from_file_location("batched_compiled", ROOT / "benchmarks" / "micro" / "batched_compiled.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = models.create("lenet5", in_channels=1, input_size=28)
+    rows = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).repeat(3, 1)
+    images, labels = torch.randn(3, 2, 1, 28, 28), torch.randint(10, (3, 2))
+    grads = bench.gradient(batched.Stacked(model).losses, rows, images, labels)
+    for device in range(3):
+        model.zero_grad()
+        F.cross_entropy(model(images[device]), labels[device]).backward()
+        expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(grads[device], expected, rtol=1e-4, atol=1e-6)
