@@ -13,6 +13,7 @@ from torch import nn
 from helpers import ROOT, small_config
 from edgempi import batched, models
 from edgempi.config import from_dict
+from edgempi.flat import FlatModel
 from edgempi.settings import ConfigError
 
 MANY = ["parallel.devices_per_rank=3", "algorithm.name=fedavg", "algorithm.local_steps=2"]
@@ -124,11 +125,10 @@ def test_the_compile_benchmark_times_the_gradient_the_loop_computes():
     spec.loader.exec_module(bench)
     torch.manual_seed(0)
     model = models.create("lenet5", in_channels=1, input_size=28)
-    rows = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).repeat(3, 1)
+    flat = FlatModel(model)
     images, labels = torch.randn(3, 2, 1, 28, 28), torch.randint(10, (3, 2))
-    grads = bench.gradient(batched.Stacked(model).losses, rows, images, labels)
+    grads = bench.gradient(batched.Stacked(model).losses, flat.params.repeat(3, 1), images, labels)
     for device in range(3):
-        model.zero_grad()
+        flat.zero_grad()
         F.cross_entropy(model(images[device]), labels[device]).backward()
-        expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-        torch.testing.assert_close(grads[device], expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grads[device], flat.grads, rtol=1e-4, atol=1e-6)

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from edgempi import batched, models
+from edgempi.flat import FlatModel
 
 Losses = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,7 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = models.create("lenet5", in_channels=1, input_size=28)
     stacked = batched.Stacked(model)  # type: ignore[arg-type]
-    rows = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).repeat(args.devices, 1)
+    rows = FlatModel(model).params.repeat(args.devices, 1)
     inputs = (rows, torch.randn(args.devices, args.batch, 1, 28, 28), torch.randint(10, (args.devices, args.batch)))
     start = time.perf_counter()
     compiled = torch.compile(stacked.losses, dynamic=False)
