@@ -1,6 +1,7 @@
 """Shared helpers: small configs, and running the CLI as a user would (also under mpiexec)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,14 @@ from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_script(path: Path):
+    """A benchmark script (not a package module) imported from its file, to call its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_config(**sections) -> dict:

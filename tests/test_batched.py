@@ -3,14 +3,12 @@
 whole runs are in tests/mpi/test_batched_runs.py)."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import ROOT, small_config
+from helpers import ROOT, load_script, small_config
 from edgempi import batched, models
 from edgempi.config import from_dict
 from edgempi.flat import FlatModel
@@ -110,9 +108,7 @@ def test_the_path_is_said_once(overrides, said, capsys):
 def test_the_kernel_floor_times_every_kind_of_layer_the_batched_path_runs():
     """benchmarks/micro/lenet_ceiling.py's floor (torch's kernels alone, laid out as the batched
     path lays them out) runs, and finds convolutions, max-pools and linear layers in LeNet-5."""
-    spec = importlib.util.spec_from_file_location("lenet_ceiling", ROOT / "benchmarks" / "micro" / "lenet_ceiling.py")
-    ceiling = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ceiling)
+    ceiling = load_script(ROOT / "benchmarks" / "micro" / "lenet_ceiling.py")
     parts = ceiling.kernel_floor(batch=2, group=3, repeats=1)
     assert set(parts) == {"convolutions", "max-pools", "linear layers"} and all(ms > 0 for ms in parts.values()), parts
 
@@ -120,9 +116,7 @@ def test_the_kernel_floor_times_every_kind_of_layer_the_batched_path_runs():
 def test_the_compile_benchmark_times_the_gradient_the_loop_computes():
     """benchmarks/micro/batched_compiled.py times (and checks the compiled step against) the
     gradient of a group's stacked rows: device by device, the loop's gradient of its own loss."""
-    spec = importlib.util.spec_from_file_location("batched_compiled", ROOT / "benchmarks" / "micro" / "batched_compiled.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(ROOT / "benchmarks" / "micro" / "batched_compiled.py")
     torch.manual_seed(0)
     model = models.create("lenet5", in_channels=1, input_size=28)
     flat = FlatModel(model)

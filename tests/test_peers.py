@@ -17,7 +17,7 @@ import torch
 from edgempi import config
 from edgempi.comm import self_comm
 from edgempi.train import build, load_dataset, train
-from helpers import FASHION, ROOT
+from helpers import FASHION, ROOT, load_script
 
 PEERS = ROOT / "benchmarks" / "peers"
 sys.path.insert(0, str(PEERS))
@@ -113,11 +113,8 @@ def test_a_measured_command_leaves_nothing_running(tmp_path, monkeypatch):
 
 def peers_main(*args: str) -> int:
     """``flower.py ARGS`` in this process (it needs no Flower for a dry run or a refusal)."""
-    spec = importlib.util.spec_from_file_location("peers_flower", PEERS / "flower.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     try:
-        return module.main(list(args))
+        return load_script(PEERS / "flower.py").main(list(args))
     except SystemExit as exc:
         return exc.code
 
@@ -133,9 +130,7 @@ def test_dry_run_prints_both_commands_and_bad_input_is_one_line(capsys):
 
 
 def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp():
-    spec = importlib.util.spec_from_file_location("peers_flower", PEERS / "flower.py")
-    flower = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(flower)
+    flower = load_script(PEERS / "flower.py")
     # Flower's round 1 (120 s) is shorter than its later rounds (150 s): round 1 less a round is < 0
     measured = [runs.Run("edgempi", 8, 100.0, 103.0, [110.0, 116.0, 122.0], 123.0, 0.5, 2 * 10**9, 10**9, 1.0),
                 runs.Run("flower", 8, 200.0, 209.0, [320.0, 470.0, 620.0], 621.0, 0.5, 4 * 10**9, 3 * 10**9, 1.5)]
