@@ -28,6 +28,7 @@ from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its o
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+EVAL_MODELS = ("global", "average")  # what an evaluation scores where devices hold their own models
 BATCHED = ("auto", "on", "off")
 
 
@@ -98,6 +99,7 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0
     stop_at_acc: float | None = None  # end the run at the first evaluation with test accuracy >= this
+    eval_model: str = "global"  # global: the model of the last sync; average: the devices' current average
 
 
     def check(self, cfg: "RunConfig") -> None:
@@ -118,6 +120,7 @@ class TrainConfig:
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
         require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
+        one_of(self.eval_model, EVAL_MODELS, "train.eval_model")
 
 
 @dataclass

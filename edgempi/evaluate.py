@@ -5,8 +5,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgempi.algorithms import Policy
+from edgempi.algorithms.held import put_, take_rows
 from edgempi.comm import Comm
 from edgempi.devices import DeviceBank
+
+Overlay = tuple[slice | torch.Tensor, torch.Tensor]  # values written at positions of every device's row
 
 
 def test_shards(n: int, comm: Comm) -> list[slice]:
@@ -15,37 +19,56 @@ def test_shards(n: int, comm: Comm) -> list[slice]:
     return [slice(int(bounds[d]), int(bounds[d + 1])) for d in range(comm.first, comm.first + comm.local)]
 
 
+def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: str, average_stats: bool) -> list[Overlay]:
+    """What each device's row is overwritten with before it is scored.
+
+    Where all devices hold one model (no ``policy.models_differ``), nothing: each scores its own.
+    ``global``: the method's held model (its last sync, after any server step), which it paid
+    for. ``average``: the average of the devices' current models (of ``policy.shared`` only,
+    FedBN), a measurement some papers score; its exchange is not counted in the ledger.
+    ``average_stats`` (``algorithm.eval_stats: average``): BatchNorm statistics averaged too;
+    under ``global`` only where the sync did not average them (statistics, not weights).
+    """
+    if not policy.models_differ:
+        return []
+    numel = bank.flat.numel
+    if eval_model == "global":
+        held = policy.held
+        if held.covers_buffers and not average_stats:
+            return [(slice(0, numel), held.values[:numel])]
+        overlays = [(held.positions, held.values)]
+        if average_stats and not held.covers_buffers and policy.shared is None and bank.flat.buffers.numel():
+            overlays.append(_average(bank, comm, slice(numel, None)))
+        return overlays
+    positions = policy.shared if policy.shared is not None else slice(0, bank.exchanged(average_stats).shape[1])
+    return [_average(bank, comm, positions)]
+
+
+def _average(bank: DeviceBank, comm: Comm, positions: slice | torch.Tensor) -> Overlay:
+    mean = take_rows(bank.storage, positions).mean(0)
+    comm.average_uncounted_(mean)
+    return positions, mean
+
+
 @torch.no_grad()
 def evaluate(bank: DeviceBank, comm: Comm, shards: list[tuple[torch.Tensor, torch.Tensor]], normalize,
-             average: bool, average_buffers: bool = True, batch_size: int = 1000,
-             shared: torch.Tensor | None = None) -> tuple[float, float]:
-    """(test loss, test accuracy) of the devices' models, or of their average model if ``average``.
+             overlays: list[Overlay], batch_size: int = 1000) -> tuple[float, float]:
+    """(test loss, test accuracy) of the devices' models, each with ``overlays`` written over it
+    (:func:`scored_overlays`).
 
-    Each device of this rank scores its own shard (``shards``, one per device) with its own
-    model, so the figures are those of one device per rank. The average includes BatchNorm
-    statistics unless ``average_buffers`` is false, in which case each device uses the
-    averaged weights with its own statistics. With ``shared`` (FedBN: the positions of the
-    parameters the method averages) only those are averaged: each device keeps its own
-    BatchNorm weights and statistics, as it does in training. Averaging is measurement, not the method's
-    traffic, so it is not counted in the ledger; the model is restored after.
+    Each device of this rank scores its own shard (``shards``, one per device) with its model,
+    so the figures are those of one device per rank. The models are restored after.
     """
     flat = bank.flat
     saved = flat.storage.clone()
-    mean = None
-    if average:
-        rows = bank.exchanged(average_buffers) if shared is None else bank.params.index_select(1, shared)
-        mean = rows.mean(0)
-        comm.average_uncounted_(mean)
     model = flat.model
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for device, (x, y) in enumerate(shards):
         flat.storage.copy_(bank.storage[device])
-        if mean is not None and shared is not None:
-            flat.params.index_copy_(0, shared, mean)
-        elif mean is not None:
-            flat.exchanged(average_buffers).copy_(mean)
+        for positions, values in overlays:
+            put_(flat.storage, positions, values)
         for start in range(0, len(x), batch_size):
             xb, yb = normalize(x[start:start + batch_size]), y[start:start + batch_size]
             logits = model(xb)

@@ -33,6 +33,7 @@ from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.spatial.model import SpatialModel
 from edgempi.topology import threads_per_rank
+from edgempi.algorithms import Policy
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
 ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
@@ -63,11 +64,22 @@ def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
     """What the evaluations of the file score, in words (stored as an attribute)."""
     if not models_differ:
         return "shared model"
+    weights = "global model of the last sync" if cfg.train.eval_model == "global" else "average weights"
     if getattr(cfg.algorithm, "local_bn", False):
-        return "average weights, each device's own BatchNorm layers (FedBN)"
+        return f"{weights}, each device's own BatchNorm layers (FedBN)"
     if cfg.algorithm.eval_stats == "local":
-        return "average weights, each device's own BatchNorm statistics"
-    return "average weights and BatchNorm statistics"
+        return f"{weights}, each device's own BatchNorm statistics"
+    return f"{weights} and BatchNorm statistics"
+
+
+def protocol_attrs(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
+    """``eval_model``: ``global`` where the scored model is one the method produced (also
+    wherever all devices hold one model), ``average`` where it is the devices' uncounted
+    average; then ``sync_bytes``, what one device would send (and receive) in the weight sync
+    that makes that average, which "bytes to target" charges."""
+    if not policy.models_differ or cfg.train.eval_model == "global":
+        return {"eval_model": "global"}
+    return {"eval_model": "average", "sync_bytes": int(policy.held.values.numel() * policy.held.values.element_size())}
 
 
 def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Exception] = SetupError) -> Any:
@@ -159,7 +171,8 @@ def _open_recorder(cfg: RunConfig, trainer: Trainer, path: Path, resumed: bool) 
     if error:
         raise OutputError(error)
     attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": trainer.comm.size,
-             "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ)}
+             "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ),
+             **protocol_attrs(cfg, trainer.policy)}
     if isinstance(trainer.flat.model, SpatialModel):
         attrs["spatial_groups"] = json.dumps([list(g) for g in trainer.flat.model.groups])
     setup = trainer.setup

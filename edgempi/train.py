@@ -19,7 +19,7 @@ from edgempi import algorithms, batched, data, models, optim
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
-from edgempi.evaluate import evaluate, test_shards
+from edgempi.evaluate import evaluate, scored_overlays, test_shards
 from edgempi.flat import FlatModel
 from edgempi.devices import DeviceBank
 from edgempi.sim import Clock
@@ -230,9 +230,9 @@ class Trainer:
         sees the same reduced accuracy, so all stop at the same step)."""
         with self.comm.uncounted(), self.clock.paused():
             shards = [(x, loader.relabel(y, step)) for (x, y), loader in zip(self.test_shards, self.loaders)]
-            test_loss, test_acc = evaluate(self.bank, self.setup.peers, shards, self.loaders[0].normalize,
-                                           self.policy.models_differ, self.cfg.algorithm.eval_stats == "average",
-                                           shared=self.policy.shared)
+            overlays = scored_overlays(self.bank, self.setup.peers, self.policy, self.cfg.train.eval_model,
+                                       self.cfg.algorithm.eval_stats == "average")
+            test_loss, test_acc = evaluate(self.bank, self.setup.peers, shards, self.loaders[0].normalize, overlays)
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)

@@ -68,8 +68,9 @@ def test_root_attributes_are_the_documented_ones(results_file: h5py.File) -> Non
     assert must <= set(attrs), must - set(attrs)
     assert attrs["schema"] in documented["schema"][1]
     assert attrs["status"] == "completed" and attrs["status"] in documented["status"][1]
-    assert attrs["evaluated_model"] == "average weights and BatchNorm statistics"
+    assert attrs["evaluated_model"] == "global model of the last sync and BatchNorm statistics"
     assert attrs["evaluated_model"] in documented["evaluated_model"][1]
+    assert attrs["eval_model"] == "global" and attrs["eval_model"] in documented["eval_model"][1]
     assert set(documented["status"][1]) == {"running", "completed", "failed", "interrupted"}
     assert attrs["devices"] == 2 and attrs["world_size"] == 1
     assert set(json.loads(attrs["versions"])) == set(documented["versions"][1])

@@ -29,7 +29,8 @@ def assert_same_history(a, b):
 
 @pytest.mark.parametrize("algorithm,extra", [
     ("large_batch", {}),
-    ("fedavg", {}),
+    ("fedavg", {}),  # scored on the held model of the last sync
+    ("fedavg", {"train": {"eval_model": "average"}}),
     ("large_batch", {"compression": {"name": "topk", "ratio": 0.05}}),  # error feedback + DGC momentum
     ("fda", {"algorithm": {"variant": "linear", "theta": 0.05}}),  # w0 and xi
     ("dynamic", {"algorithm": {"delta": 0.05, "check_every": 2}}),

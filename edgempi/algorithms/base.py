@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
+from edgempi.algorithms.held import HeldModel
 from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
@@ -133,8 +134,9 @@ class Policy:
     """Default: train locally and never exchange anything (the centralized baseline).
 
     ``Settings``: the method's settings dataclass; the instance the run uses is ``self.settings``.
-    ``models_differ``: devices may hold different models between syncs, so evaluation uses
-    their average (of the ``shared`` positions only, if set). ``exchanges_gradients``: the loop keeps every device's gradient until
+    ``models_differ``: devices may hold different models between syncs; evaluation scores the
+    ``held`` model of the last sync (``train.eval_model: global``), or the devices' average (of
+    the ``shared`` positions only, if set). ``exchanges_gradients``: the loop keeps every device's gradient until
     :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds
     besides its step (for /syncs).
     """
@@ -143,6 +145,7 @@ class Policy:
     exchanges_gradients = False  # True: every device's gradient is exchanged before its optimizer step
     sync_columns: tuple[str, ...] = ()
     shared: torch.Tensor | None = None  # FedBN: the parameter positions averaged (None: all exchanged)
+    held: HeldModel | None = None  # the global model of the last sync, where models differ
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
 
     def __init__(self, ctx: Context) -> None:

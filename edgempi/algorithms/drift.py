@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 
 from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
 from edgempi.lazy import lazy_import
 
@@ -25,6 +26,7 @@ class DriftPolicy(Policy):
         self.rounds = 0  # syncs so far: the round index of the participation draw
         self._delta = torch.empty_like(self.w0)
         self.server = ServerOptimizer.create(self.settings, self.w0.numel())
+        self.held = HeldModel(ctx.bank, exchanged_positions(ctx.bank, self.settings.average_buffers, None))
 
     def drift(self, device: int = 0) -> torch.Tensor:
         """Δ = w − w₀ of a device of this rank (a scratch buffer, valid until the next call)."""
@@ -36,12 +38,14 @@ class DriftPolicy(Policy):
             yield self.drift(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w0": self.w0.clone(), "rounds": self.rounds, "server": server_state(self.server)}
+        return {"w0": self.w0.clone(), "rounds": self.rounds, "server": server_state(self.server),
+                "held": self.held.values.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w0.copy_(state["w0"])
         self.rounds = state["rounds"]
         load_server_state(self.server, state.get("server"))
+        self.held.values.copy_(state["held"])
 
     def sync(self) -> torch.Tensor | None:
         """Average the weights over the devices that report (``algorithm.participation``,
@@ -57,4 +61,5 @@ class DriftPolicy(Policy):
             self.server.apply_(self.w0, bank)
         update = self.drift()  # every device now holds the new global model
         self.w0.copy_(bank.params[0])
+        self.held.capture()
         return update

@@ -95,6 +95,7 @@ class Dynamic(DriftPolicy):
         if full:
             self.rounds += 1
             self.w0.copy_(mean[:self.w0.numel()])
+            self.held.capture()
         return {"step": step, "violators": int(violators.sum()), "averaged": int(members.sum())}
 
     def within_delta(self, mean: torch.Tensor) -> bool:

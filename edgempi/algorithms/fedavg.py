@@ -9,6 +9,7 @@ from typing import Any
 from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 from edgempi.algorithms.fedbn import average_shared_, has_batchnorm, shared_positions
+from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
 from edgempi.config import RunConfig
 from edgempi.registry import METHODS
@@ -57,6 +58,7 @@ class PeriodicPolicy(Policy):
         self.anchor = ctx.flat.params.clone()  # the model every device started this round from
         self.shared = shared_positions(ctx.flat.model) if self.settings.local_bn else None
         self.server = ServerOptimizer.create(self.settings, ctx.flat.numel if self.shared is None else len(self.shared))
+        self.held = HeldModel(ctx.bank, exchanged_positions(ctx.bank, self.settings.average_buffers, self.shared))
 
     def round_ending(self, step: int) -> int | None:
         """The number (1, 2, …) of the round that ends with ``step``; None in mid-round."""
@@ -70,6 +72,7 @@ class PeriodicPolicy(Policy):
             if self.server is not None:
                 self.server.apply_(self.anchor, self.ctx.bank, self.shared)
             self.anchor.copy_(self.ctx.bank.params[0])
+            self.held.capture()
         return record
 
     def average_(self, round_index: int) -> int:
@@ -81,11 +84,12 @@ class PeriodicPolicy(Policy):
         return ctx.average_(ctx.bank.exchanged(with_buffers), mask)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor.clone(), "server": server_state(self.server)}
+        return {"anchor": self.anchor.clone(), "server": server_state(self.server), "held": self.held.values.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.copy_(state["anchor"])
         load_server_state(self.server, state.get("server"))
+        self.held.values.copy_(state["held"])
 
 
 @METHODS.register("fedavg")
