@@ -19,6 +19,8 @@ def _paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="results files, or folders searched for *.h5")
     p.add_argument("--group-by", metavar="KEY[,KEY]",
                    help="one line/row per value of these config keys, averaged over the rest (e.g. seeds)")
+    p.add_argument("--mixed-eval", action="store_true",
+                   help="show runs scored on different models (train.eval_model global and average) together")
 
 
 def _runs(paths: list[str]) -> list[Run]:
@@ -41,7 +43,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     print(plot(_runs(args.paths), args.x, args.y, group_by=args.group_by, logx=args.logx, out=args.out,
-               title=args.title))
+               title=args.title, mixed_eval=args.mixed_eval))
     return 0
 
 
@@ -51,12 +53,15 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="target test accuracy, a fraction or a percentage (0.8 or 80)")
     p.add_argument("--baseline", metavar="KEY=VALUE",
                    help="runs to compare bytes with, e.g. algorithm.name=large_batch")
+    p.add_argument("--strict", action="store_true",
+                   help="reached at the first evaluation above the target, not at or above (the FDA paper's rule)")
     p.add_argument("--format", dest="fmt", default="md", choices=("md", "csv"), help="table format (default: md)")
     p.add_argument("--out", "-o", metavar="FILE", help="write the table here instead of stdout")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    text = report(_runs(args.paths), args.target, baseline=args.baseline, fmt=args.fmt, group_by=args.group_by)
+    text = report(_runs(args.paths), args.target, baseline=args.baseline, fmt=args.fmt, group_by=args.group_by,
+                  strict=args.strict, mixed_eval=args.mixed_eval)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(args.out)

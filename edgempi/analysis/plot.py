@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgempi.analysis.compare import differing_keys, group, group_keys, label, run_label
+from edgempi.analysis.protocol import DESCRIBED, charged, check_same, eval_model
 from edgempi.analysis.runs import AXES, Run, axis
 from edgempi.analysis.traffic import BYTE_AXES, traffic
 
@@ -32,9 +33,8 @@ GRID = 200
 
 def _x(run: Run, table: str, x: str) -> np.ndarray:
     """The x value of every row of ``table``: an axis of runs.AXES, or bytes (edgempi.units)."""
-    if x in BYTE_AXES:
-        return traffic(run, table)[BYTE_AXES[x]]
-    return axis(run.tables[table], x)
+    values = traffic(run, table)[BYTE_AXES[x]] if x in BYTE_AXES else axis(run.tables[table], x)
+    return values + charged(run, x) if table == "evals" else values
 
 
 def _curve(run: Run, x: str, y: str, logx: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -63,18 +63,19 @@ def _band(curves: list[tuple[np.ndarray, np.ndarray]], logx: bool) -> tuple[np.n
 
 
 def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | None = None, logx: bool | None = None,
-         out: str | Path = "plot.png", title: str | None = None) -> Path:
+         out: str | Path = "plot.png", title: str | None = None, mixed_eval: bool = False) -> Path:
     """Draw ``y`` against ``x`` for the runs into ``out`` (.png, .pdf or .svg); returns the path.
 
     ``x``: step, epoch, round, bytes (total), bytes_up, bytes_down, ctrl_bytes, time, simtime;
     ``y``: test_acc, test_loss, train_loss. One line per run, labelled by the config keys
     that differ, or with ``group_by`` one mean line and band per group. ``logx`` defaults to
-    True for bytes only.
+    True for bytes only. A footnote says which model the evaluations scored; runs scored on
+    different models (``train.eval_model``) are refused unless ``mixed_eval``.
     """
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"out: unsupported format {out.suffix or out.name!r} (use {', '.join(FORMATS)})")
-    fig = figure(runs, x, y, group_by, logx, title)
+    fig = figure(runs, x, y, group_by, logx, title, mixed_eval)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120, bbox_inches="tight")
@@ -86,7 +87,7 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
 
 
 def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | None = None,
-           logx: bool | None = None, title: str | None = None) -> Any:
+           logx: bool | None = None, title: str | None = None, mixed_eval: bool = False) -> Any:
     """The matplotlib Figure that :func:`plot` saves (close it with ``plt.close``)."""
     if x not in X_AXES:
         raise ValueError(f"x: unknown axis {x!r} (choose from {', '.join(X_AXES)})")
@@ -95,6 +96,7 @@ def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | 
     runs = list(runs)
     if not runs:
         raise ValueError("plot: no runs to plot")
+    check_same(runs, mixed_eval)
     logx = x in BYTE_AXES if logx is None else logx
 
     import matplotlib
@@ -109,6 +111,9 @@ def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | 
         if not drawn:
             raise ValueError(f"plot: none of the {len(runs)} runs has {y} rows yet")
         _decorate(fig, ax, x, y, logx, title)
+        scored = "; ".join(f"{kind}: {DESCRIBED[kind]}" for kind in sorted({eval_model(r) for r in runs}))
+        ax.text(0, -0.16, f"evaluations score {scored}", transform=ax.transAxes, fontsize="x-small", alpha=0.7,
+                va="top")
     except BaseException:
         plt.close(fig)
         raise

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgempi.analysis.compare import (differing_keys, fmt_value, group, group_keys, matches, parse_selector,
                                       short_names)
+from edgempi.analysis.protocol import DESCRIBED, charged, check_same, eval_model
 from edgempi.analysis.runs import Run, axis
 from edgempi.analysis.traffic import BYTE_AXES, traffic
 from edgempi.units import human_bytes
@@ -26,6 +27,18 @@ from edgempi.units import human_bytes
 COST = (("epoch", "epochs", "epochs"), ("round", "rounds", "rounds"), ("bytes_up", "bytes_up", "bytes up"),
         ("bytes_down", "bytes_down", "bytes down"), ("ctrl_bytes", "ctrl_bytes", "bytes control"),
         ("bytes", "bytes", "bytes total"), ("time", "wall_s", "wall s"), ("simtime", "sim_s", "sim s"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The accuracy to reach, as a fraction, and whether reaching means passing it (``strict``)."""
+
+    value: float
+    strict: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{'>' if self.strict else ''}{100 * self.value:g}%"
 
 
 def target_fraction(target_acc: float) -> float:
@@ -38,16 +51,18 @@ def target_fraction(target_acc: float) -> float:
     return target
 
 
-def to_target(run: Run, target: float) -> dict[str, float] | None:
-    """Costs at the first evaluation with test_acc >= target, or None if the run never got there."""
+def to_target(run: Run, target: float, strict: bool = False) -> dict[str, float] | None:
+    """Costs at the first evaluation with test_acc >= target (> target if ``strict``, the FDA
+    paper's rule), with the sync an ``average`` run's score needs charged
+    (:mod:`edgempi.analysis.protocol`); None if the run never got there."""
     acc = np.asarray(run.evals.get("test_acc", ()), dtype=float)
-    hits = np.flatnonzero(acc >= target)
+    hits = np.flatnonzero(acc > target if strict else acc >= target)
     if not hits.size:
         return None
     row = int(hits[0])
     sent = traffic(run, "evals")
-    return {name: float(sent[BYTE_AXES[name]][row] if name in BYTE_AXES else axis(run.evals, name)[row])
-            for name, _, _ in COST}
+    return {name: float((sent[BYTE_AXES[name]] if name in BYTE_AXES else axis(run.evals, name))[row]
+                        + charged(run, name)[row]) for name, _, _ in COST}
 
 
 def _acc(run: Run, how: str) -> float:
@@ -77,14 +92,14 @@ class Row:
     reduction: float | None = None
 
 
-def _row(name: str, runs: list[Run], params: dict[str, Any], target: float) -> Row:
-    reached = [c for c in (to_target(r, target) for r in runs) if c is not None]
+def _row(name: str, runs: list[Run], params: dict[str, Any], target: Target) -> Row:
+    reached = [c for c in (to_target(r, target.value, target.strict) for r in runs) if c is not None]
     cost = {k: _mean(c[k] for c in reached) for k, _, _ in COST} if reached else None
     return Row(name, runs, params, _mean(_acc(r, "final") for r in runs), _mean(_acc(r, "best") for r in runs),
                len(reached), cost)
 
 
-def rows(runs: Sequence[Run], target: float, group_by: str | Sequence[str] | None = None) -> tuple[list[Row], list[str]]:
+def rows(runs: Sequence[Run], target: Target, group_by: str | Sequence[str] | None = None) -> tuple[list[Row], list[str]]:
     """Table rows, and the config keys shown because they differ (besides the method)."""
     keys = group_keys(group_by)
     if keys:
@@ -105,14 +120,14 @@ def rows(runs: Sequence[Run], target: float, group_by: str | Sequence[str] | Non
     return out, shown
 
 
-def _baseline(runs: Sequence[Run], baseline: str, target: float) -> float | None:
+def _baseline(runs: Sequence[Run], baseline: str, target: Target) -> float | None:
     """Mean bytes to target of the runs the selector picks; None if none of them reached it."""
     key, value = parse_selector(baseline, "baseline")
     chosen = [r for r in runs if matches(r, key, value)]
     if not chosen:
         seen = sorted({fmt_value(r.value(key)) for r in runs})
         raise ValueError(f"baseline: no run has {key}={fmt_value(value)} (values seen: {', '.join(seen)})")
-    costs = [c["bytes"] for c in (to_target(r, target) for r in chosen) if c is not None]
+    costs = [c["bytes"] for c in (to_target(r, target.value, target.strict) for r in chosen) if c is not None]
     return float(np.mean(costs)) if costs else None
 
 
@@ -134,19 +149,22 @@ def _pct(value: float) -> str:
 
 
 def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, fmt: str = "md",
-           group_by: str | Sequence[str] | None = None) -> str:
+           group_by: str | Sequence[str] | None = None, strict: bool = False, mixed_eval: bool = False) -> str:
     """The comparison table as Markdown (``md``) or CSV (``csv``).
 
-    ``target_acc`` is a fraction or a percentage; ``baseline`` is ``KEY=VALUE`` selecting the
-    runs whose mean total bytes to target the others are compared with (``bytes vs baseline`` =
-    baseline total / run total, so 10× means ten times less traffic).
+    ``target_acc`` is a fraction or a percentage, reached at the first evaluation at or above
+    it (above it if ``strict``); ``baseline`` is ``KEY=VALUE`` selecting the runs whose mean
+    total bytes to target the others are compared with (``× fewer bytes than baseline`` =
+    baseline total / run total). Runs scored on different models (``train.eval_model``) are
+    refused unless ``mixed_eval``.
     """
     if fmt not in ("md", "csv"):
         raise ValueError(f"format: unknown value {fmt!r} (choose from md, csv)")
     runs = list(runs)
     if not runs:
         raise ValueError("report: no runs to report")
-    target = target_fraction(target_acc)
+    check_same(runs, mixed_eval)
+    target = Target(target_fraction(target_acc), strict)
     table, shown = rows(runs, target, group_by)
     base = _baseline(runs, baseline, target) if baseline else None
     for row in table:
@@ -156,24 +174,28 @@ def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, 
     return (_csv if fmt == "csv" else _markdown)(table, shown, target, baseline, base, grouped)
 
 
+def _scored(row: Row) -> str:
+    return "/".join(sorted({eval_model(r) for r in row.runs}))
+
+
 def _reached(row: Row, grouped: bool) -> str:
     if not row.reached:
         return "not reached"
     return f"{row.reached}/{len(row.runs)}" if grouped else "yes"
 
 
-def _markdown(table: list[Row], shown: list[str], target: float, baseline: str | None, base: float | None,
+def _markdown(table: list[Row], shown: list[str], target: Target, baseline: str | None, base: float | None,
               grouped: bool) -> str:
-    pct = f"{100 * target:g}%"
+    pct = target.label
     names = short_names(shown)
-    header = ["group" if grouped else "run", "method", *(names[k] for k in shown)]
+    header = ["group" if grouped else "run", "method", *(names[k] for k in shown), "scored"]
     header += ["runs"] if grouped else ["status"]
     header += ["final acc", "best acc", f"reached {pct}", *(f"{h} to {pct}" for _, _, h in COST)]
     if baseline:
-        header.append("bytes vs baseline")
+        header.append("× fewer bytes than baseline")
     lines = []
     for row in table:
-        cells = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown)]
+        cells = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown), _scored(row)]
         cells.append(str(len(row.runs)) if grouped else row.runs[0].status)
         cells += [_pct(row.final), _pct(row.best), _reached(row, grouped)]
         cells += [_md_cost(a, row.cost[a]) if row.cost else "—" for a, _, _ in COST]
@@ -183,6 +205,7 @@ def _markdown(table: list[Row], shown: list[str], target: float, baseline: str |
     text = [f"Target test accuracy {pct}: costs at the first evaluation reaching it"
             + (" (mean over the runs of a group that reached it)" if grouped else "")
             + "; bytes per device, total = up + down + control."]
+    text += [f"Scored {kind}: {DESCRIBED[kind]}." for kind in sorted({eval_model(r) for row in table for r in row.runs})]
     if baseline:
         text.append(f"Baseline {baseline}: " + (f"{human_bytes(base)} total to {pct}." if base is not None
                                                  else f"never reached {pct}, so no byte ratio."))
@@ -191,18 +214,18 @@ def _markdown(table: list[Row], shown: list[str], target: float, baseline: str |
     return "\n".join(text) + "\n"
 
 
-def _csv(table: list[Row], shown: list[str], target: float, baseline: str | None, base: float | None,
+def _csv(table: list[Row], shown: list[str], target: Target, baseline: str | None, base: float | None,
          grouped: bool) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = ["group" if grouped else "run", "method", *shown, "runs" if grouped else "status", "target",
+    header = ["group" if grouped else "run", "method", *shown, "eval_model", "runs" if grouped else "status", "target",
               "final_acc", "best_acc", "reached", *(f"{c}_to_target" for _, c, _ in COST)]
     if baseline:
         header.append("bytes_reduction")
     writer.writerow(header)
     for row in table:
-        cells: list[Any] = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown),
-                            len(row.runs) if grouped else row.runs[0].status, target,
+        cells: list[Any] = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown), _scored(row),
+                            len(row.runs) if grouped else row.runs[0].status, target.value,
                             _num(row.final), _num(row.best), _reached(row, grouped)]
         cells += [_num(row.cost[a]) if row.cost else "" for a, _, _ in COST]
         if baseline:
