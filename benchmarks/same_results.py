@@ -63,7 +63,8 @@ def run(root: pathlib.Path, out: pathlib.Path, extra: list[str]) -> int:
         sets = [arg for kv in [*overrides, *extra, f"output.dir={out}", f"output.name={name}"] for arg in ("--set", kv)]
         cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(root / config), *sets, "--quiet"]
         with open(out / f"{name}.err", "w") as err:
-            code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err).returncode
+            # cwd: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
+            code = subprocess.run(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=err).returncode
         print(f"{name}: {'ok' if code == 0 else f'exit {code}'}", flush=True)
         failed += code != 0
     return failed
