@@ -46,6 +46,7 @@ class DataConfig:
     on_devices: int | None = None  # concentrated
     min_samples: int | None = None  # per device; default one local batch
     augment: bool | None = None  # random crop + flip; default on for cifar10
+    normalize: bool = True  # subtract the data set's mean, divide by its std; false: x / 255 alone
     synthetic_train: int = 6000
     synthetic_test: int = 1000
     synthetic_side: int = 28
