@@ -159,7 +159,7 @@ def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
     eager only: see :mod:`edgempi.optim`)."""
     t = cfg.train
     if t.optimizer == "adam":
-        return optim.Adam([flat.params], lr=t.lr, weight_decay=t.weight_decay)
+        return optim.Adam([flat.params], lr=t.lr, eps=t.adam_eps, weight_decay=t.weight_decay)
     return optim.SGD([flat.params], lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                      weight_decay=t.weight_decay)
 
