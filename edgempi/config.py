@@ -47,6 +47,7 @@ class DataConfig:
     on_devices: int | None = None  # concentrated
     min_samples: int | None = None  # per device; default one local batch
     augment: bool | None = None  # random crop + flip; default on for cifar10
+    normalize: bool = True  # subtract the data set's mean, divide by its std; false: x / 255 alone
     synthetic_train: int = 6000
     synthetic_test: int = 1000
     synthetic_side: int = 28
@@ -88,6 +89,7 @@ class TrainConfig:
     batch_size: int = 32
     optimizer: str = "sgd"
     lr: float = 0.01
+    adam_eps: float = 1e-8  # ε of Adam's denominator: torch's default (Keras': 1e-7)
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -109,6 +111,7 @@ class TrainConfig:
         require(self.batch_size > 0, "train.batch_size", "must be > 0")
         one_of(self.optimizer, OPTIMIZERS, "train.optimizer")
         require(self.lr > 0, "train.lr", "must be > 0")
+        require(self.adam_eps > 0, "train.adam_eps", "must be > 0")
         require(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         require(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")

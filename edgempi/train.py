@@ -151,7 +151,7 @@ def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray]
     shard = torch.from_numpy(parts[device if shard_of is None else shard_of])
     augment = cfg.data.augment if cfg.data.augment is not None else dataset.augment
     return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
-                             seeds.devices[device], dataset.mean, dataset.std, augment)
+                             seeds.devices[device], *dataset.scaling(cfg.data.normalize), augment)
 
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
@@ -159,7 +159,7 @@ def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
     eager only: see :mod:`edgempi.optim`)."""
     t = cfg.train
     if t.optimizer == "adam":
-        return optim.Adam([flat.params], lr=t.lr, weight_decay=t.weight_decay)
+        return optim.Adam([flat.params], lr=t.lr, eps=t.adam_eps, weight_decay=t.weight_decay)
     return optim.SGD([flat.params], lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                      weight_decay=t.weight_decay)
 

@@ -50,6 +50,8 @@ BAD = [
     (["algorithm.name=fedprox", "algorithm.local_steps=2", "algorithm.mu=-1"], "algorithm.mu"),
     (["algorithm.name=scaffold", "algorithm.local_steps=2", "compression.name=topk"], "compression.name"),
     (["algorithm.bucket_mb=-1"], "algorithm.bucket_mb"),
+    (["train.adam_eps=0"], "train.adam_eps"),
+    (["data.normalize=maybe"], "data.normalize"),
     (["algorithm.name=fedavg", "algorithm.local_steps=2", "algorithm.bucket_mb=1"], "algorithm.bucket_mb"),
 ])
 def test_combinations_the_devices_stragglers_and_balancing_refuse(overrides, key):

@@ -128,3 +128,30 @@ def test_images_and_labels_that_disagree_are_refused(tmp_path):
     write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10, 20, 20)))
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: images of size"):
         data.load("mnist", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_data_normalize_switch_reaches_training_and_evaluation(normalize):
+    """``data.normalize: false`` trains and evaluates on x / 255 alone (the loader's ``normalize``
+    is also the one evaluation applies); ``true`` is the data set's standardisation, as before."""
+    from helpers import small_config
+    from edgempi.config import from_dict
+    from edgempi.train import Seeds, device_loader, load_dataset, make_partition
+
+    cfg = from_dict(small_config(), [f"data.normalize={str(normalize).lower()}"])
+    dataset = load_dataset(cfg)
+    seeds = Seeds.from_seed(cfg.seed, 2)
+    parts = make_partition(cfg, dataset, seeds)
+    loader = device_loader(cfg, dataset, parts, seeds, 1)
+    xb, yb = loader.batch(3)
+    shard = torch.from_numpy(parts[1])
+    standard = data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
+                                 seeds.devices[1], dataset.mean, dataset.std).batch(3)
+    assert torch.equal(yb, standard[1])
+    test = loader.normalize(dataset.test_x[:50])
+    if normalize:
+        assert torch.equal(xb, standard[0]) and test.min() < 0
+    else:
+        raw = standard[0] * dataset.std[0] + dataset.mean[0]
+        torch.testing.assert_close(xb, raw, rtol=0, atol=1e-6)
+        assert xb.min() == 0 and xb.max() == 1 and test.min() == 0 and test.max() == 1

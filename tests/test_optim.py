@@ -44,3 +44,16 @@ def test_the_same_steps_as_torchs_optimizer(name, settings):
     resumed, _ = train(ours, settings, 3, torchs, state=copy.deepcopy(b.state_dict()))
     continued, _ = train(theirs, settings, 3, torchs, state=copy.deepcopy(b.state_dict()))
     assert torch.equal(resumed, continued)
+
+
+@pytest.mark.parametrize("overrides,eps", [([], 1e-8), (["train.adam_eps=1e-7"], 1e-7)])
+def test_train_adam_eps_reaches_the_optimizer(overrides, eps):
+    from helpers import small_config
+    from edgempi import models
+    from edgempi.config import from_dict
+    from edgempi.flat import FlatModel
+    from edgempi.train import make_optimizer
+
+    cfg = from_dict(small_config(train={"optimizer": "adam", "lr": 1e-3}), overrides)
+    optimizer = make_optimizer(cfg, FlatModel(models.create("mlp", input_size=4)))
+    assert isinstance(optimizer, optim.Adam) and optimizer.param_groups[0]["eps"] == eps

@@ -1,6 +1,8 @@
 """Server optimizers (FedOpt) and FedBN: the steps against a reference, and the config checks."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,56 @@ def test_server_state_round_trips():
     assert torch.equal(a.step(d.clone()), b.step(d.clone()))
 
 
+def test_keras_adam_against_a_hand_computation():
+    """Three bias-corrected steps, each in plain Python floats as Keras' Adam computes them
+    (m₀ = v₀ = 0; lr_t = η·√(1 − β₂ᵗ)/(1 − β₁ᵗ); move = lr_t·m/(√v + ε)), with the paper's
+    η 1e-3, β₂ 0.999, ε 1e-7. The first move is about η·sign(Δ) wherever |Δ| ≫ ε."""
+    settings = ServerSettings(server_optimizer="adam", server_lr=1e-3, server_beta2=0.999, server_eps=1e-7,
+                              server_bias_correction=True)
+    server = ServerOptimizer(settings, 3)
+    deltas = [[0.5, -2e-3, 0.0], [-0.25, 1e-3, 3e-7], [0.125, 4e-3, -1e-6]]
+    m, v = [0.0] * 3, [0.0] * 3
+    for t, delta in enumerate(deltas, start=1):
+        lr_t = 1e-3 * (1 - 0.999 ** t) ** 0.5 / (1 - 0.9 ** t)
+        m = [0.9 * a + 0.1 * d for a, d in zip(m, delta)]
+        v = [0.999 * b + 0.001 * d * d for b, d in zip(v, delta)]
+        expected = [lr_t * a / (b ** 0.5 + 1e-7) for a, b in zip(m, v)]
+        got = server.step(torch.tensor(delta, dtype=torch.float32))
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-12)
+        if t == 1:
+            np.testing.assert_allclose(got.numpy()[:2], [1e-3, -1e-3], rtol=1e-2)
+    assert server.t == 3
+
+
+def test_server_eps_replaces_tau_in_the_denominator_only():
+    """Unset, ε is τ (the steps so far, bit for bit); set, v still starts at τ²."""
+    delta = torch.tensor(DELTAS[0], dtype=torch.float32)
+    plain = ServerOptimizer(ServerSettings(server_optimizer="adam"), 5).step(delta.clone())
+    same = ServerOptimizer(ServerSettings(server_optimizer="adam", server_eps=1e-3), 5).step(delta.clone())
+    assert torch.equal(plain, same)
+    other = ServerOptimizer(ServerSettings(server_optimizer="adam", server_eps=1e-7), 5)
+    assert torch.equal(other.v, torch.full((5,), 1e-6))
+    m, v = 0.1 * DELTAS[0], 0.99 * 1e-6 + 0.01 * DELTAS[0] ** 2
+    np.testing.assert_allclose(other.step(delta.clone()).numpy(), 0.01 * m / (np.sqrt(v) + 1e-7), rtol=1e-5)
+
+
+def test_bias_corrected_state_round_trips_with_its_step_count():
+    """A checkpoint keeps t: a restored server takes the fourth step, not a second first one
+    (through torch.save and the weights-only load that reads rank files)."""
+    settings = ServerSettings(server_optimizer="adam", server_bias_correction=True, server_eps=1e-7)
+    a = ServerOptimizer(settings, 5)
+    for delta in (*DELTAS, DELTAS[0]):
+        a.step(torch.tensor(delta, dtype=torch.float32))
+    state = a.state_dict()
+    assert state["t"] == 3 and isinstance(state["t"], int)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    b = ServerOptimizer(settings, 5)
+    b.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    d = torch.tensor(DELTAS[1], dtype=torch.float32)
+    assert torch.equal(a.step(d.clone()), b.step(d.clone())) and b.t == 4
+
+
 def test_plain_sgd_is_plain_averaging():
     assert ServerOptimizer.create(ServerSettings(server_optimizer="sgd", server_momentum=0.0), 5) is None
     assert ServerOptimizer.create(ServerSettings(server_optimizer="none"), 5) is None
@@ -78,6 +130,12 @@ FED = ["algorithm.name=fedavg", "algorithm.local_steps=4"]
     ([*FED, "algorithm.server_optimizer=lamb"], "algorithm.server_optimizer"),
     ([*FED, "algorithm.server_optimizer=adam", "algorithm.server_lr=-0.1"], "algorithm.server_lr"),
     ([*FED, "algorithm.server_optimizer=adam", "algorithm.server_tau=0"], "algorithm.server_tau"),
+    ([*FED, "algorithm.server_optimizer=adam", "algorithm.server_eps=0"], "algorithm.server_eps"),
+    ([*FED, "algorithm.server_optimizer=sgd", "algorithm.server_eps=1e-7"], "algorithm.server_eps"),
+    ([*FED, "algorithm.server_optimizer=yogi", "algorithm.server_bias_correction=true"],
+     "algorithm.server_bias_correction"),
+    ([*FED, "algorithm.server_optimizer=adam", "algorithm.server_bias_correction=yes please"],
+     "algorithm.server_bias_correction"),
     (["algorithm.name=large_batch", "algorithm.server_optimizer=adam"], "algorithm.server_optimizer"),
     (["algorithm.name=dynamic", "algorithm.delta=1", "algorithm.balancing=true", "algorithm.server_optimizer=sgd"],
      "algorithm.server_optimizer"),
@@ -101,6 +159,8 @@ def test_good_settings_pass():
                   ["algorithm.local_bn=true", "model.norm=batch", "parallel.devices_per_rank=2"]):
         from_dict(small_config(), [*FED, *extra])
     from_dict(small_config(), ["algorithm.name=fda", "algorithm.server_optimizer=adam"])
+    from_dict(small_config(), [*FED, "algorithm.server_optimizer=adam", "algorithm.server_bias_correction=true",
+                               "algorithm.server_eps=1e-7", "algorithm.server_beta2=0.999"])
     from_dict(small_config(), ["algorithm.name=dynamic", "algorithm.delta=1", "algorithm.server_optimizer=sgd"])
 
 

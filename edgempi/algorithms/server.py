@@ -6,18 +6,21 @@ The server treats Δ = w_avg − w_global as a pseudo-gradient (pointing downhil
     adagrad:                         m = β₁·m + (1 − β₁)·Δ;  v = v + Δ²
     yogi:                            m as adagrad;  v = v − (1 − β₂)·Δ²·sign(v − Δ²)
     adam:                            m as adagrad;  v = β₂·v + (1 − β₂)·Δ²
-    (adaptive ones)                                                        w = w + η·m / (√v + τ)
+    (adaptive ones)                                                        w = w + η·m / (√v + ε)
 
-with v starting at τ² and no bias correction (Algorithm 2 of the paper). Every rank holds the
-same average and the same state, so every rank computes the same step: no extra traffic.
+with v starting at τ², ε = τ and no bias correction (Algorithm 2 of the paper). Keras' Adam,
+the FedAdam server of the FDA paper's code, is ``server_bias_correction``: m and v start at 0
+and the t-th step is w = w + η·√(1 − β₂ᵗ)/(1 − β₁ᵗ)·m / (√v + ε), ε = ``server_eps`` (1e-7 in
+Keras). Every rank holds the same average and the same state, so every rank computes the same
+step: no extra traffic.
 Plain averaging (``none``, or ``sgd`` with η = 1 and μ = 0) writes no step at all, so it is
 bit for bit the average (w + (w_avg − w) would round).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
-
 
 from edgempi.algorithms.base import FederatedSettings
 from edgempi.devices import DeviceBank
@@ -27,6 +30,7 @@ from edgempi.settings import exclusive, one_of, require
 torch = lazy_import("torch")
 
 SERVER_OPTIMIZERS = ("none", "sgd", "adam", "yogi", "adagrad")
+ADAPTIVE = ("adam", "yogi", "adagrad")
 DEFAULT_LR = {"sgd": 1.0, "adam": 0.01, "yogi": 0.01, "adagrad": 0.1}  # FedAvgM's η = 1; Reddi et al.'s grids
 
 
@@ -42,6 +46,8 @@ class ServerSettings(FederatedSettings):
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_tau: float = 1e-3
+    server_eps: float | None = None  # ε of the adaptive steps' denominator; None: τ
+    server_bias_correction: bool = False  # adam: Keras' form (m₀ = v₀ = 0, bias-corrected step)
 
     def check(self, cfg: Any) -> None:
         super().check(cfg)
@@ -51,6 +57,11 @@ class ServerSettings(FederatedSettings):
         require(0 <= self.server_beta1 < 1, "algorithm.server_beta1", "must be in [0, 1)")
         require(0 <= self.server_beta2 < 1, "algorithm.server_beta2", "must be in [0, 1)")
         require(self.server_tau > 0, "algorithm.server_tau", "must be > 0")
+        require(self.server_eps is None or self.server_eps > 0, "algorithm.server_eps", "must be > 0")
+        require(self.server_eps is None or self.server_optimizer in ADAPTIVE, "algorithm.server_eps",
+                f"is for the adaptive server optimizers ({', '.join(ADAPTIVE)})")
+        require(not self.server_bias_correction or self.server_optimizer == "adam", "algorithm.server_bias_correction",
+                "is for algorithm.server_optimizer: adam")
 
     @property
     def server_step_lr(self) -> float:
@@ -63,9 +74,12 @@ class ServerOptimizer:
     def __init__(self, settings: ServerSettings, dim: int) -> None:
         s = settings
         self.kind, self.lr = s.server_optimizer, s.server_step_lr
-        self.momentum, self.beta1, self.beta2, self.tau = s.server_momentum, s.server_beta1, s.server_beta2, s.server_tau
+        self.momentum, self.beta1, self.beta2 = s.server_momentum, s.server_beta1, s.server_beta2
+        self.eps = s.server_tau if s.server_eps is None else s.server_eps
+        self.bias_correction = s.server_bias_correction
+        self.t = 0  # steps taken: the bias correction's exponent
         self.m = torch.zeros(dim)
-        self.v = torch.full((dim,), self.tau ** 2)
+        self.v = torch.zeros(dim) if self.bias_correction else torch.full((dim,), s.server_tau ** 2)
 
     @classmethod
     def create(cls, settings: Any, dim: int) -> "ServerOptimizer | None":
@@ -77,6 +91,7 @@ class ServerOptimizer:
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
         """The server's move for pseudo-gradient ``delta`` (consumed as scratch)."""
+        self.t += 1
         if self.kind == "sgd":
             return self.m.mul_(self.momentum).add_(delta).mul(self.lr)
         self.m.mul_(self.beta1).add_(delta, alpha=1 - self.beta1)
@@ -87,7 +102,10 @@ class ServerOptimizer:
             self.v.addcmul_(square, torch.sign(self.v - square), value=-(1 - self.beta2))
         else:
             self.v.mul_(self.beta2).add_(square, alpha=1 - self.beta2)
-        return self.m.div(self.v.sqrt().add_(self.tau)).mul_(self.lr)
+        lr = self.lr
+        if self.bias_correction:
+            lr *= math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        return self.m.div(self.v.sqrt().add_(self.eps)).mul_(lr)
 
     def apply_(self, global_: torch.Tensor, bank: DeviceBank, index: torch.Tensor | None = None) -> None:
         """Every device of ``bank`` holds w_avg (at the positions ``index`` of its parameters, all
@@ -102,11 +120,12 @@ class ServerOptimizer:
         params.index_copy_(1, index, new.expand(params.shape[0], -1))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"m": self.m.clone(), "v": self.v.clone()}
+        return {"m": self.m.clone(), "v": self.v.clone(), "t": self.t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.m.copy_(state["m"])
         self.v.copy_(state["v"])
+        self.t = int(state["t"])
 
 
 def server_state(server: ServerOptimizer | None) -> dict[str, Any] | None:

@@ -24,6 +24,13 @@ def _iid(labels: np.ndarray, devices: int, rng: np.random.Generator) -> list[np.
     return [order[d * n:(d + 1) * n] for d in range(devices)]
 
 
+def _contiguous(labels: np.ndarray, devices: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Consecutive slices of the training set in file order (``np.array_split``: sizes differ by
+    at most one, nothing dropped), as the FDA paper's code splits MNIST; the seed plays no part,
+    and the split is as IID as the file's order is random."""
+    return np.array_split(np.arange(len(labels)), devices)
+
+
 def _dirichlet(labels: np.ndarray, devices: int, rng: np.random.Generator, min_samples: int,
                alpha: float | None = None) -> list[np.ndarray]:
     """Each class split across devices by proportions ~ Dir(alpha): the usual label-skew benchmark.
@@ -161,6 +168,7 @@ def _positive_int(value: object, name: str) -> None:
 # scheme → (builder, whether it enforces min_samples itself, the parameters it takes)
 _SCHEMES: dict[str, tuple[Callable[..., list[np.ndarray]], bool, tuple[str, ...]]] = {
     "iid": (_iid, False, ()),
+    "contiguous": (_contiguous, False, ()),
     "dirichlet": (_dirichlet, True, ("alpha",)),
     "shards": (_shards, False, ("shards_per_device",)),
     "quantity": (_quantity, True, ("skew", "law")),

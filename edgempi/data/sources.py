@@ -42,6 +42,13 @@ class Dataset:
     std: tuple[float, ...]
     augment: bool = False  # random crop + flip unless data.augment says otherwise
 
+    def scaling(self, normalize: bool = True) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) a loader standardises the images in [0, 1] with: the data set's own,
+        or 0 and 1 (x / 255 alone), as papers whose code only rescales trained (``data.normalize``)."""
+        if normalize:
+            return self.mean, self.std
+        return (0.0,) * len(self.mean), (1.0,) * len(self.std)
+
     @property
     def in_channels(self) -> int:
         return self.train_x.shape[1]

@@ -20,8 +20,9 @@ torch = lazy_import("torch")
 Builder = Callable[..., "nn.Module"]
 NORMS = ("batch", "group", "none")
 
-for _path in ("edgempi.models.lenet:lenet5", "edgempi.models.resnet:resnet18", "edgempi.models.zoo:fda_cnn",
-              "edgempi.models.zoo:densenet121", "edgempi.models.zoo:mlp", "edgempi.spatial.vgg:spatial_vgg"):
+for _path in ("edgempi.models.lenet:lenet5", "edgempi.models.lenet:lenet5_keras", "edgempi.models.resnet:resnet18",
+              "edgempi.models.zoo:fda_cnn", "edgempi.models.zoo:densenet121", "edgempi.models.zoo:mlp",
+              "edgempi.spatial.vgg:spatial_vgg"):
     MODELS.add_path(_path.rpartition(":")[2], _path)  # the builder's name is the model's
 
 

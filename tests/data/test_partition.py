@@ -11,13 +11,15 @@ LABELS = np.random.default_rng(0).integers(0, 10, 6000)
 DEVICES = 10
 PARAMS = {
     "iid": {},
+    "contiguous": {},
     "dirichlet": {"alpha": 0.5},
     "shards": {"shards_per_device": 2},
     "quantity": {"skew": 1.0},
     "sorted_fraction": {"p": 0.5},
     "concentrated": {"labels": [3], "on_devices": 2},
 }
-COVERS_ALL = {"dirichlet", "quantity"}  # the others drop the remainder to keep sizes equal
+COVERS_ALL = {"dirichlet", "quantity", "contiguous"}  # the others drop the remainder to keep sizes equal
+SEEDLESS = {"contiguous"}  # the file's order, whatever the seed
 
 
 def table(scheme: str, **kw: object) -> np.ndarray:
@@ -38,13 +40,23 @@ def test_disjoint_sorted_deterministic_and_seeded(scheme):
     again = partition(LABELS, DEVICES, scheme, 7, min_samples=32, **PARAMS[scheme])
     other = partition(LABELS, DEVICES, scheme, 8, min_samples=32, **PARAMS[scheme])
     assert all(np.array_equal(p, q) for p, q in zip(parts, again))
-    assert not all(np.array_equal(p, q) for p, q in zip(parts, other))
+    assert all(np.array_equal(p, q) for p, q in zip(parts, other)) == (scheme in SEEDLESS)
 
 
 def test_iid_matches_the_plain_permutation_split():
     order = np.random.default_rng(np.random.SeedSequence(7)).permutation(len(LABELS))
     parts = partition(LABELS, DEVICES, "iid", 7)
     assert all(np.array_equal(p, np.sort(order[d * 600:(d + 1) * 600])) for d, p in enumerate(parts))
+
+
+def test_contiguous_is_array_split_in_file_order():
+    """The FDA paper's IID split: device d holds the d-th slice of the file, labels as they lie."""
+    labels = np.arange(1003) % 7
+    parts = partition(labels, 4, "contiguous", 7)
+    assert [(p[0], p[-1]) for p in parts] == [(0, 250), (251, 501), (502, 752), (753, 1002)]
+    assert all(np.array_equal(labels[p], s) for p, s in zip(parts, np.array_split(labels, 4)))
+    with pytest.raises(ValueError, match="min_samples=300"):
+        partition(labels, 4, "contiguous", 7, min_samples=300)
 
 
 def test_dirichlet_alpha_controls_label_skew():

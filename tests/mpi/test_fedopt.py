@@ -47,7 +47,8 @@ def test_one_server_step_is_the_start_plus_its_move_of_the_average(method):
     assert same_on_all_ranks(comm, half.storage)
 
 
-@pytest.mark.parametrize("method", [ROUND, ["algorithm.name=fda", "algorithm.theta=0.0001"]])
+@pytest.mark.parametrize("method", [ROUND, ["algorithm.name=fda", "algorithm.theta=0.0001"],
+                                    [*ROUND, "algorithm.server_bias_correction=true", "algorithm.server_eps=1e-7"]])
 def test_server_state_survives_a_checkpoint(method):
     """Stop half way, restore into a fresh trainer, go on: the same weights as one run."""
     sets = [*method, "train.steps=16", "algorithm.server_optimizer=adam", "parallel.devices_per_rank=2"]
@@ -62,6 +63,7 @@ def test_server_state_survives_a_checkpoint(method):
     second.load_state_dict(state)
     second.run()
     assert torch.equal(whole.bank.storage, second.bank.storage)
+    assert second.policy.server.t == whole.policy.server.t > first.policy.server.t > 0
 
 
 def test_fedbn_keeps_batchnorm_local_and_counts_only_what_is_sent():
