@@ -182,15 +182,20 @@ def section(cls: type, name: str, level: str = "##") -> Iterator[str]:
 
 def page() -> str:
     head = ["# Configuration reference", "",
-            f"Generated from the settings dataclasses by `{COMMAND}`; do not edit it by hand. A config",
-            "is YAML with a top-level `seed` and the sections below; `--set SECTION.KEY=VALUE` overrides",
-            "any key. *allowed* is what `edgempi validate` checks.", ""]
+            f"Generated from the settings dataclasses by `{COMMAND}`: do not edit it by hand.", "",
+            "A config is YAML with a top-level `seed` and the sections below; `--set SECTION.KEY=VALUE`",
+            "overrides any key. *allowed* is what `edgempi validate` checks.", ""]
     return "\n".join([*head, *section(config.RunConfig, "")]) + "\n"
+
+
+def undocumented(text: str) -> list[str]:
+    """The lines of ``text`` (a page) whose key or entry has no text."""
+    return [line for line in text.splitlines() if MISSING in line]
 
 
 def main() -> None:
     text = page()
-    missing = [line for line in text.splitlines() if MISSING in line]
+    missing = undocumented(text)
     if missing:
         sys.exit("edgempi.docs: no text for:\n" + "\n".join(missing) + "\n(a key's text is the string on the line "
                  "after its field; an entry's its docstring)")

@@ -28,7 +28,7 @@ def test_a_row_holds_the_docstring_after_the_field_and_what_the_check_allows() -
 
 
 def test_every_key_and_entry_has_its_text() -> None:
-    missing = [line for line in docs.page().splitlines() if docs.MISSING in line]
+    missing = docs.undocumented(docs.page())
     assert not missing, ("no text for these (a key's is the string on the line after its field, an entry's its "
                          "docstring):\n" + "\n".join(missing))
 
