@@ -1,4 +1,4 @@
-"""Reproduce the FDA paper's comparison on Fashion-MNIST / LeNet-5, then tabulate it.
+r"""Reproduce the FDA paper's comparison on Fashion-MNIST / LeNet-5, then tabulate it.
 
 Runs every point of ``benchmarks/configs/fda/grid.yaml`` (base config + method + grid value,
 for each device count and partition) with ``mpiexec -n K edgempi run``, one HDF5 file each,
@@ -199,6 +199,9 @@ def main() -> None:
         for run in runs:
             if not completed(args.out / f"{run.name}.h5"):
                 execute(run, command(run, args.out, args.set, args.max_ranks, stop_at))
+    if not any(completed(args.out / f"{run.name}.h5") for run in runs):
+        sys.exit(f"fda_repro: none of the {len(runs)} runs asked for has a completed file in {args.out}"
+                 + (": run without --table-only first" if args.table_only else ""))
     print(table(runs, args.out, target, tuple(grid.get("baselines", ["fedavg"])), strict, grid.get("paper")))
 
 

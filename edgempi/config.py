@@ -35,23 +35,41 @@ BATCHED = ("auto", "on", "off")
 @dataclass
 class DataConfig:
     name: str = "fashion-mnist"
+    """The data set: a built-in one (listed below) or ``package.module:function`` of your own."""
     root: str | None = None
+    """The folder of the data's files; unset: ``$EDGEMPI_DATA``, ``./data``, ``/usr/share/datasets`` are searched."""
     download: bool = False
+    """Let torchvision download the data set when its files are not found."""
     partition: str = "iid"
-    alpha: float | None = None  # dirichlet concentration
-    shards_per_device: int | None = None  # shards
-    skew: float | None = None  # quantity: sigma (lognormal) or exponent (powerlaw)
-    law: str | None = None  # quantity: lognormal | powerlaw
-    p: float | None = None  # sorted_fraction
-    labels: list[int] | None = None  # concentrated: the labels that sit on few devices
-    on_devices: int | None = None  # concentrated
-    min_samples: int | None = None  # per device; default one local batch
-    augment: bool | None = None  # random crop + flip; default on for cifar10
-    normalize: bool = True  # subtract the data set's mean, divide by its std; false: x / 255 alone
+    """How the training set is split over the devices (``edgempi partition`` shows the split)."""
+    alpha: float | None = None
+    """``dirichlet``: the concentration α of the label skew; smaller is more skewed."""
+    shards_per_device: int | None = None
+    """``shards``: label-sorted shards dealt to each device (McMahan et al. 2017); unset: 2."""
+    skew: float | None = None
+    """``quantity``: spread of the device sizes, σ of ``lognormal`` or exponent of ``powerlaw`` (0: equal); unset: 1."""
+    law: str | None = None
+    """``quantity``: how device sizes are drawn, ``lognormal`` or ``powerlaw``; unset: ``lognormal``."""
+    p: float | None = None
+    """``sorted_fraction``: the fraction of each device's samples dealt from a label-sorted pool."""
+    labels: list[int] | None = None
+    """``concentrated``: the labels all of whose samples sit on ``on_devices`` devices."""
+    on_devices: int | None = None
+    """``concentrated``: how many devices hold those labels; unset: 1."""
+    min_samples: int | None = None
+    """The fewest training samples a device may get; unset: one local batch."""
+    augment: bool | None = None
+    """Random crop and flip of each batch; unset: on for ``cifar10`` only."""
+    normalize: bool = True
+    """Standardise inputs by the data set's mean and std; false: x / 255 alone (as the FDA paper's code)."""
     synthetic_train: int = 6000
+    """``synthetic``: the number of training images."""
     synthetic_test: int = 1000
+    """``synthetic``: the number of test images."""
     synthetic_side: int = 28
-    drift: DriftConfig = field(default_factory=DriftConfig)  # concept drift at given steps (edgempi.data.drift)
+    """``synthetic``: the side of its square images, in pixels."""
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    """Concept drift: at the given steps the data the devices draw from changes (as in Kamp et al. 2018)."""
 
     def partition_args(self) -> dict[str, object]:
         """The partition parameters that were set (each scheme refuses those it does not take)."""
@@ -74,7 +92,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "lenet5"
+    """The network: a built-in one (listed below) or ``package.module:function`` of your own."""
     norm: str | None = None
+    """The normalisation layers of the model; unset: the model's usual one."""
 
     def check(self, cfg: "RunConfig") -> None:
         MODELS.check(self.name)
@@ -84,24 +104,42 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float | None = None  # one epoch when neither epochs nor steps is set
+    epochs: float | None = None
+    """Length of the run in epochs (an epoch: every device passes over its shard once); default one epoch."""
     steps: int | None = None
+    """Length of the run in local steps, instead of ``epochs`` (``--set`` one replaces the file's other)."""
     batch_size: int = 32
+    """Samples per local step on each device (``large_batch``'s global batch is devices × this)."""
     optimizer: str = "sgd"
+    """The optimizer of each device's local steps."""
     lr: float = 0.01
-    adam_eps: float = 1e-8  # ε of Adam's denominator: torch's default (Keras': 1e-7)
+    """The local learning rate (after warm-up, before the schedule)."""
+    adam_eps: float = 1e-8
+    """ε of Adam's denominator: torch's default; Keras' is 1e-7 (the FDA paper)."""
     momentum: float = 0.0
+    """SGD momentum (0: plain SGD)."""
     nesterov: bool = False
+    """Nesterov momentum for SGD."""
     weight_decay: float = 0.0
+    """L2 weight decay of the local optimizer."""
     warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from ``lr``/``warmup_steps`` to ``lr``."""
     schedule: str = "constant"
+    """Learning rate after warm-up: ``constant``, ``step`` (× ``gamma`` at each milestone), ``cosine`` (to 0)."""
     milestones: list[float] = field(default_factory=list)
+    """``step`` schedule: the epochs at which the learning rate is multiplied by ``gamma``."""
     gamma: float = 0.1
+    """``step`` schedule: the factor applied at each milestone."""
     eval_every: int = 0
+    """Steps between evaluations on the test set (0: once per epoch); also at step 0 and the last step."""
     log_every: int = 10
+    """Steps between rows of ``/steps`` (and the last step)."""
     threads: int = 0
-    stop_at_acc: float | None = None  # end the run at the first evaluation with test accuracy >= this
-    eval_model: str = "global"  # global: the model of the last sync; average: the devices' current average
+    """Torch threads per rank (0: this rank's share of its node's cores)."""
+    stop_at_acc: float | None = None
+    """End the run, completed, at the first evaluation whose test accuracy reaches this fraction."""
+    eval_model: str = "global"
+    """What an evaluation scores where devices hold their own models: ``global``, the model of the last sync (after any server step); ``average``, the devices' current average (charged one sync by ``report``)."""
 
 
     def check(self, cfg: "RunConfig") -> None:
@@ -129,7 +167,9 @@ class TrainConfig:
 @dataclass
 class OutputConfig:
     dir: str = "results"
+    """The folder of the results file (``--out`` sets it)."""
     name: str | None = None
+    """The results file's name; unset: ``<config>-<algorithm>-<hash>.h5``."""
 
     def check(self, cfg: "RunConfig") -> None:
         require(self.name is None or (self.name and "/" not in self.name),
@@ -138,12 +178,18 @@ class OutputConfig:
 
 @dataclass
 class ParallelConfig:
-    mode: str = "data"  # data | spatial
-    grid: list[int] = field(default_factory=lambda: [1, 1])  # spatial: rows × columns of tiles
-    layers: int = 1  # spatial: how many leading layers of the model are partitioned
-    groups: str | list[list[int]] = "auto"  # spatial: fused layer groups [[first, last], ...] or auto
-    devices_per_rank: int = 1  # virtual devices on each rank
-    batched: str | bool = "auto"  # auto | on | off: a rank's devices step as one computation (edgempi.batched)
+    mode: str = "data"
+    """``data``: each rank trains whole models; ``spatial``: a group of ranks splits the first layers into tiles."""
+    grid: list[int] = field(default_factory=lambda: [1, 1])
+    """``spatial``: rows × columns of tiles, one rank each."""
+    layers: int = 1
+    """``spatial``: how many leading layers of the model are split into tiles."""
+    groups: str | list[list[int]] = "auto"
+    """``spatial``: the fused layer groups ``[[first, last], ...]``, or ``auto`` (planned from measured timings)."""
+    devices_per_rank: int = 1
+    """Virtual devices on each rank, each with its own data, model and optimizer state."""
+    batched: str | bool = "auto"
+    """Step a rank's devices as one computation (``on``), one by one (``off``), or as one where possible (``auto``)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.batched, bool):  # YAML reads a bare on / off as true / false
@@ -176,7 +222,9 @@ class ParallelConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 0
+    """Checkpoint every this many steps, beside the results file (0: off)."""
     every_minutes: float = 0.0
+    """Checkpoint every this many minutes of wall time (0: off)."""
 
     def check(self, cfg: "RunConfig") -> None:
         require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
@@ -188,16 +236,26 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
+    """Seeds the partition, the initial weights and every device's random stream: same config, same numbers."""
     data: DataConfig = field(default_factory=DataConfig)
+    """What is trained on, and how it is split over the devices."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network every device trains."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Each device's local training: length, batch, optimizer, learning-rate schedule, evaluation."""
     # Read into the settings class of the method / compressor that ``name`` picks (edgempi.registry).
     algorithm: Settings = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
+    """The method: ``name`` picks it; the section holds the keys of that method (below)."""
     compression: Settings = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
+    """What a compressed exchange sends: ``name`` picks the compressor (below)."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    """The modelled edge network behind ``sim_s``: links, devices' compute speeds, stragglers."""
     output: OutputConfig = field(default_factory=OutputConfig)
+    """Where the results file goes."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Periodic checkpoints (``NAME.ckpt/`` beside the results file), for ``edgempi run --resume``."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How devices map onto ranks: several devices per rank, or spatial partitioning of the first layers."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

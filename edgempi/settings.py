@@ -46,6 +46,7 @@ class Settings:
     """A plug-in's section: its registered ``name`` (or ``package.module:attr``) and its keys."""
 
     name: str = ""
+    """Which one: a registered name (below), or ``package.module:attr`` of your own."""
 
     def check(self, cfg: Any) -> None:
         """Check this section's values and the rules that span sections on its behalf

@@ -80,21 +80,24 @@ def yaml_value(value: Any) -> str:
 
 
 def point_id(overrides: Sequence[str], ranks: int | None, fixed: Sequence[str] = ()) -> str:
-    """Readable part from the values (``name-fedavg_lr-0.1_seed-1_ranks-4``) plus a hash of all of them.
+    """Readable part from the values (``fedavg_seed-1_ranks-4_lr-0.1``) plus a hash of all of them.
 
-    Both parts use the keys in sorted order (seed and ranks last), so reordering the keys of
-    the sweep file keeps the ids. The readable part holds whole ``key-value`` pieces only, at
-    most ID_TEXT characters: when not all fit, the method, seed and ranks go in first, then
-    the others in order as long as they fit, the ``fixed`` keys (``--set``, the same in every
-    point) last. A piece is left out, never cut (the hash still tells the points apart), so
-    ``eval_every-94`` can never read as ``eval_every-9``.
+    The readable part reads in one order whatever the order of the sweep file's keys: the method
+    (its name alone), seed and ranks first, then the other keys sorted; a null value (a key the
+    point's method does not take) is left out. It holds whole ``key-value`` pieces only, at most
+    ID_TEXT characters: when not all fit, the method, seed and ranks go in first, then the others
+    in order as long as they fit, the ``fixed`` keys (``--set``, the same in every point) last.
+    A piece is left out, never cut, so ``eval_every-94`` can never read as ``eval_every-9``; the
+    hash of every override, nulls included, still tells the points apart.
     """
-    items = sorted((o.split("=", 1) for o in overrides), key=lambda kv: (kv[0] == "seed", kv[0]))
-    items += [["ranks", str(ranks)]] if ranks is not None else []
-    last = [k.rsplit(".", 1)[-1] for k, _ in items]
-    pieces = [re.sub(r"[^A-Za-z0-9._=-]+", "-", f"{short if last.count(short) == 1 else key}-{value}")
-              for (key, value), short in zip(items, last)]
-    rank = [0 if key in ("algorithm.name", "seed", "ranks") else 2 if key in fixed else 1 for key, _ in items]
+    first = {"algorithm.name": 0, "seed": 1, "ranks": 2}
+    pairs = [o.split("=", 1) for o in overrides] + ([["ranks", str(ranks)]] if ranks is not None else [])
+    items = sorted((kv for kv in pairs if kv[1] != "null"), key=lambda kv: (first.get(kv[0], len(first)), kv[0]))
+    short = [k.rsplit(".", 1)[-1] for k, _ in items]
+    named = [s for (k, _), s in zip(items, short) if k != "algorithm.name"]  # the method goes by its value alone
+    pieces = [re.sub(r"[^A-Za-z0-9._=-]+", "-", value if key == "algorithm.name" else
+                     f"{s if named.count(s) == 1 else key}-{value}") for (key, value), s in zip(items, short)]
+    rank = [0 if key in first else 2 if key in fixed else 1 for key, _ in items]
     chosen: list[int] = []
     for i in sorted(range(len(items)), key=lambda i: rank[i]):
         if len("_".join(pieces[j] for j in sorted([*chosen, i])).strip("-._")) <= ID_TEXT:

@@ -1,5 +1,6 @@
 """results/README.md documents the results file field by field: this reads a file a real run
-wrote and checks every attribute, table and column against the README's tables."""
+wrote and checks every attribute, table and column against the README's tables, and the
+README's sentences that deny a table a column against its tables and the file."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from helpers import ROOT, edgempi, small_config, write_config
 from edgempi import algorithms
 
 README = ROOT / "results" / "README.md"
+#: a sentence saying a table lacks a column: "`/evals` has no `ctrl_bytes`".
+DENIED = re.compile(r"`/(\w+)` (?:(?:has|holds|carries) no|lacks) `(\w+)`")
 
 
 def readme_rows(first_header: str) -> list[list[str]]:
@@ -91,3 +94,10 @@ def test_every_method_s_syncs_are_documented() -> None:
     tables = documented_tables()
     for name, policy in algorithms.METHODS.entries().items():
         assert tables[f"/syncs {name}"] == ["step", *policy.sync_columns], name
+
+
+def test_the_prose_denies_no_column_a_table_has(results_file: h5py.File) -> None:
+    tables = documented_tables()
+    for table, column in DENIED.findall(README.read_text(encoding="utf-8")):
+        assert column not in tables[f"/{table}"], f"README says /{table} has no {column}, and its table lists it"
+        assert column not in results_file[table], f"README says /{table} has no {column}, and a results file has it"

@@ -54,7 +54,7 @@ def test_sweep_task_shows_its_point_and_progress(tmp_path) -> None:
     write_config(tmp_path / "c.yaml", small_config(train={"steps": 10, "eval_every": 10}))
     code, lines = merged("sweep", str(sweep), "--task", "0", "--out", str(tmp_path), ranks=2)
     assert code == 0, lines
-    assert lines[0].startswith("edgempi: point 0 (lr-0.05_ranks-2-") and lines[0].endswith("train.lr=0.05")
+    assert lines[0].startswith("edgempi: point 0 (ranks-2_lr-0.05-") and lines[0].endswith("train.lr=0.05")
     assert lines[-2].startswith("edgempi: step 10/10 (100%)") and lines[-1].endswith(".h5")
 
 

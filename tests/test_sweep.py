@@ -55,13 +55,23 @@ def test_grid_zip_and_seeds_expand_in_order(tmp_path: Path) -> None:
 
 def test_ids_are_readable_and_stable(tmp_path: Path) -> None:
     one = sw.expand(write_sweep(tmp_path, grid={"algorithm.name": ["fedavg"], "train.lr": [0.1]}, seeds=[1]))
-    assert one[0].id.startswith("name-fedavg_lr-0.1_seed-1-")
+    assert one[0].id.startswith("fedavg_seed-1_lr-0.1-")
     # Same values with keys in another order, more grid values, and another base: same id.
     other = sw.expand(write_sweep(tmp_path, base={"seed": 5}, grid={"train.lr": [0.2, 0.1], "algorithm.name": ["fedavg"]},
                                   seeds=[1, 2]))
     assert one[0].id in {p.id for p in other}
     assert sw.point_id(["train.lr=0.1"], 4) != sw.point_id(["train.lr=0.1"], 8)
     assert "/" not in sw.point_id(["data.root=/tmp/x y"], None)
+
+
+def test_ids_read_method_seed_and_ranks_first_without_nulls() -> None:
+    """The documented order, whatever the order of the keys; a null (a key this point's method does
+    not take, in a zip of methods) is left out of the readable part but not of the hash."""
+    overrides = ["algorithm.delta=null", "algorithm.name=large_batch", "algorithm.theta=null", "train.epochs=1", "seed=0"]
+    pid = sw.point_id(overrides, 2)
+    assert pid.startswith("large_batch_seed-0_ranks-2_epochs-1-") and "null" not in pid
+    assert sw.point_id(list(reversed(overrides)), 2) == pid
+    assert sw.point_id([o for o in overrides if "null" not in o], 2) != pid
 
 
 def test_ranks_as_a_grid_key(tmp_path: Path) -> None:
@@ -184,7 +194,7 @@ def test_command_line(demo: sw.Sweep, tmp_path: Path, capsys) -> None:
     args = p.parse_args([str(demo.path), "--list", "--out", str(tmp_path / "r")])
     sw.command(args, run, lambda: FakeComm(4))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("0\tmissing\t4\tlr-0.1_ranks-4-") and lines[0].endswith("train.lr=0.1")
+    assert lines[0].startswith("0\tmissing\t4\tranks-4_lr-0.1-") and lines[0].endswith("train.lr=0.1")
 
 
 def test_long_ids_keep_whole_pieces_and_stay_unique() -> None:
@@ -193,10 +203,10 @@ def test_long_ids_keep_whole_pieces_and_stay_unique() -> None:
     pid = sw.point_id(overrides, 96)
     readable, digest = pid.rsplit("-", 1)
     assert len(readable) <= sw.ID_TEXT and len(digest) == 8
-    pieces = ["local_steps-5", "name-large_batch", "batch_size-32", "eval_every-94", "lr-0.05", "seed-3", "ranks-96"]
+    pieces = ["large_batch", "seed-3", "ranks-96", "local_steps-5", "batch_size-32", "eval_every-94", "lr-0.05"]
     kept = [p for p in pieces if p in readable]
     assert "_".join(kept) == readable  # whole pieces, in order, nothing cut
-    assert {"name-large_batch", "seed-3", "ranks-96"} <= set(kept) and len(kept) < len(pieces)
+    assert kept[:3] == ["large_batch", "seed-3", "ranks-96"] and len(kept) < len(pieces)
     assert sw.point_id([*overrides[:-2], "train.eval_every=95", "seed=3"], 96) != pid  # left out, still told apart
     assert sw.point_id(["data.root=/" + "x" * 80], None) == sw.point_id(["data.root=/" + "x" * 80], None)
     assert len(sw.point_id(["data.root=/" + "x" * 80], None)) == 8  # a piece too long for any id: hash only

@@ -32,6 +32,7 @@ class MethodSettings(Settings):
     sections (compression, ``parallel.devices_per_rank``, ``network.deadline_s``, spatial mode)."""
 
     eval_stats: str = "average"
+    """Devices' models are evaluated averaged, with ``average``d BatchNorm statistics or each device's ``local`` ones."""
 
     compresses: ClassVar[str | None] = None  # what a compressed exchange of this method carries
     spatial: ClassVar[bool] = False  # trains tile groups in spatial mode
@@ -67,8 +68,11 @@ class FederatedSettings(MethodSettings):
     BatchNorm statistics are averaged with the weights."""
 
     average_buffers: bool = True
+    """Average BatchNorm statistics with the weights (false: each device keeps its own)."""
     participation: float = exclusive(1.0, "partial participation and dropouts are for methods that average weights")
+    """The seeded fraction of devices asked to report in each round."""
     dropout: float = exclusive(0.0, "partial participation and dropouts are for methods that average weights")
+    """The seeded probability that an asked device fails to report (it uploads nothing and adopts the average)."""
 
     def check(self, cfg: "RunConfig") -> None:
         super().check(cfg)
@@ -147,6 +151,7 @@ class Policy:
     shared: torch.Tensor | None = None  # FedBN: the parameter positions averaged (None: all exchanged)
     held: HeldModel | None = None  # the global model of the last sync, where models differ
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    paper: ClassVar[str] = ""  # where the method comes from: authors, title, venue, arXiv id (docs/config.md)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -36,8 +36,11 @@ class DynamicSettings(ServerSettings):
     """Every ``check_every`` steps, test ‖w − r‖² > ``delta``; ``balancing``: the paper's variant."""
 
     check_every: int = 1
+    """Steps between the devices' divergence tests."""
     delta: float | None = None
+    """The divergence threshold Δ on ‖w − r‖² (required; 0 is FedAvg with ``local_steps = check_every``)."""
     balancing: bool = exclusive(False, "is dynamic averaging's (Kamp et al.)")
+    """The paper's balancing: average the violators (and random companions) first, a full sync only if needed."""
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -53,6 +56,8 @@ class DynamicSettings(ServerSettings):
 
 @METHODS.register("dynamic")
 class Dynamic(DriftPolicy):
+    paper = ("Kamp et al., Efficient Decentralized Deep Learning by Dynamic Model Averaging, "
+             "ECML-PKDD 2018, arXiv:1807.03210")
     Settings = DynamicSettings
     settings: DynamicSettings
     sync_columns = ("violators", "averaged")  # averaged: the balancing set's size (NaN: no balancing)

@@ -31,10 +31,15 @@ class FDASettings(ServerSettings):
     """Θ is ``theta``, or ``theta_per_param`` × d when unset (the authors fitted 2.7e-5 … 4.9e-5)."""
 
     variant: str = "linear"
+    """The variance estimate's state: ``naive`` ‖Δ‖², ``linear`` adds ⟨ξ, Δ⟩, ``sketch`` adds an AMS sketch of Δ."""
     theta: float | None = None
+    """The model-variance threshold Θ; unset: ``theta_per_param`` × the number of parameters."""
     theta_per_param: float = 3.0e-5
+    """Θ per parameter when ``theta`` is unset (the authors fitted 2.7e-5 … 4.9e-5)."""
     sketch_depth: int = 5
+    """``sketch``: rows of the AMS sketch."""
     sketch_width: int = 250
+    """``sketch``: columns of the AMS sketch."""
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -126,6 +131,8 @@ def threshold(cfg: FDASettings, dim: int) -> float:
 
 @METHODS.register("fda")
 class FDA(DriftPolicy):
+    paper = ("Theologitis et al., Communication-Efficient Distributed Deep Learning via Federated Dynamic Averaging, "
+             "EDBT 2025, arXiv:2405.20988")
     Settings = FDASettings
     settings: FDASettings
     sync_columns = ("estimate",)

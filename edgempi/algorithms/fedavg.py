@@ -22,8 +22,11 @@ class FedAvgSettings(ServerSettings):
     ``local_bn``: FedBN, every BatchNorm parameter and statistic stays on its device."""
 
     local_steps: int | None = None
+    """Local steps per round (set this or ``local_epochs``)."""
     local_epochs: float | None = None
+    """Passes over a device's shard per round (set this or ``local_steps``)."""
     local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
+    """FedBN (Li et al., ICLR 2021): every BatchNorm parameter and statistic stays on its device."""
 
     compresses = "updates"
 
@@ -94,6 +97,8 @@ class PeriodicPolicy(Policy):
 
 @METHODS.register("fedavg")
 class FedAvg(PeriodicPolicy):
+    paper = ("McMahan et al., Communication-Efficient Learning of Deep Networks from Decentralized Data, "
+             "AISTATS 2017, arXiv:1602.05629")
     Settings = FedAvgSettings
 
     def __init__(self, ctx: Context) -> None:

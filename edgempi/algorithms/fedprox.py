@@ -17,7 +17,8 @@ torch = lazy_import("torch")
 
 @dataclass
 class FedProxSettings(FedAvgSettings):
-    mu: float = 0.01  # weight of the proximal term (the paper tries 0.001 … 1)
+    mu: float = 0.01
+    """Weight μ of the proximal term (μ/2)‖w − w_global‖² (0 is FedAvg; the paper tries 0.001 … 1)."""
 
     batches = False  # the proximal term is added to each device's gradient on its own
 
@@ -31,6 +32,7 @@ class FedProxSettings(FedAvgSettings):
 @METHODS.register("fedprox")
 class FedProx(FedAvg):
     """The proximal term's anchor w_global is the round's starting model (``self.anchor``)."""
+    paper = "Li et al., Federated Optimization in Heterogeneous Networks, MLSys 2020, arXiv:1812.06127"
 
     Settings = FedProxSettings
     settings: FedProxSettings

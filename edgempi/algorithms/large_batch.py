@@ -26,7 +26,9 @@ class LargeBatchSettings(MethodSettings):
     0: one Allreduce after backward. The mean is the same bit for bit either way."""
 
     sync_bn: bool = exclusive(False, "only large_batch synchronises BatchNorm")
+    """BatchNorm statistics over the global batch (reduced in forward and backward)."""
     bucket_mb: float = exclusive(4.0, "only large_batch exchanges gradients in buckets")
+    """MiB per gradient bucket whose Allreduce starts during backward (0: one Allreduce after backward)."""
 
     compresses = "gradients"
     spatial = True
@@ -52,6 +54,7 @@ class LargeBatch(Policy):
     The uncompressed exchange of one device per rank that every device joins (no deadline, no
     spatial groups, no SyncBN, whose own collectives run in backward) goes in buckets during
     backward (:mod:`edgempi.algorithms.buckets`)."""
+    paper = "Goyal et al., Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, 2017, arXiv:1706.02677"
 
     Settings = LargeBatchSettings
     exchanges_gradients = True

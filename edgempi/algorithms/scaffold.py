@@ -43,6 +43,8 @@ class ScaffoldSettings(FedAvgSettings):
 
 @METHODS.register("scaffold")
 class Scaffold(PeriodicPolicy):
+    paper = ("Karimireddy et al., SCAFFOLD: Stochastic Controlled Averaging for Federated Learning, "
+             "ICML 2020, arXiv:1910.06378")
     Settings = ScaffoldSettings
     settings: ScaffoldSettings
 

@@ -41,13 +41,21 @@ class ServerSettings(FederatedSettings):
 
     server_optimizer: str = exclusive("none", "server optimizers are for methods that average weights "
                                               "(fedavg, fedprox, dynamic, fda)")
+    """A server step on the averaged update (FedOpt): ``sgd`` is FedAvgM; ``none``: plain averaging."""
     server_lr: float | None = None
+    """The server step size η; unset: 1 for ``sgd``, 0.01 for ``adam`` and ``yogi``, 0.1 for ``adagrad``."""
     server_momentum: float = 0.9
+    """``sgd`` server: momentum μ."""
     server_beta1: float = 0.9
+    """``adam``, ``yogi``, ``adagrad`` server: β₁, the decay of the update's running mean."""
     server_beta2: float = 0.99
+    """``adam``, ``yogi`` server: β₂, the decay of the update's second moment."""
     server_tau: float = 1e-3
-    server_eps: float | None = None  # ε of the adaptive steps' denominator; None: τ
-    server_bias_correction: bool = False  # adam: Keras' form (m₀ = v₀ = 0, bias-corrected step)
+    """``adam``, ``yogi``, ``adagrad`` server: τ, added to √v (the degree of adaptivity)."""
+    server_eps: float | None = None
+    """``adam``, ``yogi``, ``adagrad`` server: ε added to √v instead of τ; unset: τ."""
+    server_bias_correction: bool = False
+    """``adam`` server: Keras' form, m₀ = v₀ = 0 and a bias-corrected step (the FDA paper's FedAdam)."""
 
     def check(self, cfg: Any) -> None:
         super().check(cfg)

@@ -36,7 +36,9 @@ class CompressionSettings(Settings):
     keys. ``error_feedback`` and ``clip_norm`` belong to the exchange around it."""
 
     error_feedback: bool = True
-    clip_norm: float = 0.0  # DGC local gradient clipping (0 = off)
+    """Add what compression left out of one exchange to the next one's vector (error feedback)."""
+    clip_norm: float = 0.0
+    """Clip each device's gradient to this norm before compressing it, as DGC does (0: off)."""
 
     @classmethod
     def section(cls) -> str:
@@ -50,7 +52,8 @@ class CompressionSettings(Settings):
 
 @dataclass
 class RatioSettings(CompressionSettings):
-    ratio: float = 0.01  # the fraction of elements kept
+    ratio: float = 0.01
+    """The fraction of elements kept."""
 
     def check(self, cfg: "RunConfig | None" = None) -> None:
         super().check(cfg)
@@ -79,6 +82,7 @@ class Compressor(ABC):
     #: so the exchange gathers each part as one (devices, n) tensor and calls :meth:`mean_rows_`.
     uniform: ClassVar[bool] = False
     Settings: ClassVar[type[CompressionSettings]] = CompressionSettings
+    paper: ClassVar[str] = ""  # where the scheme comes from: authors, title, venue, arXiv id (docs/config.md)
 
     @classmethod
     def from_settings(cls, settings: CompressionSettings, shapes: Sequence[Sequence[int]], seed: int,

@@ -66,8 +66,10 @@ class FP16(Compressor):
 
 @dataclass
 class TopKSettings(RatioSettings):
-    warmup_epochs: int = 0  # DGC density warm-up (0 = off)
-    sample_ratio: float = 0.01  # sample for the threshold
+    warmup_epochs: int = 0
+    """DGC's warm-up: epochs over which the kept fraction falls geometrically to ``ratio`` (0: off)."""
+    sample_ratio: float = 0.01
+    """The fraction of magnitudes sampled to set the threshold."""
 
     def check(self, cfg: object = None) -> None:
         super().check()
@@ -88,6 +90,7 @@ class TopK(Compressor):
     → 0.1% for ratio 0.001 and four warm-up epochs, the schedule of the paper.
     Payload: fp32 values and int32 indices, 8 bytes per kept element.
     """
+    paper = "Lin et al., Deep Gradient Compression, ICLR 2018, arXiv:1712.01887"
 
     sparse = True
     #: the sample must hold this many elements above the threshold for it to be reliable.
@@ -163,6 +166,7 @@ class RandomK(Compressor):
     estimate of the vector; with error feedback they are sent as they are, because the scaled
     estimate is not a contraction and would make the residual grow (Stich et al. 2018).
     """
+    paper = "Stich et al., Sparsified SGD with Memory, NeurIPS 2018, arXiv:1809.07599"
 
     summable = True
     Settings = RatioSettings
@@ -206,7 +210,9 @@ class RandomK(Compressor):
 @dataclass
 class QSGDSettings(CompressionSettings):
     levels: int = 127
+    """Quantisation levels per sign: 1 packs an element in 2 bits, up to 7 in 4, up to 127 in 8."""
     bucket_size: int = 512
+    """Elements per bucket, which shares one fp32 norm."""
 
     def check(self, cfg: object = None) -> None:
         super().check()
@@ -228,6 +234,8 @@ class QSGD(Blockwise):
     steps run in cache; the uniform draws come from one generator in element order, the same
     stream as one draw of the whole vector.
     """
+    paper = ("Alistarh et al., QSGD: Communication-Efficient SGD via Gradient Quantization and Encoding, "
+             "NeurIPS 2017, arXiv:1610.02132")
 
     Settings = QSGDSettings
 
@@ -317,6 +325,8 @@ class QSGD(Blockwise):
 class SignSGD(Blockwise):
     """EF-signSGD (Karimireddy et al. 2019): ‖x‖₁/d · sign(x), meant to run with error
     feedback. Payload: the sign bits packed 8 to a byte plus one fp32 scale (zero counts as +)."""
+    paper = ("Karimireddy et al., Error Feedback Fixes SignSGD and other Gradient Compression Schemes, "
+             "ICML 2019, arXiv:1901.09847")
 
     def compress(self, x: torch.Tensor, step: int = 0, epoch: float = 0.0) -> Payload:
         scale = (torch.linalg.vector_norm(x, ord=1) / x.numel()).reshape(1)

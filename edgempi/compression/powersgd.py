@@ -46,6 +46,7 @@ def _noop_allreduce(buf: torch.Tensor, first: bool) -> None:
 @dataclass
 class PowerSGDSettings(CompressionSettings):
     rank: int = 4
+    """The rank r of the approximation of every matrix-shaped tensor."""
 
     def check(self, cfg: object = None) -> None:
         super().check()
@@ -58,6 +59,8 @@ class PowerSGD(Compressor):
 
     Payload: (P factors, Q factors, uncompressed vectors), 4·(Σ r(n + m) + vector elements) bytes.
     """
+    paper = ("Vogels et al., PowerSGD: Practical Low-Rank Gradient Compression for Distributed Optimization, "
+             "NeurIPS 2019, arXiv:1905.13727")
 
     summable = True
     collective = True

@@ -38,9 +38,13 @@ class DriftConfig:
     """The ``data.drift`` section; no ``steps``: no drift."""
 
     steps: list[int] = field(default_factory=list)
+    """The steps at which a drift event happens (needs ``train.steps``); empty: no drift."""
     kind: str = "permute_labels"
-    fraction: float = 1.0  # of the devices affected at each event
-    classes: list[int] | None = None  # swap_classes: the pairs to swap
+    """What an event does: permute the classes, swap the pairs of ``classes``, or pass shards round the devices."""
+    fraction: float = 1.0
+    """The fraction of devices an event affects, drawn afresh at each event."""
+    classes: list[int] | None = None
+    """``swap_classes``: the classes to swap, in pairs (a, b, c, d: a↔b and c↔d)."""
 
     def check(self, cfg: Any) -> None:
         if not self.steps:

@@ -172,6 +172,7 @@ class IdxDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hint: str = ""  # how to install it, for the not-found message
+    doc: str = ""  # what it is, for docs/config.md
 
     def __call__(self, opts: LoadOptions) -> Dataset:
         roots = search_roots(opts.root)
@@ -202,8 +203,10 @@ class IdxDataset:
 
 
 DATASETS.add("fashion-mnist", IdxDataset("fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."),
-                                         "FashionMNIST", (0.2860,), (0.3530,), "apt-get install dataset-fashion-mnist, or "))
-DATASETS.add("mnist", IdxDataset("mnist", ("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,)))
+                                         "FashionMNIST", (0.2860,), (0.3530,), "apt-get install dataset-fashion-mnist, or ",
+                                         doc="Fashion-MNIST: 28×28 grey images of clothing, 10 classes, 60,000 + 10,000."))
+DATASETS.add("mnist", IdxDataset("mnist", ("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,),
+                            doc="MNIST: 28×28 grey images of handwritten digits, 10 classes, 60,000 + 10,000."))
 
 
 def _cifar_problem(folder: Path) -> str | None:

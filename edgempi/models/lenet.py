@@ -29,6 +29,7 @@ def _lenet5(num_classes: int, in_channels: int, input_size: int, norm: str,
 
 
 def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, norm: str = "none") -> nn.Module:
+    """LeNet-5 as modern code writes it (ReLU, max pooling, torch's default init): 61,706 parameters on MNIST."""
     return _lenet5(num_classes, in_channels, input_size, norm, nn.ReLU, nn.MaxPool2d)
 
 

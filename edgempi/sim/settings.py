@@ -23,23 +23,32 @@ PRESETS: dict[str, tuple[float, float, float]] = {
 @dataclass
 class NetworkConfig:
     preset: str = "lan"
+    """The link, up/down Mbit/s and ms: ``lan`` 1000/1000/0.5, ``wifi`` 50/100/5, ``4g`` 10/30/40, ``3g`` 1/3/100."""
     up_mbps: float | None = None
+    """Uplink bandwidth in Mbit/s, in place of the preset's."""
     down_mbps: float | None = None
+    """Downlink bandwidth in Mbit/s, in place of the preset's."""
     latency_ms: float | None = None
+    """One-way latency in ms, in place of the preset's."""
     spread: float = 0.0
+    """σ of a seeded log-normal factor per device on its bandwidth (0: every device alike)."""
     compute_factor: float = 1.0
+    """How many times longer a modelled device computes a step than this machine did."""
     compute_spread: float = 0.0
-    step_ms: float | None = None  # modelled time of one local step (× compute factor) instead of the measured one
-    deadline_s: float | None = None  # stragglers: a round closes this long after it opened (needs step_ms)
-    jitter: float = 0.0  # sigma of a log-normal slowdown of each device's round, drawn afresh every exchange
+    """σ of a seeded log-normal factor per device on its compute time."""
+    step_ms: float | None = None
+    """Modelled time of one local step (× the compute factor) in place of the measured one, so ``sim_s`` repeats."""
+    deadline_s: float | None = None
+    """Stragglers: a round closes this long after it opened; devices that miss it are left out (needs ``step_ms``)."""
+    jitter: float = 0.0
+    """σ of a log-normal slowdown of each device's round, drawn afresh at every exchange."""
 
     def check(self, cfg: Any) -> None:
         """This section's values, and the rules it makes for others (``cfg``: the whole
         ``edgempi.config.RunConfig``, not imported here)."""
         one_of(self.preset, PRESETS, "network.preset")
-        for key in ("up_mbps", "down_mbps"):
-            value = getattr(self, key)
-            require(value is None or value > 0, f"network.{key}", "must be > 0")
+        require(self.up_mbps is None or self.up_mbps > 0, "network.up_mbps", "must be > 0")
+        require(self.down_mbps is None or self.down_mbps > 0, "network.down_mbps", "must be > 0")
         require(self.latency_ms is None or self.latency_ms >= 0, "network.latency_ms", "must be >= 0")
         require(self.spread >= 0, "network.spread", "must be >= 0 (sigma of a log-normal factor per device)")
         require(self.compute_factor > 0, "network.compute_factor", "must be > 0")
