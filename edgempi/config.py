@@ -98,6 +98,8 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0
     stop_at_acc: float | None = None  # end the run at the first evaluation with test accuracy >= this
+    signal_grace_s: float = 10.0  # after SIGTERM/SIGINT/SIGUSR1: time to checkpoint before the job is aborted
+    stall_timeout_s: float = 600.0  # a rank without a step for this long ends the job as failed (0 = off)
 
 
     def check(self, cfg: "RunConfig") -> None:
@@ -118,6 +120,10 @@ class TrainConfig:
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
         require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
+        require(math.isfinite(self.signal_grace_s) and self.signal_grace_s >= 0, "train.signal_grace_s",
+                "must be a number of seconds >= 0")
+        require(math.isfinite(self.stall_timeout_s) and self.stall_timeout_s >= 0, "train.stall_timeout_s",
+                "must be a number of seconds >= 0 (0 = off)")
 
 
 @dataclass
