@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -25,10 +24,12 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from edgempi import watchdog
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.record import OutputError, write_failure
 
+WATCH_KEYS = ("signal_grace_s", "stall_timeout_s")
 FORMAT = 2  # 1: pickled rank files without checksums (refused: they cannot be loaded safely)
 _ARRAY, _SCALAR = "__ndarray__", "__npscalar__"
 
@@ -38,7 +39,12 @@ class CheckpointError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """The job was told to stop (SIGTERM/SIGUSR1) and saved a checkpoint first."""
+    """The job was told to stop (SIGTERM, SIGINT, SIGUSR1) and saved a checkpoint first;
+    ``code`` is the exit code that says which signal (:func:`edgempi.watchdog.exit_code`)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Resumable(Protocol):
@@ -49,12 +55,20 @@ class Resumable(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
+def training_settings(cfg: RunConfig | dict[str, Any], leave_out: tuple[str, ...]) -> dict[str, Any]:
+    """The config without the sections ``leave_out`` and the keys that say how the job is
+    watched (``train.signal_grace_s``, ``train.stall_timeout_s``; absent from the files of
+    older versions): changing those never renames a results file nor refuses a resume."""
+    d = {k: v for k, v in (cfg.to_dict() if isinstance(cfg, RunConfig) else cfg).items() if k not in leave_out}
+    if isinstance(d.get("train"), dict):
+        d["train"] = {k: v for k, v in d["train"].items() if k not in WATCH_KEYS}
+    return d
+
+
 def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
     """Identity of the training a checkpoint or results file belongs to (the output and
     checkpoint sections may change); also of a config read back from a results file."""
-    d = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
-    d.pop("output", None)
-    d.pop("checkpoint", None)
+    d = training_settings(cfg, ("output", "checkpoint"))
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -97,7 +111,9 @@ def _sealed(meta: dict[str, Any]) -> dict[str, Any]:
 
 class Checkpointer:
     """Decides collectively when to save (every N steps, every M minutes, on a signal), and
-    stops every rank together when rank 0's results file could not be written.
+    stops every rank together when rank 0's results file could not be written. The signal is
+    the one :mod:`edgempi.watchdog` noted; if the next /steps row does not come within the
+    grace (a rank stopped or hung), the watchdog ends the job instead.
 
     ``output_error`` gives rank 0's first write failure (None while all is well): it is
     reduced with the save decision each /steps row, so a full disk costs no extra collective.
@@ -110,27 +126,22 @@ class Checkpointer:
         self.every_steps = cfg.checkpoint.every_steps
         self.every_s = cfg.checkpoint.every_minutes * 60
         self.last_save = time.monotonic()
-        self.signalled = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signalled = True
 
     def maybe_save(self, trainer: Resumable) -> None:
         """Called by every rank after each /steps row; the decision is reduced, so all agree."""
         due_time = self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s
         due_step = self.every_steps > 0 and trainer.step % self.every_steps == 0
         failed = self.output_error() is not None
-        signalled, timed, failed = self.comm.reduce_metrics([self.signalled, due_time, failed], op="max")
+        signalled, timed, failed = self.comm.reduce_metrics([watchdog.pending(), due_time, failed], op="max")
         if failed:
             raise OutputError(self.comm.broadcast_object(self.output_error(), root=0))
         if not (signalled or timed or due_step):
             return
         self.save(trainer)
         if signalled:
-            raise Interrupted(f"stopped by a signal at step {trainer.step}; checkpoint in {self.folder}; "
-                              "continue with edgempi run --resume")
+            signum = int(signalled)
+            raise Interrupted(f"{watchdog.stopped_by(signum)} at step {trainer.step}; checkpoint in {self.folder}; "
+                              "continue with edgempi run --resume", watchdog.exit_code(signum))
 
     def save(self, trainer: Resumable) -> None:
         """Every rank writes its file, rank 0 then commits meta.json; a failed write on any
@@ -187,6 +198,15 @@ def _commit_meta(folder: Path, meta: dict[str, Any]) -> str | None:
         tmp.unlink(missing_ok=True)
         return str(write_failure(folder / "meta.json", exc))
     return None
+
+
+def saved_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder`` (None: none), for a line to the user; read
+    unchecked: resuming checks it (:func:`read_meta`)."""
+    try:
+        return int(json.loads((folder / "meta.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_meta(folder: Path, cfg: RunConfig, world_size: int) -> dict[str, Any] | None:

@@ -1,8 +1,11 @@
 """``edgempi run|validate|partition|sweep|report|plot|info``: parse the command line, then call the library.
 
 Exit codes: 0 done, 1 the run failed while training (also: its results or checkpoints could
-not be written), 2 bad input (config, data, paths, checkpoints, a results file another job
-writes), 143 stopped by a signal after a checkpoint.
+not be written, or a rank stalled), 2 bad input (config, data, paths, checkpoints, a results
+file another job writes), 130 stopped by SIGINT (Ctrl-C), 143 by SIGTERM or SIGUSR1.
+
+This module imports little at its top, so that the commands that train note stop signals
+(:func:`edgempi.watchdog.install`) before the seconds of importing torch and starting MPI.
 """
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from edgempi import __version__
-from edgempi.config import ConfigError, RunConfig, from_dict, load
+from edgempi import __version__, watchdog
 from edgempi.progress import write_line
+from edgempi.settings import ConfigError
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
+    from edgempi.config import RunConfig
 
 
 class CliError(Exception):
@@ -35,7 +39,9 @@ def launcher_rank() -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
+def _config(args: argparse.Namespace) -> "RunConfig":
+    from edgempi.config import load
+
     overrides = list(args.set)
     if getattr(args, "out", None):
         overrides.append(f"output.dir={args.out}")
@@ -60,24 +66,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _train(work: Callable[["Comm"], Path | None]) -> int:
     """Run ``work`` on every rank with the failure rules: refusals are one line and exit 2;
-    a stop on a signal exits 143 (checkpoint saved); any other error aborts the whole job.
+    a stop on a signal exits 130 or 143 (checkpoint saved); any other error aborts the whole
+    job; a signal or a stall that the ranks cannot act on together ends it by the watchdog.
 
     Every line goes out whole (``write_line``), so the results path never joins a progress
     line when stdout and stderr share one pipe or log file."""
     from edgempi.checkpoint import Interrupted
     from edgempi.comm import Comm  # initialises MPI: only for commands that train
     from edgempi.record import OutputError
-    from edgempi.runner import SetupError, abort
+    from edgempi.runner import SetupError
     from edgempi.sweep import SweepError
     from edgempi.train import TrainingError
 
     comm = Comm()
+    watchdog.start(comm)
     try:
         path = work(comm)
     except Interrupted as exc:
         if comm.rank == 0:
             write_line(f"edgempi: {exc}")
-        return 143
+        return exc.code
     except (ConfigError, SetupError, SweepError) as exc:
         prefix = "config error: " if isinstance(exc, ConfigError) else ""
         raise CliError(f"{prefix}{exc}") from exc
@@ -87,8 +95,10 @@ def _train(work: Callable[["Comm"], Path | None]) -> int:
         return 1
     except Exception as exc:  # any rank: say which, then take the whole job down
         write_line(f"edgempi: rank {comm.rank}: {type(exc).__name__}: {exc}")
-        abort(comm, 1)
+        watchdog.abort(comm, 1)
         return 1
+    finally:
+        watchdog.stop()
     if comm.rank == 0 and path is not None:
         write_line(str(path), sys.stdout)
     return 0
@@ -123,6 +133,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from edgempi.runner import run
 
         def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:
+            from edgempi.config import from_dict, load
+
             where = [*overrides, f"output.dir={out_file.parent}", f"output.name={out_file.name}"]
             cfg = from_dict(base, where) if isinstance(base, dict) else load(base, where)
             run(cfg, comm, out_file, progress=not args.quiet, resume=resume)
@@ -208,7 +220,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def trains(argv: Sequence[str]) -> bool:
+    """Whether the command line starts MPI work: ``run``, or ``sweep`` with ``--task``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command == "run" or (command == "sweep" and any(a.split("=")[0] == "--task" for a in argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if trains(argv):
+        watchdog.install()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

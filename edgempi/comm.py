@@ -373,8 +373,50 @@ class Comm:
             node.Free()
 
     def mpi_abort(self, code: int = 1) -> None:
-        """Make MPI end every rank of the job now (see :func:`edgempi.runner.abort`)."""
+        """Make MPI end every rank of the job now (see :func:`edgempi.watchdog.abort`)."""
         self.mpi.Abort(code)
+
+    def heartbeats(self) -> "Heartbeats":
+        """A side channel for :mod:`edgempi.watchdog` (collective: every rank calls it once)."""
+        return Heartbeats(self.mpi.Dup(), self.rank)
+
+
+class Heartbeats:
+    """Every rank's latest heartbeat (a few integers) to rank 0, by messages that never block.
+
+    A rank's watchdog thread calls :meth:`send` now and then, rank 0's calls :meth:`latest`;
+    neither ever waits for a peer, so a stopped or hung peer just falls silent, and what rank
+    0 last heard from it says where it stopped. The messages travel on a communicator of their
+    own (no message of the training can match them) and need MPI_THREAD_MULTIPLE, which
+    mpi4py asks for; with less, :attr:`usable` is False and nothing is sent. A sender keeps at
+    most one message in flight, so a silent rank 0 never piles them up.
+    """
+
+    TAG = 1
+
+    def __init__(self, mpi: Any, rank: int) -> None:
+        self.mpi, self.rank = mpi, rank
+        self.usable = MPI.Query_thread() == MPI.THREAD_MULTIPLE
+        self._out = np.zeros(0, np.int64)
+        self._request: Any = None
+
+    def send(self, values: Sequence[int]) -> None:
+        """Tell rank 0 ``values`` unless the previous message is still on its way (a rank 0
+        that does not listen any more)."""
+        if not self.usable or self.rank == 0 or (self._request is not None and not self._request.Test()):
+            return
+        self._out = np.asarray(values, np.int64)
+        self._request = self.mpi.Isend(self._out, dest=0, tag=self.TAG)
+
+    def latest(self, width: int) -> dict[int, np.ndarray]:
+        """Rank 0: the newest message of each rank that sent any since the last call."""
+        found: dict[int, np.ndarray] = {}
+        status = MPI.Status()
+        while self.usable and self.mpi.Iprobe(source=MPI.ANY_SOURCE, tag=self.TAG, status=status):
+            values = np.zeros(width, np.int64)
+            self.mpi.Recv(values, source=status.Get_source(), tag=self.TAG)
+            found[status.Get_source()] = values
+        return found
 
 
 class SegmentedMean:

@@ -140,6 +140,10 @@ class TrainConfig:
     """End the run, completed, at the first evaluation whose test accuracy reaches this fraction."""
     eval_model: str = "global"
     """What an evaluation scores where devices hold their own models: ``global``, the model of the last sync (after any server step); ``average``, the devices' current average (charged one sync by ``report``)."""
+    signal_grace_s: float = 10.0
+    """After SIGTERM, SIGINT or SIGUSR1: seconds to checkpoint before the job is aborted."""
+    stall_timeout_s: float = 600.0
+    """A rank without a step for this many seconds ends the job as failed (0 = off)."""
 
 
     def check(self, cfg: "RunConfig") -> None:
@@ -162,6 +166,10 @@ class TrainConfig:
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
         require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
         one_of(self.eval_model, EVAL_MODELS, "train.eval_model")
+        require(math.isfinite(self.signal_grace_s) and self.signal_grace_s >= 0, "train.signal_grace_s",
+                "must be a number of seconds >= 0")
+        require(math.isfinite(self.stall_timeout_s) and self.stall_timeout_s >= 0, "train.stall_timeout_s",
+                "must be a number of seconds >= 0 (0 = off)")
 
 
 @dataclass

@@ -168,7 +168,7 @@ class Recorder:
 
     def __init__(self, path: Path, attrs: Mapping[str, Any], tables: Mapping[str, Sequence[str]],
                  arrays: Mapping[str, np.ndarray] = {}, overwrite: bool = False) -> None:
-        self.path, self.error, self.reserved = Path(path), None, 0
+        self.path, self.error, self.reserved, self.status = Path(path), None, 0, None
         self.run_id = uuid.uuid4().hex
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +219,7 @@ class Recorder:
             os.replace(tmp, path)
             self = cls.__new__(cls)
             self.path, self.columns, self.run_id, self.error, self.reserved = path, columns, run_id, None, 0
+            self.status = None
             self.file = h5py.File(path, "r+", libver="latest")
             self.reserve()
             self.file.swmr_mode = True
@@ -232,8 +233,8 @@ class Recorder:
 
     def append(self, table: str, row: Mapping[str, float]) -> None:
         """Append one row (missing columns are NaN) and flush it to disk; after a failed write,
-        nothing more (see the module's docstring)."""
-        if self.error is not None:
+        nothing more (see the module's docstring), nor after the file was closed."""
+        if self.error is not None or self.status is not None:
             return
         try:
             self.reserve()
@@ -276,7 +277,11 @@ class Recorder:
         Without HDF5's file lock: a reader watching the run (edgempi info, a live plot) holds
         a shared lock that would refuse this reopening and leave the run 'running' forever.
         The writer closed above was the file's only one, so the lock guards nothing here.
+        Once a status is written, a later close changes nothing: the watchdog may have closed
+        the file while the main thread still ran (:mod:`edgempi.watchdog`).
         """
+        if self.status is not None:
+            return
         try:
             if self.file.id.valid:
                 self.file.close()
@@ -295,6 +300,7 @@ class Recorder:
                 check_complete(self.path, status, self.columns)
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             raise write_failure(self.path, exc) from exc
+        self.status = status
         if self.error is not None:
             raise OutputError(self.error)
 

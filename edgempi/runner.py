@@ -16,16 +16,15 @@ import dataclasses
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard
+from edgempi import guard, watchdog
 from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
-                                remove)
+                                remove, saved_step, training_settings)
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.heap import keep_freed_memory
@@ -36,11 +35,36 @@ from edgempi.topology import threads_per_rank
 from edgempi.algorithms import Policy
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
-ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
-
 
 class SetupError(RuntimeError):
     """The run was refused before training started; nothing was written."""
+
+
+class Held:
+    """What rank 0 holds of a run (the lock, then the open results file), so that the watchdog
+    can leave it in order when it ends a job that cannot end itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock: OutputLock | None = None
+        self.recorder: Recorder | None = None
+
+    def leave(self, status: str, reason: str) -> str:
+        """Mark the file ``status`` with ``reason``, drop the lock; what was done, in words."""
+        said = "nothing was written"
+        if self.recorder is not None:
+            _close(self.recorder, status, reason)
+            said = f"{self.path} marked {status}; {resume_hint(self.path)}"
+        if self.lock is not None:
+            self.lock.release()
+        return said
+
+
+def resume_hint(path: Path) -> str:
+    step = saved_step(checkpoint_dir(path))
+    if step is None:
+        return "no checkpoint: edgempi run --resume starts again from step 0"
+    return f"edgempi run --resume continues from step {step}"
 
 
 def results_path(cfg: RunConfig, label: str) -> Path:
@@ -54,7 +78,7 @@ def results_path(cfg: RunConfig, label: str) -> Path:
     if cfg.output.name:
         name = cfg.output.name if cfg.output.name.endswith(".h5") else f"{cfg.output.name}.h5"
     else:
-        training = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+        training = training_settings(cfg, ("output",))
         digest = hashlib.sha1(yaml.safe_dump(training, sort_keys=False).encode()).hexdigest()[:8]
         name = f"{label}-{cfg.algorithm.name}-{digest}.h5"
     return Path(cfg.output.dir) / name
@@ -82,13 +106,19 @@ def protocol_attrs(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     return {"eval_model": "average", "sync_bytes": int(policy.held.values.numel() * policy.held.values.element_size())}
 
 
-def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Exception] = SetupError) -> Any:
+def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Exception] = SetupError,
+          before_training: bool = False) -> Any:
     """Raise the same error on every rank if any rank failed (lowest rank's message), else
-    return rank 0's ``share``: one allgather."""
-    gathered = comm.allgather_object((error, share))
-    errors = [e for e, _ in gathered if e]
+    return rank 0's ``share``: one allgather. ``before_training``, also stop every rank (nothing
+    written yet) if any was told to stop by a signal."""
+    gathered = comm.allgather_object((error, share, watchdog.pending() if before_training else 0))
+    errors = [e for e, _, _ in gathered if e]
     if errors:
         raise exc_type(errors[0])
+    signum = max(s for _, _, s in gathered)
+    if signum:
+        raise Interrupted(f"{watchdog.stopped_by(signum)} before training started; nothing was written",
+                          watchdog.exit_code(signum))
     return gathered[0][1]
 
 
@@ -158,7 +188,7 @@ def _prepare(cfg: RunConfig, comm: Comm, path: Path, action: str,
         error = f"cannot read {path}: {exc} (damaged?)"
     except (ValueError, OSError, RuntimeError) as exc:
         error = str(exc)
-    agree(comm, error)
+    agree(comm, error, before_training=True)
     assert setup is not None
     return setup, state
 
@@ -204,26 +234,27 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     config_mod.validate_world(cfg, comm.size)
     torch.set_num_threads(threads_per_rank(cfg, comm))
     keep_freed_memory()
-    lock, planned, error = None, None, None
+    held, planned, error = Held(path), None, None
+    watchdog.begin(cfg.train.signal_grace_s, cfg.train.stall_timeout_s, held.leave if comm.rank == 0 else None)
     try:
         if comm.rank == 0:
             try:
-                lock = OutputLock(path)
+                held.lock = OutputLock(path)
                 planned = plan(cfg, path, overwrite, resume)
             except (OutputError, SetupError) as exc:
                 error = str(exc)
-        action, groups = agree(comm, error, planned)
+        action, groups = agree(comm, error, planned, before_training=True)
         if action == "done":
             return None
-        outcome = _train(cfg, comm, path, action, progress, groups)
+        outcome = _train(cfg, comm, path, action, progress, groups, held)
         if comm.rank == 0 and not keep_checkpoints:
             warning = remove(checkpoint_dir(path))
             if warning:
                 print(f"edgempi: {warning}", file=sys.stderr, flush=True)
         return outcome
     finally:
-        if lock is not None:
-            lock.release()
+        if held.lock is not None:
+            held.lock.release()
 
 
 def warn_single_device(cfg: RunConfig, world_size: int) -> None:
@@ -242,10 +273,10 @@ def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
         write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
 
 
-def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
-           groups: str | None = None) -> Outcome:
-    """Build, restore, open the file, train; the file's final status is agreed by all ranks.
-    A resumed spatial run keeps the layer groups its file records (``groups``), which
+def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
+           held: Held) -> Trainer:
+    """Build, restore, open the file (rank 0, then held for the watchdog), and say how the run
+    starts. A resumed spatial run keeps the layer groups its file records (``groups``), which
     ``groups: auto`` would plan anew from timings measured now."""
     setup, state = _prepare(cfg, comm, path, action, groups)
     trainer = Trainer(setup, comm, progress=progress)
@@ -254,15 +285,26 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
     error = None
     if comm.rank == 0:
         try:
-            trainer.recorder = _open_recorder(cfg, trainer, path, resumed=state is not None)
+            trainer.recorder = held.recorder = _open_recorder(cfg, trainer, path, resumed=state is not None)
         except OutputError as exc:
             error = str(exc)
     agree(comm, error)
     if comm.rank == 0:
+        if action == "resume":
+            write_line(f"edgempi: resuming from step {trainer.step}" if state is not None
+                       else "edgempi: no checkpoint: starting again from step 0")
         warn_single_device(cfg, comm.size)
         say_batching(cfg, trainer)
+    return trainer
+
+
+def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
+           held: Held) -> Outcome:
+    """Train and close the file; its final status is agreed by all ranks."""
+    trainer = _begin(cfg, comm, path, action, progress, groups, held)
     recorder = trainer.recorder
     checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
+    watchdog.training(lambda: trainer.step)
     try:
         outcome = trainer.run(checkpointer)
     except Interrupted as exc:
@@ -277,6 +319,7 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
     error = None
     try:
         recorder.close("completed")
+        watchdog.completed()
     except OutputError as exc:
         error = str(exc)
         _close(recorder, "failed", error)
@@ -284,16 +327,4 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
     return outcome
 
 
-def abort(comm: Comm, code: int = 1) -> None:
-    """End every rank of the job now: the way a failure on one rank avoids a hang.
-
-    The launcher forwards a rank's stderr through a pipe that it may stop draining once the
-    abort reaches it, so the pause lets the message that says why reach the user first."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if comm.size > 1:
-        time.sleep(ABORT_GRACE_S)
-        comm.mpi_abort(code)
-
-
-__all__ = ["SetupError", "abort", "agree", "results_path", "run"]
+__all__ = ["SetupError", "agree", "results_path", "run"]

@@ -233,6 +233,8 @@ class Trainer:
             overlays = scored_overlays(self.bank, self.setup.peers, self.policy, self.cfg.train.eval_model,
                                        self.cfg.algorithm.eval_stats == "average")
             test_loss, test_acc = evaluate(self.bank, self.setup.peers, shards, self.loaders[0].normalize, overlays)
+        if not math.isfinite(test_loss):  # reduced: every rank stops here, before the row is written
+            raise TrainingError(f"the test loss became {test_loss} at step {step}; lower train.lr")
         row = {**self.counters(step), "test_loss": test_loss, "test_acc": test_acc}
         self.recorder.append("evals", row)
         self.outcome.evals.append(row)

@@ -71,11 +71,12 @@ def edgempi(*args: str, ranks: int | None = None, timeout: float = 300, **kw) ->
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), **kw)
 
 
-def launch(config: Path, out: Path, name: str, *extra: str, ranks: int = 2) -> subprocess.Popen:
+def launch(config: Path, out: Path, name: str, *extra: str, ranks: int = 2,
+           env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``mpiexec -n ranks edgempi run`` in the background, to be watched, signalled or killed."""
     return subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(config),
                              "--out", str(out), "--set", f"output.name={name}", *extra],
-                            env=child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env or child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 

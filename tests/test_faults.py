@@ -19,7 +19,7 @@ import torch
 from helpers import (ROOT, child_env, edgempi, kill_job, launch, small_config, wait_for_checkpoint, wait_for_rows,
                      write_config)
 from edgempi import sweep as sw
-from edgempi.analysis.runs import read_run
+from edgempi.analysis.runs import read_run, read_status
 from edgempi.checkpoint import _sealed
 
 pytestmark = pytest.mark.faults
@@ -338,3 +338,153 @@ def test_damaged_results_files_are_read_within_a_time_limit(killed_file, tmp_pat
                             capture_output=True, text=True, timeout=60, env=env)
     assert report.returncode == 0 and "good" in report.stdout, report.stderr
     assert report.stderr.strip() == f"edgempi: skipping {folder / 'bad.h5'}: no answer within 5 s (damaged metadata?)"
+
+
+# -- a job always ends: signals and stalls (edgempi.watchdog) -------------------------------
+PLUGINS = ROOT / "tests" / "plugins"
+GRACE = 3  # train.signal_grace_s of these tests; the job may take the abort's pause and a tick more
+HANG = {"model": {"name": "faulty:hangs"}, "train": {"steps": 100000, "log_every": 5, "signal_grace_s": GRACE},
+        "checkpoint": {"every_steps": 10}}  # rank 1 hangs in its 30th forward: step 27 (evaluations at 0, 10, 20)
+
+
+def plugin_env() -> dict[str, str]:
+    return dict(child_env(), PYTHONPATH=f"{ROOT}:{PLUGINS}")
+
+
+def ended_by_watchdog(proc: subprocess.Popen, sent: float, code: int, *words: str) -> str:
+    """The job ended soon after the grace, with exit ``code`` and one line holding ``words``."""
+    try:
+        out, err = proc.communicate(timeout=GRACE + 60)
+    finally:
+        kill_job(proc)
+    assert time.monotonic() - sent < GRACE + 15, err
+    lines = error_lines(err)
+    assert proc.returncode == code and len(lines) == 1, err
+    assert all(w in lines[0] for w in words), lines[0]
+    assert "Traceback" not in err and "BAD TERMINATION" not in out + err
+    return lines[0]
+
+
+def assert_left_in_order(path: Path, status: str) -> None:
+    """The results file readable with its final status, and no lock left."""
+    assert read_run(path).status == status
+    assert not list(path.parent.glob("*.lock"))
+
+
+def test_sigterm_to_mpiexec_ends_a_job_whose_rank_is_stopped(tmp_path):
+    config = write_config(tmp_path / "c.yaml", small_config(**{**LONG, "train": {**LONG["train"],
+                                                                              "signal_grace_s": GRACE}}))
+    proc = launch(config, tmp_path, "frozen", "--quiet")
+    wait_for_checkpoint(tmp_path / "frozen.ckpt", proc, 10)
+    os.kill(rank_pid(proc, 1), signal.SIGSTOP)  # a frozen device: it cannot even die of a signal
+    time.sleep(1)
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    ended_by_watchdog(proc, sent, 143, "stopped by SIGTERM", f"train.signal_grace_s = {GRACE} s",
+                      "rank 1 ", "did not answer", "frozen.h5 marked interrupted", "--resume continues from step")
+    assert_left_in_order(tmp_path / "frozen.h5", "interrupted")
+
+
+def test_sigterm_to_every_rank_ends_a_job_hung_in_a_plugin_model(tmp_path):
+    """What Slurm sends: SIGTERM to mpiexec, its proxy and every rank, while rank 1 sits in its
+    model's forward for ever and rank 0 waits for it in a collective; a checkpoint of step 20
+    is there to resume from."""
+    config = write_config(tmp_path / "c.yaml", small_config(**HANG))
+    proc = launch(config, tmp_path, "hung", "--quiet", env=plugin_env())
+    wait_for_rows(tmp_path / "hung.h5", "steps", 5, proc)
+    time.sleep(1)  # rank 1 sits in the forward of step 27 by now, for ever
+    from helpers import _process_tree
+
+    sent = time.monotonic()
+    for pid in _process_tree(proc.pid):
+        os.kill(pid, signal.SIGTERM)
+    ended_by_watchdog(proc, sent, 143, "stopped by SIGTERM", "rank 1 at step 26 (busy outside MPI) did not answer",
+                      "hung.h5 marked interrupted", "edgempi run --resume continues from step 20")
+    assert_left_in_order(tmp_path / "hung.h5", "interrupted")
+
+
+def test_stalled_rank_is_found_without_a_signal(tmp_path):
+    config = write_config(tmp_path / "c.yaml", small_config(**{**HANG, "train": {**HANG["train"],
+                                                                              "stall_timeout_s": 4}}))
+    proc = launch(config, tmp_path, "stall", "--quiet", env=plugin_env())
+    wait_for_rows(tmp_path / "stall.h5", "steps", 5, proc)
+    line = ended_by_watchdog(proc, time.monotonic(), 1, "no progress for 4 s (train.stall_timeout_s)",
+                             "rank 1 at step 26 (busy outside MPI) did not arrive", "stall.h5 marked failed")
+    assert "rank 0" not in line  # rank 0 waits in the collective: it is not to blame
+    assert_left_in_order(tmp_path / "stall.h5", "failed")
+    assert read_run(tmp_path / "stall.h5").attrs["error"] in line
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_signal_during_start_up_is_one_line(tmp_path):
+    """SIGTERM as soon as the ranks can take it (their first moments: the imports and MPI's start
+    follow): one line, no MPICH banner, nothing written."""
+    config = write_config(tmp_path / "c.yaml", small_config(**LONG))
+    proc = launch(config, tmp_path, "early", "--quiet")
+    ranks = [rank_pid(proc, r) for r in (0, 1)]
+    deadline = time.monotonic() + 30
+    while not all(catches(pid, signal.SIGTERM) for pid in ranks):
+        assert time.monotonic() < deadline, "the ranks never took SIGTERM"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_job(proc)
+    assert proc.returncode == 143, err
+    assert error_lines(err) == ["edgempi: stopped by SIGTERM before training started; nothing was written"], err
+    assert "BAD TERMINATION" not in out + err
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob("*.lock"))
+
+
+def test_signals_after_the_last_row_leave_the_file_completed(tmp_path):
+    """SIGTERM to every process of the job, again and again from the moment the file reads
+    completed until the job is gone (its teardown, MPI's finalize): exit 0, file completed."""
+    from helpers import _process_tree
+
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 20, "log_every": 5}))
+    proc = launch(config, tmp_path, "done", "--quiet")
+    path = tmp_path / "done.h5"
+
+    def completed() -> bool:
+        try:
+            return read_status(path, timeout=5) == "completed" if path.exists() else False
+        except Exception:  # being written: not yet
+            return False
+
+    while not completed():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    hits = 0
+    while proc.poll() is None:
+        for pid in _process_tree(proc.pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                hits += pid != proc.pid
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    assert hits, "the job ended before a signal reached it"
+    assert proc.returncode == 0 and out.strip() == str(path), err
+    assert "BAD TERMINATION" not in out + err and not error_lines(err), err
+    assert_left_in_order(path, "completed")
+
+
+def test_nan_at_an_evaluation_stops_the_run_before_it_is_recorded(tmp_path):
+    config = write_config(tmp_path / "c.yaml", small_config(model={"name": "faulty:nan_eval"}))
+    proc = subprocess.run([sys.executable, "-m", "edgempi", "run", str(config), "--out", str(tmp_path), "--set",
+                           "output.name=nan", "--quiet"], capture_output=True, text=True, timeout=120,
+                          env=plugin_env())
+    assert proc.returncode == 1, proc.stderr  # (the first line warns of a single device)
+    assert error_lines(proc.stderr)[-1] == "edgempi: the test loss became nan at step 0; lower train.lr"
+    run = read_run(tmp_path / "nan.h5")
+    assert run.status == "failed" and "TrainingError" in run.attrs["error"]
+    assert len(run.evals["step"]) == 0

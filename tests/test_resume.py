@@ -93,3 +93,37 @@ def test_mismatched_or_corrupt_checkpoint_is_refused(tmp_path):
     bad = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=x", "--resume", ranks=2)
     assert bad.returncode == 2 and "corrupt" in bad.stderr
     assert (tmp_path / "x.h5").read_bytes() == before  # nothing written by a refused resume
+
+
+@pytest.mark.faults
+def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path):
+    """SIGINT to the launcher's process group, as Ctrl-C in a terminal sends it: the same as
+    SIGTERM (checkpoint, status interrupted) with exit 130, and --resume says where it starts."""
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 300, "log_every": 5}))
+    proc = launch(config, tmp_path, "ctrl_c")
+    wait_for_rows(tmp_path / "ctrl_c.h5", "steps", 2, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "edgempi: stopped by SIGINT at step" in err and "continue with edgempi run --resume" in err
+    meta = json.loads((tmp_path / "ctrl_c.ckpt" / "meta.json").read_text())
+    with open_for_reading(tmp_path / "ctrl_c.h5") as f:
+        assert f.attrs["status"] == "interrupted" and f["steps"]["step"][-1] == meta["step"]
+    resumed = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=ctrl_c", "--resume",
+                      "--quiet", ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.splitlines()[0] == f"edgempi: resuming from step {meta['step']}"
+    with open_for_reading(tmp_path / "ctrl_c.h5") as f:
+        assert f.attrs["status"] == "completed" and f["steps"]["step"][-1] == 300
+
+
+def test_resume_without_a_checkpoint_says_it_starts_again(tmp_path):
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 40, "log_every": 5}))
+    proc = launch(config, tmp_path, "x")
+    wait_for_rows(tmp_path / "x.h5", "steps", 1, proc)
+    kill_job(proc)
+    resumed = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=x", "--resume", "--quiet",
+                      ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.splitlines()[0] == "edgempi: no checkpoint: starting again from step 0"
+
