@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard
+from edgempi import guard, yamltext
 from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
                                 remove)
 from edgempi.comm import Comm
@@ -97,7 +97,7 @@ def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str
         found = guard.call("edgempi.record:summary", path)
         if found["schema"] != SCHEMA:
             raise ValueError(f"schema {found['schema']!r}")
-        same = config_hash(yaml.safe_load(found["config"] or "") or {}) == config_hash(cfg)
+        same = config_hash(yamltext.parse(found["config"] or "", str(path), "stored config") or {}) == config_hash(cfg)
     except guard.Timeout as exc:
         raise SetupError(f"cannot read {path}: {exc} (damaged?); pass --overwrite to replace it") from exc
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
