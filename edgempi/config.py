@@ -30,6 +30,7 @@ from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its o
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 BATCHED = ("auto", "on", "off")
+MAX_THREADS = 4096  # torch threads of one rank: beyond any node's cores, and libgomp would try to start them all
 
 
 @dataclass
@@ -118,6 +119,8 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
+        require(self.threads <= MAX_THREADS, "train.threads", f"must be <= {MAX_THREADS}, more cores than a node has "
+                "(each rank's thread count is also checked against its node's cores when the run starts)")
         require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard, yamltext
+from edgempi import guard, topology, yamltext
 from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
                                 remove)
 from edgempi.comm import Comm
@@ -32,7 +32,6 @@ from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.spatial.model import SpatialModel
-from edgempi.topology import threads_per_rank
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
 ABORT_GRACE_S = 2.0  # CI lost the message at 0 s under load; 1 s left too little margin
@@ -186,10 +185,8 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     returns None if the file holds this run completed already. The checkpoints of a
     completed run are removed unless ``keep_checkpoints``.
     """
-    import torch
-
     config_mod.validate_world(cfg, comm.size)
-    torch.set_num_threads(threads_per_rank(cfg, comm))
+    agree(comm, topology.fit(cfg, comm))  # threads set, and the run fits its node's cores and memory
     keep_freed_memory()
     lock, planned, error = None, None, None
     try:
