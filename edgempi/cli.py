@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgempi import __version__
 from edgempi.config import ConfigError, RunConfig, from_dict, load
+from edgempi.settings import printable
 from edgempi.progress import write_line
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CliError as exc:
         if launcher_rank() == 0:
-            print(f"edgempi: {exc}", file=sys.stderr)
+            print(f"edgempi: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgempi: interrupted", file=sys.stderr)

@@ -69,14 +69,15 @@ def parse(text: str, where: str, what: str = "config file") -> Any:
         raise ConfigError(where, f"larger than {MAX_BYTES >> 20} MiB: not a {what}")
     if "\x00" in text:
         raise ConfigError(where, f"holds NUL bytes: not a {what}")
-    loader = UniqueKeyLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_values(node, {}, set()) > MAX_VALUES:
-            raise ConfigError(where, f"expands to more than {MAX_VALUES} values through aliases")
-        return loader.construct_document(node)
+        loader = UniqueKeyLoader(text)  # refuses non-printable characters already
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_values(node, {}, set()) > MAX_VALUES:
+                raise ConfigError(where, f"expands to more than {MAX_VALUES} values through aliases")
+            return None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except RepeatedKey as exc:
         raise ConfigError(where, str(exc)) from None
     except yaml.YAMLError as exc:
@@ -85,8 +86,6 @@ def parse(text: str, where: str, what: str = "config file") -> Any:
         raise ConfigError(where, f"not valid YAML{at}") from exc
     except RecursionError as exc:
         raise ConfigError(where, "nested too deeply") from exc
-    finally:
-        loader.dispose()
 
 
 def read(path: str | Path, what: str = "config file") -> Any:

@@ -13,6 +13,7 @@ from edgempi.analysis.info import info
 from edgempi.analysis.plot import METRICS, X_AXES, plot
 from edgempi.analysis.report import report
 from edgempi.analysis.runs import AXES, Run, RunReadError, find_files, load_runs
+from edgempi.settings import printable
 
 
 def _paths(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     if failures and not texts:
         raise failures[0]
     for exc in failures:
-        print(f"edgempi: skipping {exc}", file=sys.stderr)
+        print(printable(f"edgempi: skipping {exc}"), file=sys.stderr)
     print("\n".join(texts), end="")
     return 0

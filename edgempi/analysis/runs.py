@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 from edgempi import guard, yamltext
-from edgempi.settings import ConfigError
+from edgempi.settings import ConfigError, printable
 
 SCHEMA = "edgempi/1"
 TABLES = ("steps", "evals", "syncs")
@@ -114,7 +114,7 @@ def flatten(mapping: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}``, values :func:`frozen`."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{printable(str(key))}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{dotted}."))
         else:
@@ -296,7 +296,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
         try:
             runs.append(read_run(path))
         except RunReadError as exc:
-            print(f"edgempi: skipping {path}: {exc}", file=sys.stderr)
+            print(printable(f"edgempi: skipping {path}: {exc}"), file=sys.stderr)
     return runs
 
 
