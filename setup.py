@@ -23,7 +23,7 @@ setup(
         "plot": ["matplotlib>=3.6"],
         # benchmarks/peers: the same workload on Flower's simulation engine (Ray); big, and never needed by edgempi
         "peers": ["flwr[simulation]>=1.42,<2"],
-        "test": ["pytest>=7", "pytest-mpi>=0.6", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "pytest-mpi>=0.6", "matplotlib>=3.6", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["edgempi=edgempi.cli:main"]},
 )

@@ -27,7 +27,7 @@ import torch
 from edgempi import watchdog
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.record import OutputError, write_failure
+from edgempi.record import OutputError, refuse_link, write_failure, write_new
 
 WATCH_KEYS = ("signal_grace_s", "stall_timeout_s")
 FORMAT = 2  # 1: pickled rank files without checksums (refused: they cannot be loaded safely)
@@ -174,15 +174,17 @@ class Checkpointer:
 
 
 def _write_rank_file(target: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Write atomically (temporary file, then rename); returns its name, size and SHA-256."""
+    """Write atomically (temporary file, then rename); returns its name, size and SHA-256.
+    Neither the folder nor the temporary file may be a link (see :func:`write_new`); the
+    rename replaces a link at ``target`` itself, never the file it points to."""
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getbuffer()
     tmp = target.with_suffix(".tmp")
+    refuse_link(target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
+        write_new(tmp, data)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -192,7 +194,7 @@ def _write_rank_file(target: Path, state: dict[str, Any]) -> dict[str, Any]:
 def _commit_meta(folder: Path, meta: dict[str, Any]) -> str | None:
     tmp = folder / "meta.json.tmp"
     try:
-        tmp.write_text(json.dumps(meta))
+        write_new(tmp, json.dumps(meta).encode())
         os.replace(tmp, folder / "meta.json")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -263,7 +265,10 @@ def load_rank_state(folder: Path, rank: int, meta: dict[str, Any]) -> dict[str, 
 
 
 def remove(folder: Path) -> str | None:
-    """Delete a finished run's checkpoints; a warning line if that fails (the run stands)."""
+    """Delete a finished run's checkpoints; a warning line if that fails (the run stands),
+    or if the folder is a link (what it points to is not this run's to delete)."""
+    if folder.is_symlink():
+        return f"{folder} is a symbolic link; refusing to write or delete through it (remove it if it is not yours)"
     try:
         shutil.rmtree(folder)
     except FileNotFoundError:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgempi import __version__, watchdog
 from edgempi.progress import write_line
-from edgempi.settings import ConfigError
+from edgempi.settings import ConfigError, printable
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CliError as exc:
         if launcher_rank() == 0:
-            print(f"edgempi: {exc}", file=sys.stderr)
+            print(f"edgempi: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgempi: interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from edgempi import yamltext
 from edgempi.data.drift import DriftConfig
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
 from edgempi.models import NORMS
@@ -30,6 +31,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 EVAL_MODELS = ("global", "average")  # what an evaluation scores where devices hold their own models
 BATCHED = ("auto", "on", "off")
+MAX_THREADS = 4096  # torch threads of one rank: beyond any node's cores, and libgomp would try to start them all
 
 
 @dataclass
@@ -164,6 +166,8 @@ class TrainConfig:
         require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = once per epoch)")
         require(self.log_every > 0, "train.log_every", "must be > 0")
         require(self.threads >= 0, "train.threads", "must be >= 0 (0 = share the node's cores)")
+        require(self.threads <= MAX_THREADS, "train.threads", f"must be <= {MAX_THREADS}, more cores than a node has "
+                "(each rank's thread count is also checked against its node's cores when the run starts)")
         require(self.stop_at_acc is None or 0 < self.stop_at_acc <= 1, "train.stop_at_acc", "must be in (0, 1]")
         one_of(self.eval_model, EVAL_MODELS, "train.eval_model")
         require(math.isfinite(self.signal_grace_s) and self.signal_grace_s >= 0, "train.signal_grace_s",
@@ -372,11 +376,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if not all(path):
         raise ConfigError(key, "empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(key, f"value is not valid YAML: {raw!r}") from exc
-    return path, value
+    return path, yamltext.value(raw, key)
 
 
 #: keys of which a run takes one: setting one on the command line replaces the file's other.
@@ -411,63 +411,9 @@ def from_dict(raw: dict[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
     return cfg
 
 
-MAX_YAML_BYTES = 1 << 20  # a config or sweep file is a page of text; more is a mistake or an attack
-MAX_YAML_VALUES = 100_000  # values after aliases are expanded: a few hundred in real files
-
-
-def _expanded_values(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
-    """How many values ``node`` becomes once every alias is copied out (aliases share nodes,
-    so a few lines can stand for billions: the "billion laughs"); counted, not built. An
-    alias inside the node it names expands for ever: more than the limit."""
-    key = id(node)
-    if key in open_:
-        return MAX_YAML_VALUES + 1
-    if key not in memo:
-        open_.add(key)
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        memo[key] = 1 + sum(_expanded_values(c, memo, open_) for c in children)
-        open_.discard(key)
-    return memo[key]
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Read a YAML file that must be small UTF-8 text and not expand beyond MAX_YAML_VALUES;
-    every refusal is one ConfigError naming the file."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_YAML_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read {what} ({exc.strerror})") from exc
-    if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(str(path), f"larger than {MAX_YAML_BYTES >> 20} MiB: not a {what}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}): "
-                                     f"not a {what}") from exc
-    if "\x00" in text:
-        raise ConfigError(str(path), f"holds NUL bytes: not a {what}")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_values(node, {}, set()) > MAX_YAML_VALUES:
-            raise ConfigError(str(path), f"expands to more than {MAX_YAML_VALUES} values through aliases")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(str(path), f"not valid YAML{where}") from exc
-    except RecursionError as exc:
-        raise ConfigError(str(path), "nested too deeply") from exc
-
-
 def load(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``--set`` overrides, and validate (without MPI)."""
-    raw = read_yaml(path)
+    raw = yamltext.read(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import socket
+import stat
 import subprocess
 import uuid
 from pathlib import Path
@@ -79,6 +80,28 @@ def write_failure(path: Path, exc: BaseException) -> OutputError:
     return OutputError(f"cannot write {path}: {describe(exc)}")
 
 
+class PlantedLink(OSError):
+    """A symbolic link (or another kind of file) where edgempi must create a file of its own:
+    refused, never followed, so a link planted in a shared output folder cannot make a run
+    overwrite the file it points to."""
+
+
+def refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        raise PlantedLink(f"{path} is a symbolic link; refusing to write through it (remove it if it is not yours)")
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``path`` (a temporary file, renamed over its target
+    after): a leftover file of a killed save is removed first (its name only, never what a
+    hard link shares), a symbolic link is refused, and the file is created with O_EXCL and
+    O_NOFOLLOW, so a link planted in between is refused too."""
+    refuse_link(path)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+        f.write(data)
+
+
 class OutputLock:
     """An exclusive ``flock`` on ``<results file>.lock``, held by rank 0 for the whole run.
 
@@ -86,9 +109,14 @@ class OutputLock:
     one is refused instead. The lock file is removed when the lock is released; since another
     job may have opened it just before, a lock is only taken on the file that is still at the
     path (checked after locking). The kernel drops the lock when its holder dies, so a killed
-    run's leftover lock file blocks nobody. Creating the folder here is also the check that
-    the output folder can be created and written, before any work.
+    run's leftover lock file blocks nobody: it is removed and a new one created, so the lock is
+    always a file this run made (O_EXCL, O_NOFOLLOW), never a planted link or someone's file
+    opened and truncated. A symbolic link at the results path is refused here too, before
+    HDF5 could follow it. Creating the folder here is also the check that the output folder
+    can be created and written, before any work.
     """
+
+    MAX_BYTES = 4096  # a lock file holds one line: "pid N on HOST"
 
     def __init__(self, results: Path) -> None:
         self.results, self.path = results, results.with_name(results.name + ".lock")
@@ -100,24 +128,45 @@ class OutputLock:
         except OSError as exc:
             raise OutputError(f"cannot create output folder {results.parent}: {describe(exc)}") from exc
         try:
+            refuse_link(results)
             while self.fd is None:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.read(fd, 200).decode(errors="replace").strip() or "another job"
-                    os.close(fd)
-                    raise OutputError(f"{results} is being written by {holder}; wait for it, or choose another "
-                                      "output.name") from None
-                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    self.fd = fd
-                else:  # the previous holder removed it after we opened it: lock the new one
-                    os.close(fd)
-            os.ftruncate(self.fd, 0)
+                self.fd = self._take()
             os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        except PlantedLink as exc:
+            self.release()
+            raise OutputError(str(exc)) from None
         except OSError as exc:
             self.release()
             raise OutputError(f"cannot create {self.path}: {describe(exc)} (is the output folder writable?)") from exc
+
+    def _take(self) -> int | None:
+        """The locked new lock file; None to try again (a leftover was removed, or the holder
+        removed the file after we opened it)."""
+        refuse_link(self.path)
+        try:
+            fd, made = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), True
+        except FileExistsError:
+            fd, made = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), False
+        try:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode) or found.st_size > self.MAX_BYTES:
+                raise PlantedLink(f"{self.path} is not a lock file of edgempi; remove it if it is not yours")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another job"
+            os.close(fd)
+            raise OutputError(f"{self.results} is being written by {holder}; wait for it, or choose another "
+                              "output.name") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        here = os.path.lexists(self.path) and os.lstat(self.path).st_ino == found.st_ino
+        if here and made:
+            return fd
+        if here:  # a killed run's lock file, locked by nobody: make a new one of our own
+            os.unlink(self.path)
+        os.close(fd)
+        return None
 
     def release(self) -> None:
         """Drop the lock; a refused run (no results file) also leaves no folder it created."""
@@ -215,6 +264,8 @@ class Recorder:
         path = Path(path)
         tmp = path.with_suffix(".resume.tmp")
         try:
+            refuse_link(tmp)
+            tmp.unlink(missing_ok=True)  # a killed resume's leftover; rewrite() creates it anew (O_EXCL)
             columns, run_id = guard.call("edgempi.record:rewrite", path, tmp, step)
             os.replace(tmp, path)
             self = cls.__new__(cls)
@@ -352,7 +403,7 @@ def summary(path: str | Path) -> dict[str, Any]:
 def rewrite(path: Path, tmp: Path, step: int) -> tuple[dict[str, tuple[str, ...]], str]:
     """Copy ``path`` to ``tmp`` with the rows after ``step`` dropped (the body of
     :meth:`Recorder.resume`, run in a child process); returns the tables' columns and run id."""
-    with open_for_reading(path) as old, h5py.File(tmp, "w", libver="latest") as new:
+    with open_for_reading(path) as old, h5py.File(tmp, "x", libver="latest") as new:
         new.attrs.update(dict(old.attrs))
         new.attrs.update({"status": "running", "resumed": now()})
         for key in ("finished", "error"):

@@ -86,10 +86,16 @@ class Registry(Generic[T]):
 
     def _import(self, path: str) -> T:
         module_name, _, attr = path.partition(":")
+        if not (all(part.isidentifier() for part in module_name.split(".")) and attr.isidentifier()):
+            raise ConfigError(self.key, f"{path!r} is not a dotted path package.module:attr (Python names joined by "
+                                        "single dots, one colon, one name)")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(self.key, f"cannot import {module_name!r} for {path!r} ({exc})") from exc
+        except Exception as exc:  # the user's module failed while it was imported
+            raise ConfigError(self.key, f"importing {module_name!r} for {path!r} failed "
+                                        f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})") from exc
         try:
             return getattr(module, attr)
         except AttributeError:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard, watchdog
+from edgempi import guard, topology, watchdog, yamltext
 from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
                                 remove, saved_step, training_settings)
 from edgempi.comm import Comm
@@ -31,7 +31,6 @@ from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.spatial.model import SpatialModel
-from edgempi.topology import threads_per_rank
 from edgempi.algorithms import Policy
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
@@ -139,7 +138,7 @@ def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str
         found = guard.call("edgempi.record:summary", path)
         if found["schema"] != SCHEMA:
             raise ValueError(f"schema {found['schema']!r}")
-        same = config_hash(yaml.safe_load(found["config"] or "") or {}) == config_hash(cfg)
+        same = config_hash(yamltext.parse(found["config"] or "", str(path), "stored config") or {}) == config_hash(cfg)
     except guard.Timeout as exc:
         raise SetupError(f"cannot read {path}: {exc} (damaged?); pass --overwrite to replace it") from exc
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
@@ -229,10 +228,8 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     returns None if the file holds this run completed already. The checkpoints of a
     completed run are removed unless ``keep_checkpoints``.
     """
-    import torch
-
     config_mod.validate_world(cfg, comm.size)
-    torch.set_num_threads(threads_per_rank(cfg, comm))
+    agree(comm, topology.fit(cfg, comm))  # threads set, and the run fits its node's cores and memory
     keep_freed_memory()
     held, planned, error = Held(path), None, None
     watchdog.begin(cfg.train.signal_grace_s, cfg.train.stall_timeout_s, held.leave if comm.rank == 0 else None)

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that would break or hide a line (newline, carriage return,
+    terminal escapes) written as its escape: what a file held, shown on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ConfigError(ValueError):
     """A problem with the user's configuration; printed as one line, exit code 2."""
 
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
+        super().__init__(printable(f"{key}: {reason}"))
         self.key = key
         self.reason = reason
 

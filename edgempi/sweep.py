@@ -37,7 +37,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import yaml
 
 from edgempi.analysis.runs import RunReadError, read_status
-from edgempi.config import ConfigError, read_yaml
+from edgempi import yamltext
+from edgempi.config import ConfigError
 from edgempi.progress import write_line
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
@@ -151,7 +152,7 @@ def load(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = read_yaml(path, "sweep file")
+        raw = yamltext.read(path, "sweep file")
     except ConfigError as exc:
         raise SweepError(str(exc)) from exc
     if not isinstance(raw, dict):
@@ -206,9 +207,9 @@ def _with_extra(extra: Sequence[str], grid: dict[str, list], zipped: dict[str, l
         if not sep or not key:
             raise SweepError(f"--set: expected KEY=VALUE, got {text!r}")
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SweepError(f"--set {key}: value is not valid YAML: {value_text!r}") from exc
+            value = yamltext.value(value_text, key)
+        except ConfigError as exc:
+            raise SweepError(f"--set {exc}") from None
         varied = key in grid or key in zipped or (key == "seed" and seeds != [None])
         if varied:
             raise SweepError(f"--set {key}: the sweep varies {key}; --set fixes keys it does not vary")

@@ -168,3 +168,55 @@ def test_unusable_data_root_or_output_folder_is_one_line_and_writes_nothing(tmp_
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert reason.replace("ROOT", str(tmp_path)) in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "file"]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("seed: 0\ntrain:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.2\n", "key 'lr' is given twice (lines 3 and 5)"),
+    ("train: {}\nseed: 1\ntrain:\n  lr: 0.1\n", "key 'train' is given twice (lines 1 and 3)"),
+    ("train: {lr: 0.1, lr: 0.1}\n", "key 'lr' is given twice (lines 1 and 1)"),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, reason):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_a_merge_key_may_be_overridden_and_a_set_value_may_not_repeat_a_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {lr: 0.1, batch_size: 8}\n")
+    from edgempi import yamltext
+
+    assert yamltext.parse("a: &b {lr: 0.1, batch_size: 8}\nt:\n  <<: *b\n  lr: 0.2\n", "x") == {
+        "a": {"lr": 0.1, "batch_size": 8}, "t": {"lr": 0.2, "batch_size": 8}}
+    with pytest.raises(ConfigError, match=r"^train: value '\{lr: 1, lr: 2\}': key 'lr' is given twice"):
+        from_dict(small_config(), ["train={lr: 1, lr: 2}"])
+
+
+def test_a_sweep_file_that_repeats_a_key_is_one_line_and_exit_2(tmp_path):
+    base = write_config(tmp_path / "c.yaml", small_config())
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nbase: {base}\ngrid:\n  train.lr: [0.1]\n  seed: [1, 2]\n  train.lr: [0.2]\n")
+    proc = edgempi("sweep", str(sweep), "--count", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"edgempi: {sweep}: key 'train.lr' is given twice (lines 4 and 6)"]
+
+
+@pytest.mark.parametrize("path", [".a:b", "a..b:c", ":b", "a.:b", "a:", "a:b:c", "1a:b", "a:1b", "os:path.join",
+                                  " os:getcwd", "a b:c", "a-b:c"])
+@pytest.mark.parametrize("key", ["model.name", "data.name", "algorithm.name", "compression.name"])
+def test_every_malformed_dotted_path_is_one_line(path, key):
+    with pytest.raises(ConfigError) as info:
+        from_dict(small_config(), [f"{key}={path!r}"])
+    assert str(info.value) == (f"{key}: {path!r} is not a dotted path package.module:attr (Python names joined by "
+                               "single dots, one colon, one name)")
+
+
+def test_a_plugin_module_that_fails_on_import_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise RuntimeError('no GPU here\\nsecond line')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        from_dict(small_config(), ["model.name=broken_plugin:build"])
+    assert str(info.value) == ("model.name: importing 'broken_plugin' for 'broken_plugin:build' failed "
+                               "(RuntimeError: no GPU here)")

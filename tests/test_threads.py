@@ -11,23 +11,25 @@ from pathlib import Path
 import pytest
 
 from helpers import child_env, mpiexec
-from edgempi.cpu_quota import cgroup_cpu_limit, fair_share
+from edgempi.machine import cgroup_cpu_limit, fair_share
 
 PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.topology\nfrom edgempi.comm import Comm\n"
                "edgempi.topology.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
+               "edgempi.topology.busy_cpus = lambda cpus: float(sys.argv[2])\n"
                "cores = MPI.COMM_WORLD.gather(edgempi.topology.cores_per_rank(Comm()))\n"
                "if MPI.COMM_WORLD.rank == 0: print(cores)\n")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
 def test_cores_per_rank_follow_the_affinity_mask_shared_by_the_ranks_of_a_node():
-    """The machine's own cgroup quota (a CI container may have one) is replaced by the test's:
-    none for the mask cases, 1.5 CPUs for the last."""
+    """The machine's own cgroup quota (a CI container may have one) and the cores other jobs keep
+    busy are replaced by the test's: none for the mask cases, then 1.5 CPUs, then all cores
+    but one busy."""
     everything = os.sched_getaffinity(0)
     one_core = {min(everything)}
 
-    def cores(*launch: str, quota: str = "inf", mask: set[int] = everything) -> list[int]:
-        out = subprocess.run([*launch, sys.executable, "-c", PRINT_CORES, quota], capture_output=True, text=True,
+    def cores(*launch: str, quota: str = "inf", mask: set[int] = everything, busy: str = "0") -> list[int]:
+        out = subprocess.run([*launch, sys.executable, "-c", PRINT_CORES, quota, busy], capture_output=True, text=True,
                              timeout=120, env=child_env(), preexec_fn=lambda: os.sched_setaffinity(0, mask))
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
@@ -37,6 +39,7 @@ def test_cores_per_rank_follow_the_affinity_mask_shared_by_the_ranks_of_a_node()
     assert cores(mpiexec(), "-n", "2", mask=one_core) == [1, 1]  # a cpuset of one core, shared
     assert cores(mask=one_core) == [1]
     assert cores(mpiexec(), "-n", "1", quota="1.5") == [1]  # a CPU-limited container: its quota, not its mask
+    assert cores(mpiexec(), "-n", "1", busy=str(len(everything) - 1)) == [1]  # another job keeps the others busy
 
 
 def cgroup_files(root: Path, files: dict[str, str]) -> Path:
@@ -82,3 +85,79 @@ def test_cgroup_cpu_limit_without_cgroups_is_no_limit(tmp_path: Path) -> None:
 ])
 def test_fair_share(args: tuple, expected: int) -> None:
     assert fair_share(*args) == expected
+
+
+STAT = "cpu  9 9 9 9 9 0 0 0 0 0\ncpu0 {0} 0 0 {1} 0 0 0 0 0 0\ncpu1 {2} 0 0 {3} 0 0 0 0 0 0\nintr 5\n"
+
+
+def test_busy_cpus_is_the_busy_share_of_the_given_cpus_over_the_window(tmp_path: Path, monkeypatch) -> None:
+    from edgempi import machine
+
+    stat = tmp_path / "stat"
+    stat.write_text(STAT.format(100, 100, 100, 100))
+    monkeypatch.setattr(machine.time, "sleep", lambda s: stat.write_text(STAT.format(190, 110, 150, 150)))
+    assert machine.busy_cpus({0, 1}, stat=stat) == pytest.approx(2 * 140 / 200)
+    stat.write_text(STAT.format(100, 100, 100, 100))
+    assert machine.busy_cpus({0}, stat=stat) == pytest.approx(0.9)
+    assert machine.busy_cpus({0}, stat=tmp_path / "missing") == 0.0
+
+
+@pytest.mark.parametrize("proc, files, expected", [
+    ("0::/job\n", {"fs/cgroup.controllers": "memory", "fs/job/memory.max": "3000000000",
+                   "fs/job/memory.current": "1000000000"}, (2e9, "the memory limit of cgroup fs/job")),
+    ("4:memory:/job\n", {"fs/memory/job/memory.limit_in_bytes": "9223372036854771712",
+                         "fs/memory/job/memory.usage_in_bytes": "5", "fs/memory/memory.limit_in_bytes": "1500",
+                         "fs/memory/memory.usage_in_bytes": "500"}, (1000, "the memory limit of cgroup fs/memory")),
+    ("4:memory:/job\n", {"fs/memory/job/memory.limit_in_bytes": "9223372036854771712",
+                         "fs/memory/job/memory.usage_in_bytes": "5"}, (8000000 * 1024, "MemAvailable in /proc/meminfo")),
+])
+def test_available_memory_is_the_tightest_of_meminfo_and_the_cgroups(tmp_path: Path, proc: str, files: dict,
+                                                                     expected) -> None:
+    from edgempi.machine import available_memory
+
+    cgroup_files(tmp_path, {"proc": proc, "meminfo": "MemTotal: 9000000 kB\nMemAvailable: 8000000 kB\n", **files})
+    free, source = available_memory(tmp_path / "meminfo", tmp_path / "proc", tmp_path / "fs")
+    assert (free, source.replace(f"{tmp_path}/", "")) == expected
+
+
+@pytest.mark.parametrize("overrides, key, part", [
+    (["parallel.devices_per_rank=1000", "algorithm.name=fedavg", "algorithm.local_steps=2"],
+     "parallel.devices_per_rank", "1000 device(s) per rank 494 MB"),
+    (["train.batch_size=100000"], "train.batch_size", "activations of a batch of 100000 5.84 GB"),
+    (["train.optimizer=adam"], "model.name", "model of 61,706 values with gradient and optimizer state 987 kB"),
+])
+def test_a_run_beyond_the_nodes_memory_is_refused_with_the_estimate(monkeypatch, overrides, key, part) -> None:
+    from edgempi import footprint
+    from edgempi.config import from_dict
+    from helpers import small_config
+
+    monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
+    refusal = footprint.refusal(from_dict(small_config(), overrides), 2)
+    assert refusal.startswith(f"{key}: the run needs at least ") and part in refusal
+    assert refusal.endswith("but 100 kB is available (MemAvailable in /proc/meminfo)")
+    monkeypatch.setattr(footprint, "available_memory", lambda: (1e15, "MemAvailable in /proc/meminfo"))
+    assert footprint.refusal(from_dict(small_config(), overrides), 2) is None
+
+
+def test_threads_beyond_the_machine_are_refused_by_validate() -> None:
+    from edgempi.config import ConfigError, from_dict
+    from helpers import small_config
+
+    with pytest.raises(ConfigError, match=r"^train.threads: must be <= 4096, more cores than a node has"):
+        from_dict(small_config(), ["train.threads=100000"])
+
+
+@pytest.mark.parametrize("override, message", [
+    (f"train.threads={len(os.sched_getaffinity(0)) + 1}", "threads per rank, but this node has"),
+    ("parallel.devices_per_rank=10000000", "parallel.devices_per_rank: the run needs at least"),
+])
+def test_run_refuses_what_the_node_cannot_give_in_one_line_before_any_file(tmp_path: Path, override: str,
+                                                                           message: str) -> None:
+    from helpers import edgempi, small_config, write_config
+
+    config = write_config(tmp_path / "c.yaml", small_config(algorithm={"name": "fedavg", "local_steps": 2}))
+    proc = edgempi("run", str(config), "--out", str(tmp_path / "out"), "--set", override, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("edgempi: ") and message in line
+    assert not (tmp_path / "out").exists()

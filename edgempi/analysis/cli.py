@@ -12,7 +12,8 @@ from pathlib import Path
 from edgempi.analysis.info import info
 from edgempi.analysis.plot import METRICS, X_AXES, plot
 from edgempi.analysis.report import report
-from edgempi.analysis.runs import AXES, Run, RunReadError, load_runs
+from edgempi.analysis.runs import AXES, Run, RunReadError, find_files, load_runs
+from edgempi.settings import printable
 
 
 def _paths(p: argparse.ArgumentParser) -> None:
@@ -71,14 +72,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="results files")
+    p.add_argument("files", nargs="+", metavar="PATH", help="results files, or folders searched for *.h5")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Every readable file's summary; an unreadable one is a warning line among several files,
     the error (exit 2) when it is the only file or none could be read."""
+    files = find_files(args.files)
+    if not files:
+        raise ValueError(f"no results files (*.h5) in {' '.join(args.files)}")
     texts, failures = [], []
-    for f in args.files:
+    for f in files:
         try:
             texts.append(info(f))
         except RunReadError as exc:
@@ -86,6 +90,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     if failures and not texts:
         raise failures[0]
     for exc in failures:
-        print(f"edgempi: skipping {exc}", file=sys.stderr)
+        print(printable(f"edgempi: skipping {exc}"), file=sys.stderr)
     print("\n".join(texts), end="")
     return 0

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from edgempi.analysis.runs import Run
+from edgempi.settings import printable
 
 # Keys that differ between runs without changing what was measured.
 IGNORED = ("output.dir", "output.name")
@@ -65,7 +66,7 @@ def fmt_value(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, tuple):
         return "[" + ",".join(fmt_value(v) for v in value) + "]"
-    return str(value)
+    return printable(str(value))
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:

@@ -17,9 +17,8 @@ from typing import Any, Iterable, Mapping
 
 import h5py
 import numpy as np
-import yaml
-
-from edgempi import guard
+from edgempi import guard, yamltext
+from edgempi.settings import ConfigError, printable
 
 SCHEMA = "edgempi/1"
 TABLES = ("steps", "evals", "syncs")
@@ -37,7 +36,7 @@ class Run:
     """One run: its root attributes, flattened config and one dict of columns per table.
 
     ``config`` maps dotted keys (``train.lr``, ``algorithm.name``) to values, so runs of a
-    sweep can be grouped and told apart by any key; lists become tuples so values hash.
+    sweep can be grouped and told apart by any key; every value hashes (see :func:`frozen`).
     """
 
     path: Path
@@ -98,18 +97,47 @@ def _read_table(group: h5py.Group) -> dict[str, np.ndarray]:
     return {name: values[:n] for name, values in data.items()}
 
 
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}``; lists become tuples."""
+def frozen(value: Any) -> Any:
+    """``value`` made hashable all the way down, so runs can be grouped and told apart by it:
+    lists (``parallel.groups: [[0, 1], [2, 3]]``) become tuples, a mapping inside a list a tuple
+    of (key, value) pairs, a set a frozenset."""
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple((k, frozen(v)) for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return frozenset(frozen(v) for v in value)
+    return value
+
+
+def flatten(mapping: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}``, values :func:`frozen`."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{printable(str(key))}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{dotted}."))
-        elif isinstance(value, list):
-            flat[dotted] = tuple(value)
         else:
-            flat[dotted] = value
+            flat[dotted] = frozen(value)
     return flat
+
+
+def stored_config(text: Any) -> dict[str, Any]:
+    """The config a results file stores, parsed with the config loader's limits (size, alias
+    expansion, repeated keys): it is text whoever wrote the file controls."""
+    if text is None:
+        return {}
+    if not isinstance(text, str):
+        raise RunReadError(f"its config attribute is a {type(text).__name__}, not YAML text")
+    try:
+        raw = yamltext.parse(text, "config", "stored config")
+    except ConfigError as exc:
+        raise RunReadError(f"its config attribute: {exc.reason}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RunReadError("its config attribute is not a mapping")
+    return raw
 
 
 def _attr(value: Any) -> Any:
@@ -227,12 +255,7 @@ def read_run_here(path: Path) -> Run:
             if attrs.get("schema") != SCHEMA:
                 found = attrs.get("schema")
                 raise RunReadError(f"not an edgempi results file (schema {found!r}, expected {SCHEMA!r})")
-            try:
-                raw = yaml.safe_load(attrs.get("config") or "") or {}
-            except yaml.YAMLError as exc:
-                raise RunReadError("its config attribute is not valid YAML") from exc
-            if not isinstance(raw, dict):
-                raise RunReadError("its config attribute is not a mapping")
+            raw = stored_config(attrs.get("config"))
             tables = {t: _read_table(f[t]) if isinstance(f.get(t), h5py.Group) else {} for t in TABLES}
             counts = f.get("partition/counts")
             partition = counts[()] if isinstance(counts, h5py.Dataset) else None
@@ -273,7 +296,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> list[Run]:
         try:
             runs.append(read_run(path))
         except RunReadError as exc:
-            print(f"edgempi: skipping {path}: {exc}", file=sys.stderr)
+            print(printable(f"edgempi: skipping {path}: {exc}"), file=sys.stderr)
     return runs
 
 
