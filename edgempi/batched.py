@@ -28,7 +28,7 @@ from torch import nn
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 
-LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity)
+LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
 GROUP = 16  # devices per batched computation: for LeNet-5 as fast as 32 with half the activations; 64 is slower
 
 
@@ -109,8 +109,13 @@ class Stacked:
                 x = x.reshape(batch, devices, -1).permute(1, 2, 0)
             elif isinstance(layer, nn.MaxPool2d):
                 x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode)
+            elif isinstance(layer, nn.AvgPool2d):
+                x = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                 layer.count_include_pad, layer.divisor_override)
             elif isinstance(layer, nn.ReLU):
                 x = F.relu(x)
+            elif isinstance(layer, nn.Tanh):
+                x = torch.tanh(x)
         return x
 
     def losses(self, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

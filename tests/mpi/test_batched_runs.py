@@ -39,6 +39,9 @@ METHODS = {
     "fda_linear": ["algorithm.name=fda", "algorithm.variant=linear", "algorithm.theta_per_param=1e-6"],
     "fda_sketch_adam": ["algorithm.name=fda", "algorithm.variant=sketch", "algorithm.theta_per_param=1e-6",
                         "train.optimizer=adam", "train.lr=0.002"],
+    "keras_lenet_fedadam": ["algorithm.name=fedavg", "algorithm.local_steps=2", "model.name=lenet5_keras",
+                            "data.normalize=false", "algorithm.server_optimizer=adam", "algorithm.server_lr=0.001",
+                            "algorithm.server_bias_correction=true", "algorithm.server_eps=1e-7"],
     "mlp_drift": ["algorithm.name=fedavg", "algorithm.local_steps=2", "model.name=mlp", "data.drift.steps=[6]",
                   "data.drift.fraction=0.5"],
 }
