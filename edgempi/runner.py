@@ -102,7 +102,8 @@ def protocol_attrs(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     that makes that average, which "bytes to target" charges."""
     if not policy.models_differ or cfg.train.eval_model == "global":
         return {"eval_model": "global"}
-    return {"eval_model": "average", "sync_bytes": int(policy.held.values.numel() * policy.held.values.element_size())}
+    synced = policy.held.values if policy.held is not None else policy.ctx.flat.params  # a plug-in's: its weights
+    return {"eval_model": "average", "sync_bytes": int(synced.numel() * synced.element_size())}
 
 
 def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Exception] = SetupError,

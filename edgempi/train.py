@@ -26,6 +26,7 @@ from edgempi.sim import Clock
 from edgempi.progress import Progress
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
+from edgempi.settings import ConfigError
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 
 
@@ -205,6 +206,10 @@ class Trainer:
                                                               setup.clock, hook)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
                                                setup.optimizer, self.bank, setup.group_reduce, setup.clock))
+        if policy.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
+            raise ConfigError("train.eval_model", f"{setup.cfg.algorithm.name} keeps no held model (Policy.held) "
+                              "though its devices' models differ, so no model it produced can be scored; give it "
+                              "one (README, your own method) or set train.eval_model=average")
         test = setup.dataset
         self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)

@@ -41,6 +41,20 @@ def test_own_data_model_and_method_train_end_to_end(tmp_path):
         assert f["steps/rounds"][-1] == 4
         assert f["evals/test_acc"][-1] > 0.9  # stripes are easy
         assert f["partition/counts"].shape == (2, 2)
+        assert f.attrs["eval_model"] == "global"
+
+
+def test_a_method_without_a_held_model_is_scored_only_on_the_average(tmp_path):
+    cfg = small_config(**{**MINE, "algorithm": {"name": "my_plugins:Unheld", "every": 5}})
+    refused = run(tmp_path, cfg)
+    assert refused.returncode == 2 and not (tmp_path / "mine.h5").exists()
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.eval_model" in lines[0] and "keeps no held model" in lines[0], lines
+    cfg["train"]["eval_model"] = "average"
+    averaged = run(tmp_path, cfg)
+    assert averaged.returncode == 0, averaged.stderr
+    with open_for_reading(tmp_path / "mine.h5") as f:
+        assert f.attrs["eval_model"] == "average" and f.attrs["sync_bytes"] > 0
 
 
 def test_own_compressor_sends_its_payload(tmp_path):

@@ -6,6 +6,7 @@ package.module:Policy``.
 """
 from edgempi.algorithms import centralized, dynamic, fda, fedavg, fedprox, large_batch, scaffold  # noqa: F401
 from edgempi.algorithms.base import Context, FederatedSettings, MethodSettings, Policy
+from edgempi.algorithms.held import HeldModel
 from edgempi.registry import METHODS
 
 
@@ -14,4 +15,4 @@ def policy_class(name: str) -> type[Policy]:
     return METHODS.get(name)
 
 
-__all__ = ["Context", "FederatedSettings", "METHODS", "MethodSettings", "Policy", "policy_class"]
+__all__ = ["Context", "FederatedSettings", "HeldModel", "METHODS", "MethodSettings", "Policy", "policy_class"]

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from edgempi.algorithms import MethodSettings, Policy
+from edgempi.algorithms import Context, HeldModel, MethodSettings, Policy
 from edgempi.compression import CompressionSettings, Compressor
 from edgempi.data import Dataset, LoadOptions
 from edgempi.settings import require
@@ -50,10 +50,17 @@ class Periodic(Policy):
     models_differ = True
     sync_columns = ("participants",)
 
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.held = HeldModel(ctx.bank, slice(0, ctx.flat.numel))  # the last average: what evaluations score
+
     def after_step(self, step: int) -> dict[str, Any] | None:
         if (step + 1) % self.settings.every:
             return None
-        return {"step": step + 1, "participants": self.ctx.average_(self.ctx.bank.params)}
+        reported = self.ctx.average_(self.ctx.bank.params)
+        if reported:
+            self.held.capture()
+        return {"step": step + 1, "participants": reported}
 
 
 class Truncate16(Compressor):
@@ -66,3 +73,15 @@ class Truncate16(Compressor):
 
     def decompress_into(self, payload: Sequence[torch.Tensor], out: torch.Tensor) -> None:
         out.copy_((payload[0].to(torch.int32) << 16).view(torch.float32))
+
+
+class Unheld(Periodic):
+    """Periodic without a held model: it can only be scored on the devices' average."""
+
+    def __init__(self, ctx: Context) -> None:
+        Policy.__init__(self, ctx)
+
+    def after_step(self, step: int) -> dict[str, Any] | None:
+        if (step + 1) % self.settings.every:
+            return None
+        return {"step": step + 1, "participants": self.ctx.average_(self.ctx.bank.params)}
