@@ -178,6 +178,8 @@ def main() -> None:
     p.add_argument("--devices", type=int, nargs="+", help="device counts (default: the grid's)")
     p.add_argument("--partitions", nargs="+", default=["iid"], help="partitions of the grid to run")
     p.add_argument("--methods", nargs="+", help="methods of the grid to run (default: all)")
+    p.add_argument("--points", nargs="+", metavar="KEY=VALUE",
+                   help="grid points to run, e.g. theta=7.0 (default: all; methods without a grid always run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fda")
     p.add_argument("--max-ranks", type=positive, help="run K devices on at most this many ranks "
@@ -189,6 +191,7 @@ def main() -> None:
 
     grid = yaml.safe_load(args.grid.read_text())
     runs = expand(grid, args.grid.parent, args.devices or grid["devices"], args.partitions, args.methods)
+    runs = [r for r in runs if not args.points or not r.point or r.point in args.points]
     target = args.target if args.target is not None else grid.get("target", 0.85)
     strict = bool(grid.get("strict", False))
     stop_at = round(target + 1e-4, 10) if strict else target  # accuracies are multiples of 1e-4 on a 10,000-image test set
