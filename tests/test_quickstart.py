@@ -37,7 +37,7 @@ def test_quickstart_trains_on_real_data(tmp_path, algorithm):
 
 
 def test_quickstart_check_reads_every_promised_row():
-    """benchmarks/quickstart_check.py compares against the README's own table: both rows parse,
+    """benchmarks/quickstart_check.py compares against benchmarks/docs/quickstart.md's table: both rows parse,
     with the rounds that 5 epochs of 4 devices imply and the accuracy as the range measured across
     CPUs; an accuracy within the tolerance of that range passes, one further out is drift."""
     check = load_script(ROOT / "benchmarks" / "quickstart_check.py")
