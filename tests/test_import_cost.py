@@ -1,5 +1,5 @@
 """Checking a config imports neither torch, torchvision nor mpi4py: ``edgempi validate`` and the
-config errors of ``edgempi run`` answer without the seconds those imports cost (README, Running).
+config errors of ``edgempi run`` answer without the seconds those imports cost (docs/running.md).
 
 A module on that path (config, registry, every method's and compressor's module, the data and
 model packages) that imports torch at its top, or a model registered by object instead of by

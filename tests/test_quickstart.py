@@ -37,7 +37,7 @@ def test_quickstart_trains_on_real_data(tmp_path, algorithm):
 
 
 def test_quickstart_check_reads_every_promised_row():
-    """benchmarks/quickstart_check.py compares against the README's own table: both rows parse,
+    """benchmarks/quickstart_check.py compares against benchmarks/docs/quickstart.md's table: both rows parse,
     with the rounds that 5 epochs of 4 devices imply and the accuracy as the range measured across
     CPUs; an accuracy within the tolerance of that range passes, one further out is drift."""
     check = load_script(ROOT / "benchmarks" / "quickstart_check.py")
@@ -57,3 +57,15 @@ def test_quickstart_check_reads_every_promised_row():
     assert check.drifted("rounds", (steps, steps), steps + 1, tolerance)
     assert not check.drifted("wall time", (25, 25), 90, tolerance)
     assert check.cpu_model().strip()
+
+
+def test_the_readme_promises_what_the_quickstart_page_measured():
+    """README.md's "What you should see" repeats the quickstart page's accuracy ranges, rounds and
+    bytes, so a re-measured row changed on one page and not on the other fails here."""
+    check = load_script(ROOT / "benchmarks" / "quickstart_check.py")
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## What you should see\n", 1)[1]
+    lines = [line for line in section.split("\n## ", 1)[0].splitlines() if line.startswith("| ")][2:]
+    promised = {"large_batch" if "Large Batch" in line else "fedavg": [check._range(c) for c in line.split("|")[2:5]]
+                for line in lines}
+    measured = {method: [row[c] for c in check.COLUMNS[:3]] for method, row in check.expected_rows().items()}
+    assert promised == measured

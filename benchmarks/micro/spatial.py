@@ -11,7 +11,7 @@ with the partitioned steps: the speedup is the median ratio of the pairs, so loa
 processes on a shared machine falls on both sides alike.
 
 ``--sweep`` runs every (P, grouping) as its own ``mpiexec`` (so peak RSS is per run) and prints
-the Markdown table of benchmarks/README.md; ``--table FILE`` prints it from saved JSON lines.
+the Markdown table of benchmarks/docs/spatial.md; ``--table FILE`` prints it from saved JSON lines.
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    """The Markdown table of benchmarks/README.md."""
+    """The Markdown table of benchmarks/docs/spatial.md."""
     out = ["| P | grid | grouping | groups | step (ms) | predicted (ms) | 1-device peer (ms) "
            "| speedup vs peer | saved for backward per rank (MB) | peak RSS growth per rank (MB) |",
            "|---|---|---|---|---|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 @pytest.fixture
 def spatial_runs(tmp_path: Path) -> Path:
     """Two spatial runs with explicit layer groups (nested lists) and a drift section (a mapping
-    with lists), as the README recommends, differing in their groups."""
+    with lists), as docs/methods.md recommends, differing in their groups."""
     drift = {"steps": [100], "kind": "swap_classes", "fraction": 1.0, "classes": [0, 1]}
     for name, groups in (("one", [[0, 0], [1, 1]]), ("two", [[0, 1]])):
         cfg = config("large_batch", parallel={**SPATIAL, "groups": groups}, data={"name": "fashion-mnist",
