@@ -209,7 +209,7 @@ class Trainer:
         if policy.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
             raise ConfigError("train.eval_model", f"{setup.cfg.algorithm.name} keeps no held model (Policy.held) "
                               "though its devices' models differ, so no model it produced can be scored; give it "
-                              "one (README, your own method) or set train.eval_model=average")
+                              "one (docs/plugins.md) or set train.eval_model=average")
         test = setup.dataset
         self.test_shards = [(test.test_x[s], test.test_y[s]) for s in test_shards(len(test.test_y), setup.peers)]
         self.outcome = Outcome(setup.flat.storage if self.bank.count == 1 else self.bank.storage)
