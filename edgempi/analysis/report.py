@@ -155,8 +155,8 @@ def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, 
     ``target_acc`` is a fraction or a percentage, reached at the first evaluation at or above
     it (above it if ``strict``); ``baseline`` is ``KEY=VALUE`` selecting the runs whose mean
     total bytes to target the others are compared with (``× fewer bytes than baseline`` =
-    baseline total / run total). Runs scored on different models (``train.eval_model``) are
-    refused unless ``mixed_eval``.
+    baseline total / run total; CSV ``times_fewer_bytes_than_baseline``). Runs scored on
+    different models (``train.eval_model``) are refused unless ``mixed_eval``.
     """
     if fmt not in ("md", "csv"):
         raise ValueError(f"format: unknown value {fmt!r} (choose from md, csv)")
@@ -221,7 +221,7 @@ def _csv(table: list[Row], shown: list[str], target: Target, baseline: str | Non
     header = ["group" if grouped else "run", "method", *shown, "eval_model", "runs" if grouped else "status", "target",
               "final_acc", "best_acc", "reached", *(f"{c}_to_target" for _, c, _ in COST)]
     if baseline:
-        header.append("bytes_reduction")
+        header.append("times_fewer_bytes_than_baseline")
     writer.writerow(header)
     for row in table:
         cells: list[Any] = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown), _scored(row),

@@ -44,9 +44,9 @@ def test_csv_report_numbers_and_baseline_ratio(runs) -> None:
     assert (a["epochs_to_target"], a["rounds_to_target"], a["bytes_to_target"]) == ("4", "40", "40000")
     assert (a["bytes_up_to_target"], a["bytes_down_to_target"], a["ctrl_bytes_to_target"]) == ("20000", "20000", "0")
     assert (a["wall_s_to_target"], a["sim_s_to_target"]) == ("8", "20")
-    assert float(a["bytes_reduction"]) == pytest.approx(5.0)
-    assert float(b["bytes_reduction"]) == pytest.approx(1.0)
-    assert c["reached"] == "not reached" and c["rounds_to_target"] == "" and c["bytes_reduction"] == ""
+    assert float(a["times_fewer_bytes_than_baseline"]) == pytest.approx(5.0)
+    assert float(b["times_fewer_bytes_than_baseline"]) == pytest.approx(1.0)
+    assert c["reached"] == "not reached" and c["rounds_to_target"] == "" and c["times_fewer_bytes_than_baseline"] == ""
     assert c["best_acc"] == "0.6"
 
 
@@ -91,7 +91,7 @@ def test_bad_arguments_name_the_problem(runs) -> None:
 
 def test_baseline_that_never_reached_gives_no_ratio(runs) -> None:
     rows = parse(report(runs, 0.8, baseline="train.lr=0.01", fmt="csv"))
-    assert rows["a_fedavg"]["bytes_reduction"] == ""
+    assert rows["a_fedavg"]["times_fewer_bytes_than_baseline"] == ""
     assert "never reached 80%" in report(runs, 0.8, baseline="train.lr=0.01")
 
 
