@@ -63,19 +63,21 @@ def _band(curves: list[tuple[np.ndarray, np.ndarray]], logx: bool) -> tuple[np.n
 
 
 def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | None = None, logx: bool | None = None,
-         out: str | Path = "plot.png", title: str | None = None, mixed_eval: bool = False) -> Path:
+         out: str | Path = "plot.png", title: str | None = None, mixed_eval: bool = False,
+         all_settings: bool = False) -> Path:
     """Draw ``y`` against ``x`` for the runs into ``out`` (.png, .pdf or .svg); returns the path.
 
     ``x``: step, epoch, round, bytes (total), bytes_up, bytes_down, ctrl_bytes, time, simtime;
     ``y``: test_acc, test_loss, train_loss. One line per run, labelled by the config keys
-    that differ, or with ``group_by`` one mean line and band per group. ``logx`` defaults to
+    that tell the runs apart (every key that differs at all with ``all_settings``), or with
+    ``group_by`` one mean line and band per group. ``logx`` defaults to
     True for bytes only. A footnote says which model the evaluations scored; runs scored on
     different models (``train.eval_model``) are refused unless ``mixed_eval``.
     """
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"out: unsupported format {out.suffix or out.name!r} (use {', '.join(FORMATS)})")
-    fig = figure(runs, x, y, group_by, logx, title, mixed_eval)
+    fig = figure(runs, x, y, group_by, logx, title, mixed_eval, all_settings)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120, bbox_inches="tight")
@@ -87,7 +89,8 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
 
 
 def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | None = None,
-           logx: bool | None = None, title: str | None = None, mixed_eval: bool = False) -> Any:
+           logx: bool | None = None, title: str | None = None, mixed_eval: bool = False,
+           all_settings: bool = False) -> Any:
     """The matplotlib Figure that :func:`plot` saves (close it with ``plt.close``)."""
     if x not in X_AXES:
         raise ValueError(f"x: unknown axis {x!r} (choose from {', '.join(X_AXES)})")
@@ -107,7 +110,8 @@ def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
         keys = group_keys(group_by)
-        drawn = _draw_groups(ax, runs, keys, x, y, logx) if keys else _draw_runs(ax, runs, x, y, logx)
+        drawn = (_draw_groups(ax, runs, keys, x, y, logx) if keys
+                 else _draw_runs(ax, runs, x, y, logx, all_settings))
         if not drawn:
             raise ValueError(f"plot: none of the {len(runs)} runs has {y} rows yet")
         _decorate(fig, ax, x, y, logx, title)
@@ -120,9 +124,9 @@ def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | 
     return fig
 
 
-def _draw_runs(ax: Any, runs: list[Run], x: str, y: str, logx: bool) -> int:
+def _draw_runs(ax: Any, runs: list[Run], x: str, y: str, logx: bool, all_settings: bool) -> int:
     """One line per run, named by what differs between the runs."""
-    shown = differing_keys(runs)
+    shown = differing_keys(runs, all_settings=all_settings)
     drawn = 0
     for run in runs:
         cx, cy = _curve(run, x, y, logx)

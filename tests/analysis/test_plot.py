@@ -10,7 +10,7 @@ import pytest
 
 from edgempi.analysis import load_runs, plot
 from edgempi.analysis.plot import figure
-from runfiles import config, eval_curve, write_run
+from runfiles import config, eval_curve, stored, write_run
 
 
 @pytest.fixture
@@ -79,6 +79,53 @@ def test_legend_sits_beside_the_curves_and_axes_have_units(runs) -> None:
     assert ax.get_xlabel() == "bytes per device, total (up + down + control)"
     ticks = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
     assert any(t.endswith("B") for t in ticks) and any(t.endswith("%") for t in ticks)
+    plt.close(fig)
+
+
+def two_runs_of(tmp_path: Path, method: str, key: str, values: tuple, **settings) -> list:
+    """Two runs of ``method`` as a run stores them (every setting of the method written out),
+    differing in ``algorithm.key`` alone; the first as written before ``local_bn`` existed."""
+    for i, value in enumerate(values):
+        cfg = config(method)
+        cfg["algorithm"].update(settings, **{key: value})
+        cfg = stored(cfg)
+        if i == 0:
+            del cfg["algorithm"]["local_bn"]
+        write_run(tmp_path / f"{method}-{value}.h5", cfg, eval_curve([0.5, 0.7]))
+    return load_runs([tmp_path])
+
+
+def test_a_legend_names_only_the_setting_that_differs(tmp_path: Path) -> None:
+    fig = figure(two_runs_of(tmp_path / "a", "fedavg", "local_steps", (5, 10)), "step", "test_acc")
+    assert sorted(legend(fig)) == ["local_steps = 10", "local_steps = 5"]
+    plt.close(fig)
+    fig = figure(two_runs_of(tmp_path / "b", "fedavg", "server_lr", (0.5, 1.0), server_optimizer="adam"),
+                 "step", "test_acc")
+    assert sorted(legend(fig)) == ["server_lr = 0.5", "server_lr = 1"]
+    plt.close(fig)
+
+
+def test_another_methods_defaults_are_no_difference(tmp_path: Path) -> None:
+    """Large Batch has no server optimizer, FedAvg's server_momentum = 0.9 is its unused default:
+    the legend says the methods and FedAvg's sync period, everything only on request."""
+    for method in ("large_batch", "fedavg"):
+        write_run(tmp_path / f"{method}.h5", stored(config(method)), eval_curve([0.5, 0.7]))
+    runs = load_runs([tmp_path])
+    fig = figure(runs, "bytes", "test_acc")
+    assert legend(fig) == ["FedAvg, local_steps = 10", "Large Batch"]
+    plt.close(fig)
+    fig = figure(runs, "bytes", "test_acc", all_settings=True)
+    assert "server_momentum = 0.9" in legend(fig)[0] and "bucket_mb = 4" in legend(fig)[1]
+    plt.close(fig)
+
+
+def test_a_non_default_setting_of_one_method_is_shown(tmp_path: Path) -> None:
+    lb, fedavg = config("large_batch"), config("fedavg")
+    fedavg["algorithm"]["participation"] = 0.5
+    write_run(tmp_path / "lb.h5", stored(lb), eval_curve([0.5, 0.7]))
+    write_run(tmp_path / "fedavg.h5", stored(fedavg), eval_curve([0.5, 0.7]))
+    fig = figure(load_runs([tmp_path]), "step", "test_acc")
+    assert legend(fig) == ["FedAvg, local_steps = 10, participation = 0.5", "Large Batch"]
     plt.close(fig)
 
 
