@@ -39,8 +39,8 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--x", default="step", choices=list(X_AXES),
                    help="x axis (default: step); bytes is the total per device (up + down + control)")
     p.add_argument("--y", default="test_acc", choices=list(METRICS), help="metric (default: test_acc)")
-    p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=None,
-                   help="log x axis (default: only for the bytes axes)")
+    p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=False,
+                   help="log x axis, linear up to the first decade so the step-0 point stays drawn (default: linear)")
     p.add_argument("--title", help="figure title")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="figure file: .png, .pdf or .svg")
 

@@ -94,3 +94,8 @@ def write_run(path: Path, cfg: Mapping[str, Any] | None = None, evals: Mapping[s
         if evals is not None and len(next(iter(evals.values()))):
             append(f, "evals", evals)
     return path
+
+
+def legend(fig: Any) -> list[str]:
+    """The legend entries of a figure of edgempi.analysis.plot.figure (a figure legend, below the axes)."""
+    return [t.get_text() for t in fig.legends[0].get_texts()]

@@ -10,7 +10,7 @@ import pytest
 
 from edgempi.analysis import load_runs, plot
 from edgempi.analysis.plot import figure
-from runfiles import config, eval_curve, stored, write_run
+from runfiles import config, eval_curve, legend, stored, write_run
 
 
 @pytest.fixture
@@ -47,10 +47,6 @@ def test_train_loss_and_vector_formats(runs, tmp_path: Path) -> None:
     assert (tmp_path / "loss.svg").read_text().count("<path") > 4
 
 
-def legend(fig) -> list[str]:
-    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-
-
 def test_labels_are_display_names(runs, tmp_path: Path) -> None:
     fig = figure(runs, "epoch", "test_acc", group_by="algorithm.name")
     assert legend(fig) == ["FedAvg, n = 2", "Large Batch, n = 2"]
@@ -70,16 +66,18 @@ def test_labels_are_display_names(runs, tmp_path: Path) -> None:
     plt.close(fig)
 
 
-def test_legend_sits_beside_the_curves_and_axes_have_units(runs) -> None:
+def test_legend_sits_below_the_axes_of_a_column_wide_figure(runs, tmp_path: Path) -> None:
     fig = figure(runs, "bytes", "test_acc")
     fig.canvas.draw()
     ax = fig.axes[0]
-    box, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
-    assert box.x0 >= frame.x1  # right of the axes: it can cover no data
+    box, frame = fig.legends[0].get_window_extent(), ax.get_window_extent()
+    assert box.y1 <= frame.y0  # below the axes: it can cover no data
+    assert tuple(fig.get_size_inches()) == (3.5, 2.6)
     assert ax.get_xlabel() == "bytes per device, total (up + down + control)"
     ticks = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
     assert any(t.endswith("B") for t in ticks) and any(t.endswith("%") for t in ticks)
     plt.close(fig)
+    assert mpimg.imread(plot(runs, "bytes", "test_acc", out=tmp_path / "p.png")).shape[:2] == (780, 1050)
 
 
 def two_runs_of(tmp_path: Path, method: str, key: str, values: tuple, **settings) -> list:
@@ -127,6 +125,40 @@ def test_a_non_default_setting_of_one_method_is_shown(tmp_path: Path) -> None:
     fig = figure(load_runs([tmp_path]), "step", "test_acc")
     assert legend(fig) == ["FedAvg, local_steps = 10, participation = 0.5", "Large Batch"]
     plt.close(fig)
+
+
+def step0_runs(tmp_path: Path) -> list:
+    """Runs evaluated at step 0 (no bytes sent yet), as every run is."""
+    for name, per_round in (("a", 1e3), ("b", 1e5)):
+        curve = eval_curve([0.1, 0.5, 0.7, 0.8], bytes_per_round=per_round)
+        for column in ("step", "epoch", "rounds", "bytes_up", "bytes_down", "wall_s", "sim_s"):
+            curve[column] = curve[column] - curve[column][0]
+        write_run(tmp_path / f"{name}.h5", config("fedavg", lr={"a": 0.1, "b": 0.2}[name]), curve)
+    return load_runs([tmp_path])
+
+
+@pytest.mark.parametrize("group_by", [None, "train.lr", "algorithm.name"])  # one run, one, two per line
+def test_the_step_0_point_is_drawn_on_a_log_bytes_axis(tmp_path: Path, group_by) -> None:
+    fig = figure(step0_runs(tmp_path), "bytes", "test_acc", logx=True, group_by=group_by)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    lo, hi = ax.get_xlim()
+    for line in ax.lines:
+        x, y = line.get_xdata(), line.get_ydata()
+        assert x[0] == 0 and y[0] == pytest.approx(0.1) and lo <= 0 < hi
+        assert np.isfinite(ax.transData.transform([[x[0], y[0]]])).all()
+    fig.canvas.draw()
+    assert "0 B" in [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+
+
+def test_logx_changes_the_axis_on_every_axis(tmp_path: Path) -> None:
+    runs = step0_runs(tmp_path)
+    for x in ("bytes", "step", "round"):
+        linear, log = figure(runs, x, "test_acc"), figure(runs, x, "test_acc", logx=True)
+        assert (linear.axes[0].get_xscale(), log.axes[0].get_xscale()) == ("linear", "symlog")
+        plt.close(linear)
+        plt.close(log)
 
 
 def test_bad_arguments(runs, tmp_path: Path) -> None:
