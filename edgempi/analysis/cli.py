@@ -41,7 +41,7 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--y", default="test_acc", choices=list(METRICS), help="metric (default: test_acc)")
     p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=False,
                    help="log x axis, linear up to the first decade so the step-0 point stays drawn (default: linear)")
-    p.add_argument("--title", help="figure title")
+    p.add_argument("--title", help="figure title (default: the data set and split the runs share; '' for none)")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="figure file: .png, .pdf or .svg")
 
 

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from edgempi.analysis.runs import Run, flatten
+from edgempi.data.names import title
+from edgempi.data.partition import PARAMETERS
 from edgempi.settings import printable
 
 # Keys that differ between runs without changing what was measured.
@@ -102,6 +104,19 @@ def group(runs: Sequence[Run], keys: Sequence[str]) -> list[tuple[tuple, list[Ru
     for run in runs:
         groups.setdefault(tuple(_hashable(run.value(k)) for k in keys), []).append(run)
     return list(groups.items())
+
+
+def data_title(runs: Sequence[Run]) -> str:
+    """``Fashion-MNIST, IID``: the data set and the split the runs share (either alone if they
+    share only one; empty if neither)."""
+    def shared(keys: Sequence[str]) -> tuple | None:
+        values = {tuple(_hashable(r.config.get(k)) for k in keys) for r in runs}
+        return values.pop() if len(values) == 1 else None
+
+    name = shared(["data.name"])
+    split = shared(["data.partition", *(f"data.{p}" for p in PARAMETERS)])
+    args = {p: v for p, v in zip(PARAMETERS, split[1:]) if v is not None} if split else {}
+    return title(name[0] if name else None, split[0] if split else None, args)
 
 
 def fmt_value(value: Any) -> str:

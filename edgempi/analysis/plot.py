@@ -4,7 +4,8 @@ Grouped runs (seeds of one setting) are drawn as their mean with a ±1 standard 
 band. Their evaluations rarely fall on the same x (wall time, or bytes of methods that sync
 adaptively), so members are interpolated onto a common grid over the x range all share.
 Lines are named by method display names (``FDA (linear, Θ = 1)``) and the settings that tell
-the runs apart, axes carry units, and the legend sits below the axes, never on the curves. A figure is one column of a two-column
+the runs apart, axes carry units, the title names the data set and split the runs share, and
+the legend sits below the axes, never on the curves. A figure is one column of a two-column
 paper wide (3.5 in, 300 dpi as PNG). A log x axis is symlog: linear from 0 to the decade below
 the first positive x, logarithmic beyond, so the evaluation at step 0 (no bytes sent yet) stays
 drawn at the left edge instead of vanishing at log(0).
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgempi.analysis.compare import differing_keys, group, group_keys, label, run_label
+from edgempi.analysis.compare import data_title, differing_keys, group, group_keys, label, run_label
 from edgempi.analysis.protocol import DESCRIBED, charged, check_same, eval_model
 from edgempi.analysis.runs import AXES, Run, axis
 from edgempi.analysis.traffic import BYTE_AXES, traffic
@@ -85,7 +86,8 @@ def plot(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | No
     ``x``: step, epoch, round, bytes (total), bytes_up, bytes_down, ctrl_bytes, time, simtime;
     ``y``: test_acc, test_loss, train_loss. One line per run, labelled by the config keys
     that tell the runs apart (every key that differs at all with ``all_settings``), or with
-    ``group_by`` one mean line and band per group. ``logx``: a (sym)log x axis. A footnote says which
+    ``group_by`` one mean line and band per group. ``logx``: a (sym)log x axis. ``title``
+    defaults to the data set and split the runs share ("" for none). A footnote says which
     model the evaluations scored; runs scored on different models (``train.eval_model``) are
     refused unless ``mixed_eval``.
     """
@@ -127,7 +129,7 @@ def figure(runs: Sequence[Run], x: str, y: str, group_by: str | Sequence[str] | 
                  else _draw_runs(ax, runs, x, y, all_settings))
         if not drawn:
             raise ValueError(f"plot: none of the {len(runs)} runs has {y} rows yet")
-        _decorate(ax, x, y, logx, title or "")
+        _decorate(ax, x, y, logx, data_title(runs) if title is None else title)
         if METRICS[y] == "evals":
             scored = "; ".join(f"{kind}: {DESCRIBED[kind]}" for kind in sorted({eval_model(r) for r in runs}))
             ax.annotate(_wrapped(f"evaluations score {scored}", NOTE_WIDTH, " "), xy=(0.5, 0),

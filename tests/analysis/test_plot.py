@@ -161,6 +161,20 @@ def test_logx_changes_the_axis_on_every_axis(tmp_path: Path) -> None:
         plt.close(log)
 
 
+def test_the_title_says_the_data_set_and_split(tmp_path: Path) -> None:
+    for name, alpha in (("a", 0.1), ("b", 0.1), ("c", 1.0)):
+        cfg = config("fedavg", data={"name": "mnist", "partition": "dirichlet", "alpha": alpha})
+        write_run(tmp_path / f"{name}.h5", cfg, eval_curve([0.5, 0.7]))
+    shared = load_runs([tmp_path / "a.h5", tmp_path / "b.h5"])
+    for kwargs, expected in (({}, "MNIST, Dirichlet α = 0.1"), ({"title": "Mine"}, "Mine"), ({"title": ""}, "")):
+        fig = figure(shared, "step", "test_acc", **kwargs)
+        assert fig.axes[0].get_title() == expected
+        plt.close(fig)
+    fig = figure(load_runs([tmp_path]), "step", "test_acc")
+    assert fig.axes[0].get_title() == "MNIST"  # the split differs: the legend says alpha
+    plt.close(fig)
+
+
 def test_bad_arguments(runs, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="x: unknown axis 'flops'"):
         plot(runs, "flops", "test_acc", out=tmp_path / "x.png")
