@@ -156,6 +156,7 @@ def _analysis(handler: Callable[[argparse.Namespace], int]) -> Callable[[argpars
 def cmd_partition(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from edgempi import data
+    from edgempi.data.names import title
     from edgempi.train import Seeds, load_dataset, make_partition
 
     try:
@@ -168,7 +169,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
           f"{args.devices} devices, seed {cfg.seed}")
     print(data.format_counts(table))
     if args.plot:
-        data.plot_counts(table, args.plot)
+        data.plot_counts(table, args.plot, title(cfg.data.name, cfg.data.partition, cfg.data.partition_args()))
         print(args.plot)
     return 0
 

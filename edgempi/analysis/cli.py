@@ -22,6 +22,9 @@ def _paths(p: argparse.ArgumentParser) -> None:
                    help="one line/row per value of these config keys, averaged over the rest (e.g. seeds)")
     p.add_argument("--mixed-eval", action="store_true",
                    help="show runs scored on different models (train.eval_model global and average) together")
+    p.add_argument("--all-settings", action="store_true",
+                   help="name every config key whose stored value differs between the runs, also a method's "
+                        "defaults that the other runs' methods lack (default: only the settings that tell them apart)")
 
 
 def _runs(paths: list[str]) -> list[Run]:
@@ -37,14 +40,15 @@ def add_plot_arguments(p: argparse.ArgumentParser) -> None:
                    help="x axis (default: step); bytes is the total per device (up + down + control)")
     p.add_argument("--y", default="test_acc", choices=list(METRICS), help="metric (default: test_acc)")
     p.add_argument("--logx", action=argparse.BooleanOptionalAction, default=None,
-                   help="log x axis (default: only for the bytes axes)")
-    p.add_argument("--title", help="figure title")
+                   help="log x axis, linear up to the first decade so the step-0 point stays drawn "
+                        "(default: log for the byte axes, linear for the others)")
+    p.add_argument("--title", help="figure title (default: the data set and split the runs share; '' for none)")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="figure file: .png, .pdf or .svg")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     print(plot(_runs(args.paths), args.x, args.y, group_by=args.group_by, logx=args.logx, out=args.out,
-               title=args.title, mixed_eval=args.mixed_eval))
+               title=args.title, mixed_eval=args.mixed_eval, all_settings=args.all_settings))
     return 0
 
 
@@ -62,7 +66,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     text = report(_runs(args.paths), args.target, baseline=args.baseline, fmt=args.fmt, group_by=args.group_by,
-                  strict=args.strict, mixed_eval=args.mixed_eval)
+                  strict=args.strict, mixed_eval=args.mixed_eval, all_settings=args.all_settings)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(args.out)

@@ -3,15 +3,22 @@
 Plots and tables name a run by what is special about it among the runs shown, not by its
 whole config, so a sweep over ``train.lr`` reads as ``lr = 0.1`` and ``lr = 0.01``; a method by
 its display name with the settings that define it: ``Large Batch``, ``FedAvg``,
-``FDA (linear, Θ = 1)``, ``Dynamic averaging (Δ = 2)``.
+``FDA (linear, Θ = 1)``, ``Dynamic averaging (Δ = 2)``. A stored config holds every key of its
+method and compressor, so a key that only some runs have is a difference only where one of
+them sets it away from its default: next to Large Batch, FedAvg's ``server_momentum = 0.9``
+(unused without a server optimizer) says nothing, its ``local_steps = 10`` does.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from edgempi.analysis.runs import Run
+from edgempi.analysis.runs import Run, flatten
+from edgempi.data.names import title
+from edgempi.data.partition import PARAMETERS
 from edgempi.settings import printable
 
 # Keys that differ between runs without changing what was measured.
@@ -36,11 +43,51 @@ def group_keys(group_by: str | Sequence[str] | None) -> tuple[str, ...]:
     return keys
 
 
-def differing_keys(runs: Sequence[Run], exclude: Iterable[str] = ()) -> list[str]:
-    """Config keys whose value is not the same in every run, in the configs' order."""
+def differing_keys(runs: Sequence[Run], exclude: Iterable[str] = (), all_settings: bool = False) -> list[str]:
+    """Config keys that tell the runs apart, in the configs' order: a key all runs have whose
+    value is not the same in each, or a key only some runs have (another method's, another
+    compressor's) that they disagree on or one of them sets away from its default.
+    ``all_settings``: every key whose stored value (or absence) is not the same in every run."""
     skip = set(IGNORED) | set(exclude)
     keys = [k for k in dict.fromkeys(k for r in runs for k in r.config) if k not in skip]
-    return [k for k in keys if len({_hashable(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in keys if _differs(runs, k, all_settings)]
+
+
+def _differs(runs: Sequence[Run], key: str, all_settings: bool) -> bool:
+    if len({_hashable(r.config.get(key)) for r in runs}) < 2:
+        return False
+    holders = [r for r in runs if key in r.config]
+    if all_settings or len(holders) == len(runs) or len({_hashable(r.config[key]) for r in holders}) > 1:
+        return True
+    return any(not _at_default(r, key) for r in holders)
+
+
+def _at_default(run: Run, key: str) -> bool:
+    """Is the run's value of ``key`` its method's (compressor's, section's) default? A key of
+    a method or compressor given by a ``package.module:attr`` path counts as at its default:
+    a reader never imports code a file names."""
+    defaults = _defaults(str(run.config.get("algorithm.name")), str(run.config.get("compression.name")))
+    if key not in defaults:
+        return True
+    value, default = run.config[key], defaults[key]
+    return value == default or fmt_value(value) == fmt_value(default)
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(method: str, compressor: str) -> dict[str, Any]:
+    """The flattened default config of a run of this built-in method and compressor (the
+    sections of one given by a dotted path left out)."""
+    from edgempi.config import RunConfig, read_section
+    from edgempi.registry import COMPRESSORS, METHODS
+
+    cfg = RunConfig()
+    unknown = []
+    for section, registry, name in (("algorithm", METHODS, method), ("compression", COMPRESSORS, compressor)):
+        if name in registry.names():
+            setattr(cfg, section, read_section(registry, {"name": name}, f"{section}."))
+        else:
+            unknown.append(f"{section}.")
+    return {k: v for k, v in flatten(dataclasses.asdict(cfg)).items() if not k.startswith(tuple(unknown))}
 
 
 def _hashable(value: Any) -> Any:
@@ -57,6 +104,19 @@ def group(runs: Sequence[Run], keys: Sequence[str]) -> list[tuple[tuple, list[Ru
     for run in runs:
         groups.setdefault(tuple(_hashable(run.value(k)) for k in keys), []).append(run)
     return list(groups.items())
+
+
+def data_title(runs: Sequence[Run]) -> str:
+    """``Fashion-MNIST, IID``: the data set and the split the runs share (either alone if they
+    share only one; empty if neither)."""
+    def shared(keys: Sequence[str]) -> tuple | None:
+        values = {tuple(_hashable(r.config.get(k)) for k in keys) for r in runs}
+        return values.pop() if len(values) == 1 else None
+
+    name = shared(["data.name"])
+    split = shared(["data.partition", *(f"data.{p}" for p in PARAMETERS)])
+    args = {p: v for p, v in zip(PARAMETERS, split[1:]) if v is not None} if split else {}
+    return title(name[0] if name else None, split[0] if split else None, args)
 
 
 def fmt_value(value: Any) -> str:

@@ -99,19 +99,21 @@ def _row(name: str, runs: list[Run], params: dict[str, Any], target: Target) -> 
                len(reached), cost)
 
 
-def rows(runs: Sequence[Run], target: Target, group_by: str | Sequence[str] | None = None) -> tuple[list[Row], list[str]]:
-    """Table rows, and the config keys shown because they differ (besides the method)."""
+def rows(runs: Sequence[Run], target: Target, group_by: str | Sequence[str] | None = None,
+         all_settings: bool = False) -> tuple[list[Row], list[str]]:
+    """Table rows, and the config keys shown because they tell the runs apart (besides the
+    method; every key that differs with ``all_settings``, see :func:`compare.differing_keys`)."""
     keys = group_keys(group_by)
+    varying = differing_keys(runs, all_settings=all_settings)
     if keys:
         groups = group(runs, keys)
-        varying = differing_keys(runs)
         shown = [k for k in varying if all(len({fmt_value(r.value(k)) for r in g}) == 1 for _, g in groups)]
         for k in keys:
             if k not in shown:
                 shown.append(k)
     else:
         groups = [((r.name,), [r]) for r in runs]
-        shown = differing_keys(runs)
+        shown = varying
     shown = [k for k in shown if k != "algorithm.name"]
     out = []
     for values, members in groups:
@@ -149,14 +151,16 @@ def _pct(value: float) -> str:
 
 
 def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, fmt: str = "md",
-           group_by: str | Sequence[str] | None = None, strict: bool = False, mixed_eval: bool = False) -> str:
+           group_by: str | Sequence[str] | None = None, strict: bool = False, mixed_eval: bool = False,
+           all_settings: bool = False) -> str:
     """The comparison table as Markdown (``md``) or CSV (``csv``).
 
     ``target_acc`` is a fraction or a percentage, reached at the first evaluation at or above
     it (above it if ``strict``); ``baseline`` is ``KEY=VALUE`` selecting the runs whose mean
     total bytes to target the others are compared with (``× fewer bytes than baseline`` =
-    baseline total / run total). Runs scored on different models (``train.eval_model``) are
-    refused unless ``mixed_eval``.
+    baseline total / run total; CSV ``times_fewer_bytes_than_baseline``). Runs scored on
+    different models (``train.eval_model``) are refused unless ``mixed_eval``. Setting columns:
+    the keys that tell the runs apart, every key that differs with ``all_settings``.
     """
     if fmt not in ("md", "csv"):
         raise ValueError(f"format: unknown value {fmt!r} (choose from md, csv)")
@@ -165,7 +169,7 @@ def report(runs: Iterable[Run], target_acc: float, baseline: str | None = None, 
         raise ValueError("report: no runs to report")
     check_same(runs, mixed_eval)
     target = Target(target_fraction(target_acc), strict)
-    table, shown = rows(runs, target, group_by)
+    table, shown = rows(runs, target, group_by, all_settings)
     base = _baseline(runs, baseline, target) if baseline else None
     for row in table:
         if base is not None and row.cost is not None and row.cost["bytes"] > 0:
@@ -221,7 +225,7 @@ def _csv(table: list[Row], shown: list[str], target: Target, baseline: str | Non
     header = ["group" if grouped else "run", "method", *shown, "eval_model", "runs" if grouped else "status", "target",
               "final_acc", "best_acc", "reached", *(f"{c}_to_target" for _, c, _ in COST)]
     if baseline:
-        header.append("bytes_reduction")
+        header.append("times_fewer_bytes_than_baseline")
     writer.writerow(header)
     for row in table:
         cells: list[Any] = [row.name, _method(row), *(fmt_value(row.params[k]) for k in shown), _scored(row),

@@ -236,9 +236,10 @@ def format_counts(table: np.ndarray) -> str:
     return "\n".join([over.rstrip(), *lines])
 
 
-def counts_figure(table: np.ndarray) -> "Figure":
+def counts_figure(table: np.ndarray, title: str = "") -> "Figure":
     """A devices × classes heat map whose colours start at zero samples, so an IID split, whose
-    counts differ by a few percent, looks even instead of a checkerboard of noise."""
+    counts differ by a few percent, looks even instead of a checkerboard of noise; ``title``
+    names the data set and split (:func:`edgempi.data.names.title`)."""
     from matplotlib.figure import Figure
 
     devices, classes = table.shape
@@ -250,11 +251,11 @@ def counts_figure(table: np.ndarray) -> "Figure":
     ax.set_xlabel("class")
     ax.set_ylabel("device")
     ax.set_xticks(range(classes))
-    ax.set_title(f"partition: {devices} devices × {classes} classes")
+    ax.set_title(f"{title or 'partition'}: {devices} devices × {classes} classes")
     fig.tight_layout()
     return fig
 
 
-def plot_counts(table: np.ndarray, path: str) -> None:
+def plot_counts(table: np.ndarray, path: str, title: str = "") -> None:
     """The heat map of :func:`counts_figure` as a PNG, drawn off-screen (works on a headless node)."""
-    counts_figure(table).savefig(path, dpi=100)
+    counts_figure(table, title).savefig(path, dpi=100)

@@ -30,6 +30,14 @@ def config(algorithm: str = "fedavg", lr: float = 0.1, seed: int = 0, **sections
     return cfg
 
 
+def stored(cfg: Mapping[str, Any]) -> dict:
+    """``cfg`` as a run stores it: validated, every key of its sections, method and compressor
+    written out (defaults included), another method's keys left out."""
+    from edgempi.config import from_dict
+
+    return from_dict(dict(cfg)).to_dict()
+
+
 def eval_curve(acc: Sequence[float], steps_per_eval: int = 100, rounds_per_eval: float = 10,
                bytes_per_round: float = 1000, secs_per_eval: float = 2.0, sim_per_eval: float = 5.0,
                evals_per_epoch: int = 1) -> dict[str, np.ndarray]:
@@ -86,3 +94,8 @@ def write_run(path: Path, cfg: Mapping[str, Any] | None = None, evals: Mapping[s
         if evals is not None and len(next(iter(evals.values()))):
             append(f, "evals", evals)
     return path
+
+
+def legend(fig: Any) -> list[str]:
+    """The legend entries of a figure of edgempi.analysis.plot.figure (a figure legend, below the axes)."""
+    return [t.get_text() for t in fig.legends[0].get_texts()]

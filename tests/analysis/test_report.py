@@ -10,7 +10,7 @@ import pytest
 
 from edgempi.analysis import load_runs, report
 from edgempi.analysis.report import to_target
-from runfiles import OLD_EVAL_COLUMNS, config, eval_curve, step_curve, write_run
+from runfiles import OLD_EVAL_COLUMNS, config, eval_curve, step_curve, stored, write_run
 
 
 @pytest.fixture
@@ -44,10 +44,32 @@ def test_csv_report_numbers_and_baseline_ratio(runs) -> None:
     assert (a["epochs_to_target"], a["rounds_to_target"], a["bytes_to_target"]) == ("4", "40", "40000")
     assert (a["bytes_up_to_target"], a["bytes_down_to_target"], a["ctrl_bytes_to_target"]) == ("20000", "20000", "0")
     assert (a["wall_s_to_target"], a["sim_s_to_target"]) == ("8", "20")
-    assert float(a["bytes_reduction"]) == pytest.approx(5.0)
-    assert float(b["bytes_reduction"]) == pytest.approx(1.0)
-    assert c["reached"] == "not reached" and c["rounds_to_target"] == "" and c["bytes_reduction"] == ""
+    assert float(a["times_fewer_bytes_than_baseline"]) == pytest.approx(5.0)
+    assert float(b["times_fewer_bytes_than_baseline"]) == pytest.approx(1.0)
+    assert c["reached"] == "not reached" and c["rounds_to_target"] == "" and c["times_fewer_bytes_than_baseline"] == ""
     assert c["best_acc"] == "0.6"
+
+
+def test_large_batch_against_fedavg_shows_only_what_tells_them_apart(tmp_path: Path) -> None:
+    """The quickstart pair as the runner stores it: FedAvg's defaults (server_momentum of an
+    unused server optimizer, participation 1, ...) and Large Batch's (bucket_mb) are no columns;
+    FedAvg's sync period is. Everything on request."""
+    write_run(tmp_path / "lb.h5", stored(config("large_batch")), eval_curve([0.5, 0.8], rounds_per_eval=100))
+    write_run(tmp_path / "fedavg.h5", stored(config("fedavg")), eval_curve([0.5, 0.8]))
+    runs = load_runs([tmp_path])
+    text = report(runs, 0.8, baseline="algorithm.name=large_batch")
+    header, _, *cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                         if line.startswith("|")]
+    costs = [f"{c} to 80%" for c in ("epochs", "rounds", "bytes up", "bytes down", "bytes control", "bytes total",
+                                    "wall s", "sim s")]
+    assert header == ["run", "method", "local_steps", "scored", "status", "final acc", "best acc", "reached 80%",
+                      *costs, "× fewer bytes than baseline"]
+    assert [row[:3] + row[-1:] for row in cells] == [["fedavg", "fedavg", "10", "10×"], ["lb", "large_batch", "-", "1×"]]
+    columns = next(csv.reader(io.StringIO(report(runs, 0.8, baseline="algorithm.name=large_batch", fmt="csv"))))
+    assert columns[:4] == ["run", "method", "algorithm.local_steps", "eval_model"]
+    assert columns[-1] == "times_fewer_bytes_than_baseline"
+    everything = report(runs, 0.8, fmt="csv", all_settings=True).splitlines()[0].split(",")
+    assert {"algorithm.server_momentum", "algorithm.participation", "algorithm.bucket_mb"} <= set(everything)
 
 
 def test_markdown_report_says_not_reached(runs) -> None:
@@ -91,7 +113,7 @@ def test_bad_arguments_name_the_problem(runs) -> None:
 
 def test_baseline_that_never_reached_gives_no_ratio(runs) -> None:
     rows = parse(report(runs, 0.8, baseline="train.lr=0.01", fmt="csv"))
-    assert rows["a_fedavg"]["bytes_reduction"] == ""
+    assert rows["a_fedavg"]["times_fewer_bytes_than_baseline"] == ""
     assert "never reached 80%" in report(runs, 0.8, baseline="train.lr=0.01")
 
 

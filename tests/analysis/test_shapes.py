@@ -10,7 +10,7 @@ import pytest
 from edgempi.analysis import cli, load_runs
 from edgempi.analysis.plot import figure
 from edgempi.analysis.report import report
-from runfiles import config, eval_curve, write_run
+from runfiles import config, eval_curve, legend, write_run
 from test_cli import parse
 
 SPATIAL = {"mode": "spatial", "grid": [1, 2], "layers": 2, "groups": [[0, 0], [1, 1]], "devices_per_rank": 1,
@@ -36,9 +36,9 @@ def test_report_plot_info_and_group_by_take_nested_lists(spatial_runs: Path, cap
     table = report(runs, 0.8)
     assert "| [[0,0],[1,1]] |" in table and "| [[0,1]] |" in table
     fig = figure(runs, "step", "test_acc", group_by="parallel.groups")
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    names = legend(fig)
     plt.close(fig)
-    assert legend == ["groups = [[0,0],[1,1]], n = 1", "groups = [[0,1]], n = 1"]
+    assert names == ["groups = [[0,0],[1,1]], n = 1", "groups = [[0,1]], n = 1"]
     fig = figure(runs, "step", "test_acc")
     plt.close(fig)
     assert cli.cmd_report(parse(cli.add_report_arguments, [str(spatial_runs), "--target", "0.8",

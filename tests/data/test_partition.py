@@ -4,8 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgempi import cli, data
+from edgempi.data.names import split_name, title
 from edgempi.data.partition import (DIRICHLET_TRIES, SCHEMES, counts, counts_figure, format_counts, partition,
                                     plot_counts)
+from helpers import small_config, write_config
 
 LABELS = np.random.default_rng(0).integers(0, 10, 6000)
 DEVICES = 10
@@ -156,3 +159,24 @@ def test_heat_map_colours_start_at_zero():
     image = counts_figure(t).axes[0].images[0]
     assert image.norm.vmin == 0 and image.norm.vmax == t.max()
     assert np.ptp(image.norm(t.astype(float))) < 0.2  # a fifth of the colour scale, not all of it
+
+
+@pytest.mark.parametrize("scheme,expected", [
+    ("iid", "IID"), ("contiguous", "contiguous slices"), ("dirichlet", "Dirichlet α = 0.5"),
+    ("shards", "2 shards per device"), ("quantity", "log-normal sizes, σ = 1"),
+    ("sorted_fraction", "label-sorted fraction p = 0.5"), ("concentrated", "labels 3 on 2 devices")])
+def test_a_split_is_named_with_its_parameters(scheme: str, expected: str) -> None:
+    assert split_name(scheme, PARAMS[scheme]) == expected
+    assert title("fashion-mnist", scheme, PARAMS[scheme]) == f"Fashion-MNIST, {expected}"
+
+
+def test_partition_plot_says_the_data_set_and_split(tmp_path, monkeypatch) -> None:
+    titles = []
+    monkeypatch.setattr(data, "plot_counts", lambda table, path, name="": titles.append(name) or
+                        plot_counts(table, path, name))
+    cfg = write_config(tmp_path / "c.yaml", small_config(data={"partition": "dirichlet", "alpha": 1.0}))
+    assert cli.main(["partition", str(cfg), "--devices", "4", "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert titles == ["synthetic data, Dirichlet α = 1"]
+    assert counts_figure(counts(LABELS, partition(LABELS, 4, "iid", 0), 10), "MNIST, IID").axes[0].get_title() == \
+        "MNIST, IID: 4 devices × 10 classes"
