@@ -88,3 +88,21 @@ def test_the_stored_protocol_names_what_was_scored(tmp_path):
     assert protocol_attrs(fedavg.cfg, fedavg.policy) == {"eval_model": "average", "sync_bytes": 4 * 61_706}
     large = trained(["train.eval_model=average", "train.steps=2"])
     assert protocol_attrs(large.cfg, large.policy) == {"eval_model": "global"}  # one model: nothing averaged
+
+
+def test_average_scores_the_devices_mean_as_before():
+    """``average`` is the old protocol: mid-round, the score of the mean of every device's
+    current model (all ranks' rows), not the held model of the last sync."""
+    sets = [*EVERY_STEP, *METHODS["fedavg"], "parallel.devices_per_rank=3", "train.eval_model=average",
+            "train.steps=14"]
+    trainer = trained(sets)
+    rows = torch.cat([torch.as_tensor(r) for r in trainer.comm.allgather_object(trainer.bank.params.clone())])
+    mean = [(slice(0, trainer.bank.flat.numel), rows.mean(0))]
+    with trainer.comm.uncounted():
+        loss, acc = evaluate(trainer.bank, trainer.setup.peers, trainer.test_shards, trainer.loaders[0].normalize, mean)
+    last = trainer.outcome.evals[-1]
+    assert np.isclose(last["test_loss"], loss, rtol=1e-5) and abs(last["test_acc"] - acc) <= 1e-3
+    held = [(trainer.policy.held.positions, trainer.policy.held.values)]
+    with trainer.comm.uncounted():
+        assert not np.isclose(evaluate(trainer.bank, trainer.setup.peers, trainer.test_shards,
+                                       trainer.loaders[0].normalize, held)[0], loss)
