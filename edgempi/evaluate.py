@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from edgempi.algorithms import Policy
-from edgempi.algorithms.held import put_, take_rows
+from edgempi.algorithms.held import exchanged_positions, put_, take_rows
 from edgempi.comm import Comm
 from edgempi.devices import DeviceBank
 
@@ -40,8 +40,7 @@ def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: st
         if average_stats and not held.covers_buffers and policy.shared is None and bank.flat.buffers.numel():
             overlays.append(_average(bank, comm, slice(numel, None)))
         return overlays
-    positions = policy.shared if policy.shared is not None else slice(0, bank.exchanged(average_stats).shape[1])
-    return [_average(bank, comm, positions)]
+    return [_average(bank, comm, exchanged_positions(bank, average_stats, policy.shared))]
 
 
 def _average(bank: DeviceBank, comm: Comm, positions: slice | torch.Tensor) -> Overlay:

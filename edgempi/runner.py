@@ -39,7 +39,7 @@ class SetupError(RuntimeError):
     """The run was refused before training started; nothing was written."""
 
 
-class Held:
+class RankFiles:
     """What rank 0 holds of a run (the lock, then the open results file), so that the watchdog
     can leave it in order when it ends a job that cannot end itself."""
 
@@ -232,27 +232,27 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
     config_mod.validate_world(cfg, comm.size)
     agree(comm, topology.fit(cfg, comm))  # threads set, and the run fits its node's cores and memory
     keep_freed_memory()
-    held, planned, error = Held(path), None, None
-    watchdog.begin(cfg.train.signal_grace_s, cfg.train.stall_timeout_s, held.leave if comm.rank == 0 else None)
+    files, planned, error = RankFiles(path), None, None
+    watchdog.begin(cfg.train.signal_grace_s, cfg.train.stall_timeout_s, files.leave if comm.rank == 0 else None)
     try:
         if comm.rank == 0:
             try:
-                held.lock = OutputLock(path)
+                files.lock = OutputLock(path)
                 planned = plan(cfg, path, overwrite, resume)
             except (OutputError, SetupError) as exc:
                 error = str(exc)
         action, groups = agree(comm, error, planned, before_training=True)
         if action == "done":
             return None
-        outcome = _train(cfg, comm, path, action, progress, groups, held)
+        outcome = _train(cfg, comm, path, action, progress, groups, files)
         if comm.rank == 0 and not keep_checkpoints:
             warning = remove(checkpoint_dir(path))
             if warning:
                 print(f"edgempi: {warning}", file=sys.stderr, flush=True)
         return outcome
     finally:
-        if held.lock is not None:
-            held.lock.release()
+        if files.lock is not None:
+            files.lock.release()
 
 
 def warn_single_device(cfg: RunConfig, world_size: int) -> None:
@@ -272,9 +272,9 @@ def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
 
 
 def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
-           held: Held) -> Trainer:
-    """Build, restore, open the file (rank 0, then held for the watchdog), and say how the run
-    starts. A resumed spatial run keeps the layer groups its file records (``groups``), which
+           files: RankFiles) -> Trainer:
+    """Build, restore, open the file (rank 0, then kept in ``files`` for the watchdog), and say how
+    the run starts. A resumed spatial run keeps the layer groups its file records (``groups``), which
     ``groups: auto`` would plan anew from timings measured now."""
     setup, state = _prepare(cfg, comm, path, action, groups)
     trainer = Trainer(setup, comm, progress=progress)
@@ -283,7 +283,7 @@ def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, 
     error = None
     if comm.rank == 0:
         try:
-            trainer.recorder = held.recorder = _open_recorder(cfg, trainer, path, resumed=state is not None)
+            trainer.recorder = files.recorder = _open_recorder(cfg, trainer, path, resumed=state is not None)
         except OutputError as exc:
             error = str(exc)
     agree(comm, error)
@@ -297,9 +297,9 @@ def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, 
 
 
 def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
-           held: Held) -> Outcome:
+           files: RankFiles) -> Outcome:
     """Train and close the file; its final status is agreed by all ranks."""
-    trainer = _begin(cfg, comm, path, action, progress, groups, held)
+    trainer = _begin(cfg, comm, path, action, progress, groups, files)
     recorder = trainer.recorder
     checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
     watchdog.training(lambda: trainer.step)

@@ -336,7 +336,9 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything that makes the next step of this device what it would have been."""
+        held = self.policy.held  # the loop keeps it, so a plug-in's held model resumes too
         return {"step": self.step, **self.bank.state_dict(), "policy": self.policy.state_dict(),
+                "held": None if held is None else held.values.clone(),
                 "ledger": self.comm.ledger.as_dict(), "clock": self.clock.state_dict(),
                 "torch_rng": torch.get_rng_state(), "wall_s": self.wall_before + time.perf_counter() - self.started}
 
@@ -344,6 +346,8 @@ class Trainer:
         self.step = state["step"]
         self.bank.load_state_dict(state)
         self.policy.load_state_dict(state["policy"])
+        if self.policy.held is not None:
+            self.policy.held.values.copy_(state["held"])
         for key, value in state["ledger"].items():
             setattr(self.comm.ledger, key, value)
         self.clock.load_state_dict(state["clock"])

@@ -38,14 +38,12 @@ class DriftPolicy(Policy):
             yield self.drift(device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w0": self.w0.clone(), "rounds": self.rounds, "server": server_state(self.server),
-                "held": self.held.values.clone()}
+        return {"w0": self.w0.clone(), "rounds": self.rounds, "server": server_state(self.server)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w0.copy_(state["w0"])
         self.rounds = state["rounds"]
         load_server_state(self.server, state.get("server"))
-        self.held.values.copy_(state["held"])
 
     def sync(self) -> torch.Tensor | None:
         """Average the weights over the devices that report (``algorithm.participation``,

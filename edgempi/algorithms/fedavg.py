@@ -87,12 +87,11 @@ class PeriodicPolicy(Policy):
         return ctx.average_(ctx.bank.exchanged(with_buffers), mask)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"anchor": self.anchor.clone(), "server": server_state(self.server), "held": self.held.values.clone()}
+        return {"anchor": self.anchor.clone(), "server": server_state(self.server)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.anchor.copy_(state["anchor"])
         load_server_state(self.server, state.get("server"))
-        self.held.values.copy_(state["held"])
 
 
 @METHODS.register("fedavg")
