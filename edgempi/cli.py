@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from edgempi import __version__, watchdog
 from edgempi.progress import write_line
@@ -39,7 +40,7 @@ def launcher_rank() -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> "RunConfig":
+def _config(args: argparse.Namespace) -> RunConfig:
     from edgempi.config import load
 
     overrides = list(args.set)
@@ -64,7 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(work: Callable[["Comm"], Path | None]) -> int:
+def _train(work: Callable[[Comm], Path | None]) -> int:
     """Run ``work`` on every rank with the failure rules: refusals are one line and exit 2;
     a stop on a signal exits 130 or 143 (checkpoint saved); any other error aborts the whole
     job; a signal or a stall that the ranks cannot act on together ends it by the watchdog.
@@ -110,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     path = results_path(cfg, Path(args.config).stem)
 
-    def work(comm: "Comm") -> Path:
+    def work(comm: Comm) -> Path:
         outcome = run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
                       keep_checkpoints=args.keep_checkpoints)
         if outcome is None and comm.rank == 0:
@@ -129,7 +130,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         except sweep.SweepError as exc:
             raise CliError(str(exc)) from exc
 
-    def task(comm: "Comm") -> None:
+    def task(comm: Comm) -> None:
         from edgempi.runner import run
 
         def run_point(base: Any, overrides: Sequence[str], out_file: Path, resume: bool = False) -> None:

@@ -18,8 +18,9 @@ import contextlib
 import copy
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -130,7 +131,7 @@ class Comm:
         self._count(nbytes if mine is None else np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
-    def segmented_mean(self, buf: torch.Tensor) -> "SegmentedMean":
+    def segmented_mean(self, buf: torch.Tensor) -> SegmentedMean:
         """An Allreduce mean of ``buf`` (one device per rank, every device reporting) whose
         contiguous segments are summed in the background as the caller hands them over
         (:class:`SegmentedMean`): a gradient's buckets, while backward computes the rest."""
@@ -355,7 +356,7 @@ class Comm:
         self.mpi.Allreduce(arr, out, op=_OPS[op])
         return out
 
-    def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> "Comm":
+    def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> Comm:
         """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
         this one's with ``share_ledger`` (and its observer this one's), so a device's traffic in
         all its groups adds up."""
@@ -376,7 +377,7 @@ class Comm:
         """Make MPI end every rank of the job now (see :func:`edgempi.watchdog.abort`)."""
         self.mpi.Abort(code)
 
-    def heartbeats(self) -> "Heartbeats":
+    def heartbeats(self) -> Heartbeats:
         """A side channel for :mod:`edgempi.watchdog` (collective: every rank calls it once)."""
         return Heartbeats(self.mpi.Dup(), self.rank)
 

@@ -12,9 +12,10 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,6 @@ from edgempi.models import NORMS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
 from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its own settings
-
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -77,7 +77,7 @@ class DataConfig:
         """The partition parameters that were set (each scheme refuses those it does not take)."""
         return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         DATASETS.get(self.name)
         one_of(self.partition, SCHEMES, "data.partition")
         takes = scheme_parameters(self.partition)
@@ -98,7 +98,7 @@ class ModelConfig:
     norm: str | None = None
     """The normalisation layers of the model; unset: the model's usual one."""
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         MODELS.check(self.name)
         if self.norm is not None:
             one_of(self.norm, NORMS, "model.norm")
@@ -148,7 +148,7 @@ class TrainConfig:
     """A rank without a step for this many seconds ends the job as failed (0 = off)."""
 
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         require(self.epochs is None or self.steps is None, "train.steps", "set only one of train.epochs and train.steps")
         require(self.epochs is None or self.epochs > 0, "train.epochs", "must be > 0")
         require(self.steps is None or self.steps > 0, "train.steps", "must be > 0")
@@ -183,7 +183,7 @@ class OutputConfig:
     name: str | None = None
     """The results file's name; unset: ``<config>-<algorithm>-<hash>.h5``."""
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         require(self.name is None or (self.name and "/" not in self.name),
                 "output.name", "must be a file name without a directory")
 
@@ -207,7 +207,7 @@ class ParallelConfig:
         if isinstance(self.batched, bool):  # YAML reads a bare on / off as true / false
             self.batched = "on" if self.batched else "off"
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         one_of(self.mode, ("data", "spatial"), "parallel.mode")
         if self.mode == "spatial":
             require(cfg.algorithm.spatial, "parallel.mode",
@@ -238,7 +238,7 @@ class CheckpointConfig:
     every_minutes: float = 0.0
     """Checkpoint every this many minutes of wall time (0: off)."""
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         require(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0 (0 = off)")
         require(self.every_steps % cfg.train.log_every == 0, "checkpoint.every_steps",
                 f"must be a multiple of train.log_every ({cfg.train.log_every}): checkpoints are taken at /steps rows")

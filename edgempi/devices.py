@@ -10,7 +10,8 @@ With one device per rank the bank *is* the model's storage and every swap is a n
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -16,7 +16,8 @@ import inspect
 import re
 import sys
 import textwrap
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from edgempi import config
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, Registry, SettingsRegistry

@@ -12,7 +12,8 @@ and the method is torch's, wrapper and import included: slower to start, never d
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Mapping, TextIO
+from collections.abc import Callable, Mapping
+from typing import TextIO
 
 from edgempi.units import describe_bytes, duration
 

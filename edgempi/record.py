@@ -27,8 +27,9 @@ import socket
 import stat
 import subprocess
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -253,7 +254,7 @@ class Recorder:
         self.file.flush()
 
     @classmethod
-    def resume(cls, path: Path, step: int) -> "Recorder":
+    def resume(cls, path: Path, step: int) -> Recorder:
         """Reopen a run's file to continue after ``step``: rows recorded later are dropped, so
         the history stays one continuous sequence, as if the run had never stopped.
 

@@ -23,15 +23,24 @@ import yaml
 
 from edgempi import config as config_mod
 from edgempi import guard, topology, watchdog, yamltext
-from edgempi.checkpoint import (Checkpointer, Interrupted, checkpoint_dir, config_hash, load_rank_state, read_meta,
-                                remove, saved_step, training_settings)
+from edgempi.algorithms import Policy
+from edgempi.checkpoint import (
+    Checkpointer,
+    Interrupted,
+    checkpoint_dir,
+    config_hash,
+    load_rank_state,
+    read_meta,
+    remove,
+    saved_step,
+    training_settings,
+)
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.spatial.model import SpatialModel
-from edgempi.algorithms import Policy
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
 

@@ -8,8 +8,9 @@ nothing of edgempi, so every plug-in can use it without an import cycle.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 def printable(text: str) -> str:

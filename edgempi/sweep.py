@@ -30,14 +30,15 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import yaml
 
-from edgempi.analysis.runs import RunReadError, read_status
 from edgempi import yamltext
+from edgempi.analysis.runs import RunReadError, read_status
 from edgempi.config import ConfigError
 from edgempi.progress import write_line
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,16 +20,15 @@ from edgempi import algorithms, batched, data, models, optim
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
+from edgempi.devices import DeviceBank
 from edgempi.evaluate import evaluate, scored_overlays, test_shards
 from edgempi.flat import FlatModel
-from edgempi.devices import DeviceBank
-from edgempi.sim import Clock
 from edgempi.progress import Progress
+from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
+from edgempi.settings import ConfigError
+from edgempi.sim import Clock
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
-from edgempi.settings import ConfigError
-from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
-
 
 if TYPE_CHECKING:
     from edgempi.checkpoint import Checkpointer
@@ -49,7 +49,7 @@ class Seeds:
     network: int
 
     @classmethod
-    def from_seed(cls, seed: int, devices: int) -> "Seeds":
+    def from_seed(cls, seed: int, devices: int) -> Seeds:
         """Draw every stream of a run of ``devices`` devices once; only the per-device streams
         depend on ``devices`` (a spatial run's devices are its tile groups, not its ranks)."""
         part, init, dev, net = np.random.SeedSequence(seed).spawn(4)
@@ -304,7 +304,7 @@ class Trainer:
         self.loss_sum, self.loss_count = self.loss_sum + loss_sum, self.loss_count + bank.count
         return loss_sum / bank.count
 
-    def run(self, checkpoint: "Checkpointer | None" = None) -> Outcome:
+    def run(self, checkpoint: Checkpointer | None = None) -> Outcome:
         """Train from ``self.step`` to the end; rank 0 records, every rank computes."""
         total, cfg = self.setup.total_steps, self.cfg
         eval_every = cfg.train.eval_every or self.setup.steps_per_epoch

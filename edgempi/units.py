@@ -8,7 +8,7 @@ FDA (``ctrl_bytes``), and *total* their sum. All are per-device means.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 # (word, column in the results file); total is the sum of the three.
 BYTES = (("up", "bytes_up"), ("down", "bytes_down"), ("control", "ctrl_bytes"))

@@ -34,8 +34,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from edgempi.progress import write_line
 
@@ -52,7 +53,7 @@ SETUP, TRAINING, DONE = range(3)  # before training, training (and closing), the
 
 _received: list[tuple[int, float]] = []  # (signal, when), in the order they came
 _wakeup: int | None = None  # the read end of the pipe the interpreter writes signals to
-_current: "Watchdog | None" = None
+_current: Watchdog | None = None
 
 
 # Rank 0's way to leave a run in order when the job is ended: ``leave(status, reason)`` marks
@@ -96,7 +97,7 @@ def pending() -> int:
     return _received[0][0] if _received else 0
 
 
-def start(comm: "Comm") -> "Watchdog":
+def start(comm: Comm) -> Watchdog:
     """Watch this rank from now on (right after MPI started); collective."""
     global _current
     _current = Watchdog(comm)
@@ -136,7 +137,7 @@ def completed() -> None:
         _current.enter(DONE)
 
 
-def abort(comm: "Comm", code: int = 1, quiet: bool = False) -> None:
+def abort(comm: Comm, code: int = 1, quiet: bool = False) -> None:
     """End every rank of the job now: the way a failure on one rank avoids a hang.
 
     The launcher forwards a rank's stderr through a pipe that it may stop draining once the
@@ -168,7 +169,7 @@ class Beat:
 class Watchdog:
     """This rank's watching thread and what it knows (see the module's docstring)."""
 
-    def __init__(self, comm: "Comm") -> None:
+    def __init__(self, comm: Comm) -> None:
         self.comm, self.rank = comm, comm.rank
         self.grace_s, self.stall_s, self.leave = 10.0, 0.0, None  # until a run's config says
         self.step_of: Callable[[], int] | None = None

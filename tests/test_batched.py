@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT, load_script, small_config
 from torch import nn
 
-from helpers import ROOT, load_script, small_config
 from edgempi import batched, models
 from edgempi.config import from_dict
 from edgempi.flat import FlatModel

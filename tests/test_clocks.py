@@ -12,7 +12,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from helpers import ROOT, edgempi, small_config, write_config
 
 CLOCKS = ("compute_s", "comm_s", "wall_s", "sim_s")

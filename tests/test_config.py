@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import edgempi, small_config, write_config
+
 from edgempi.config import ConfigError, from_dict, load
 
 BAD = [

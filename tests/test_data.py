@@ -135,6 +135,7 @@ def test_data_normalize_switch_reaches_training_and_evaluation(normalize):
     """``data.normalize: false`` trains and evaluates on x / 255 alone (the loader's ``normalize``
     is also the one evaluation applies); ``true`` is the data set's standardisation, as before."""
     from helpers import small_config
+
     from edgempi.config import from_dict
     from edgempi.train import Seeds, device_loader, load_dataset, make_partition
 

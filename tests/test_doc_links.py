@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT
 
 PAGES = sorted({ROOT / "README.md", ROOT / "results" / "README.md", ROOT / "slurm" / "README.md",

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from helpers import ROOT
+
 from edgempi import docs
 from edgempi.settings import one_of, require
 

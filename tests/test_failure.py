@@ -8,8 +8,8 @@ import sys
 import time
 
 import h5py
-
 from helpers import ROOT, child_env, kill_job, launch, mpiexec, small_config, wait_for_rows, write_config
+
 from edgempi.analysis.runs import read_run
 from edgempi.record import open_for_reading
 

@@ -15,9 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    ROOT,
+    child_env,
+    edgempi,
+    kill_job,
+    launch,
+    small_config,
+    wait_for_checkpoint,
+    wait_for_rows,
+    write_config,
+)
 
-from helpers import (ROOT, child_env, edgempi, kill_job, launch, small_config, wait_for_checkpoint, wait_for_rows,
-                     write_config)
 from edgempi import sweep as sw
 from edgempi.analysis.runs import read_run, read_status
 from edgempi.checkpoint import _sealed

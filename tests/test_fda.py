@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import small_config
+
 from edgempi.algorithms.fda import threshold
 from edgempi.algorithms.sketch import AmsSketch
 from edgempi.config import ConfigError, from_dict

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT, child_env, small_config
 
 from edgempi import runner
 from edgempi.comm import self_comm
 from edgempi.config import from_dict
-from helpers import ROOT, child_env, small_config
 
 # Faults per batched LeNet-5 step of 16 devices (forward and backward), after a warm-up.
 PROBE = """

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, child_env, small_config, write_config
 
 HEAVY = ("torch", "torchvision", "mpi4py")

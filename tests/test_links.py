@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import edgempi, small_config, write_config
+
 from edgempi.checkpoint import _commit_meta, _write_rank_file, remove
 from edgempi.record import OutputError, OutputLock, Recorder
 

@@ -49,6 +49,7 @@ def test_the_same_steps_as_torchs_optimizer(name, settings):
 @pytest.mark.parametrize("overrides,eps", [([], 1e-8), (["train.adam_eps=1e-7"], 1e-7)])
 def test_train_adam_eps_reaches_the_optimizer(overrides, eps):
     from helpers import small_config
+
     from edgempi import models
     from edgempi.config import from_dict
     from edgempi.flat import FlatModel

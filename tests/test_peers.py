@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FASHION, ROOT, load_script
 
 from edgempi import config
 from edgempi.comm import self_comm
 from edgempi.train import build, load_dataset, train
-from helpers import FASHION, ROOT, load_script
 
 PEERS = ROOT / "benchmarks" / "peers"
 sys.path.insert(0, str(PEERS))

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, child_env, mpiexec, small_config, write_config
+
 from edgempi.config import ConfigError, from_dict
 from edgempi.record import open_for_reading
 

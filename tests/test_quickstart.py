@@ -6,8 +6,8 @@ import json
 import h5py
 import pytest
 import yaml
-
 from helpers import FASHION, ROOT, edgempi, load_script
+
 from edgempi.record import EVAL_COLUMNS, SCHEMA, STEP_COLUMNS
 
 

@@ -8,8 +8,8 @@ import re
 
 import h5py
 import pytest
-
 from helpers import ROOT, edgempi, small_config, write_config
+
 from edgempi import algorithms
 
 README = ROOT / "results" / "README.md"

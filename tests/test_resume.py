@@ -8,8 +8,8 @@ import signal
 
 import numpy as np
 import pytest
-
 from helpers import edgempi, kill_job, launch, small_config, wait_for_checkpoint, wait_for_rows, write_config
+
 from edgempi.record import open_for_reading
 
 CLOCKS = {"wall_s", "sim_s", "compute_s", "comm_s"}

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
-
 from helpers import child_env, edgempi, mpiexec, small_config, write_config
-from edgempi.record import open_for_reading
+
 from edgempi.config import from_dict
+from edgempi.record import open_for_reading
 from edgempi.runner import results_path
 
 

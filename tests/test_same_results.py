@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import ROOT
 
 from edgempi.config import from_dict
-from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import same_results  # noqa: E402

@@ -6,13 +6,13 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import edgempi, small_config, write_config
 
 from edgempi.algorithms.fedbn import shared_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings
 from edgempi.config import from_dict
 from edgempi.models import create
 from edgempi.settings import ConfigError
-from helpers import edgempi, small_config, write_config
 
 DELTAS = [np.array([0.5, -1.0, 2.0, 0.0, 1e-4]), np.array([-0.25, -1.0, 1.0, 3.0, 0.0])]
 

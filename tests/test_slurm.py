@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import edgempi, small_config
 from test_resume import assert_same_history, tables
+
 from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,6 @@ import json
 import re
 
 import h5py
-
 from helpers import ROOT, edgempi
 
 CONFIG = str(ROOT / "benchmarks" / "configs" / "spatial.yaml")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from analysis.runfiles import write_run
+
 from edgempi import sweep as sw
 
 

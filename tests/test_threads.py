@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import child_env, mpiexec
+
 from edgempi.machine import cgroup_cpu_limit, fair_share
 
 PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.topology\nfrom edgempi.comm import Comm\n"
@@ -127,9 +127,10 @@ def test_available_memory_is_the_tightest_of_meminfo_and_the_cgroups(tmp_path: P
     (["train.optimizer=adam"], "model.name", "model of 61,706 values with gradient and optimizer state 987 kB"),
 ])
 def test_a_run_beyond_the_nodes_memory_is_refused_with_the_estimate(monkeypatch, overrides, key, part) -> None:
+    from helpers import small_config
+
     from edgempi import footprint
     from edgempi.config import from_dict
-    from helpers import small_config
 
     monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
     refusal = footprint.refusal(from_dict(small_config(), overrides), 2)
@@ -140,8 +141,9 @@ def test_a_run_beyond_the_nodes_memory_is_refused_with_the_estimate(monkeypatch,
 
 
 def test_threads_beyond_the_machine_are_refused_by_validate() -> None:
-    from edgempi.config import ConfigError, from_dict
     from helpers import small_config
+
+    from edgempi.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError, match=r"^train.threads: must be <= 4096, more cores than a node has"):
         from_dict(small_config(), ["train.threads=100000"])

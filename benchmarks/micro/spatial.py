@@ -23,7 +23,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -52,8 +52,8 @@ def _saved_bytes(step) -> int:
 
 def run(args: argparse.Namespace) -> None:
     from edgempi.comm import Comm
-    from edgempi.spatial import SpatialModel, spatial_vgg, split_front
     from edgempi.sim import Link
+    from edgempi.spatial import SpatialModel, spatial_vgg, split_front
     from edgempi.spatial.planner import measure_link, measure_profile, plan_groups, predict
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

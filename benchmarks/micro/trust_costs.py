@@ -4,10 +4,18 @@ at close, a results file read in process and through the guard. Median of N repe
 
     CPU=1 python benchmarks/micro/trust_costs.py [TMPDIR]   # CPU=1: process time, not wall time
 """
-import hashlib, io, os, statistics, sys, tempfile, time
+import hashlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 import torch
-from edgempi import models, checkpoint, record
+
+from edgempi import checkpoint, models, record
 from edgempi.flat import FlatModel
 
 CLOCK = time.process_time if os.environ.get("CPU") else time.perf_counter

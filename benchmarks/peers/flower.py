@@ -43,11 +43,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT)]
 
+from runs import Run, launch  # noqa: E402
+from workload import RANKS, edgempi_command, overrides  # noqa: E402
+
 from edgempi.config import ConfigError  # noqa: E402
 from edgempi.launch import mpiexec  # noqa: E402
 from edgempi.record import open_for_reading  # noqa: E402
-from runs import Run, launch  # noqa: E402
-from workload import RANKS, edgempi_command, overrides  # noqa: E402
 
 ENGINES = ("edgempi", "flower")
 SAME_ACCURACY = 0.005  # 50 test images of 10,000: float sums in another order, nothing more

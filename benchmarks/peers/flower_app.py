@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from flower_client import client
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
-
-from flower_client import client
 from workload import RANKS, Workload
 
 

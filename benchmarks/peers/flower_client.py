@@ -9,7 +9,6 @@ from functools import lru_cache
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-
 from workload import Workload
 
 client = ClientApp()

@@ -5,8 +5,9 @@ A method is one module: a :class:`MethodSettings` dataclass with its keys and ch
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class MethodSettings(Settings):
         """Devices that miss ``network.deadline_s`` can be left out of its exchanges."""
         return self.exchanges
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         one_of(self.eval_stats, ("average", "local"), "algorithm.eval_stats")
         require(cfg.compression.name == "none" or self.compresses is not None, "compression.name",
                 f"{self.name} does not compress (large_batch compresses gradients, fedavg updates)")
@@ -74,7 +75,7 @@ class FederatedSettings(MethodSettings):
     dropout: float = exclusive(0.0, "partial participation and dropouts are for methods that average weights")
     """The seeded probability that an asked device fails to report (it uploads nothing and adopts the average)."""
 
-    def check(self, cfg: "RunConfig") -> None:
+    def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(0 < self.participation <= 1, "algorithm.participation", "must be in (0, 1]")
         require(0 <= self.dropout < 1, "algorithm.dropout", "must be in [0, 1)")

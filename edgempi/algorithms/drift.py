@@ -5,8 +5,8 @@ end a round with one weight Allreduce; they differ only in the rule that decides
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
-
+from collections.abc import Iterator
+from typing import Any
 
 from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.held import HeldModel, exchanged_positions

@@ -6,7 +6,8 @@ one contiguous buffer, so the exchange is still one collective and the ledger co
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

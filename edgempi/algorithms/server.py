@@ -90,7 +90,7 @@ class ServerOptimizer:
         self.v = torch.zeros(dim) if self.bias_correction else torch.full((dim,), s.server_tau ** 2)
 
     @classmethod
-    def create(cls, settings: Any, dim: int) -> "ServerOptimizer | None":
+    def create(cls, settings: Any, dim: int) -> ServerOptimizer | None:
         """None where the server step is plain averaging (or the method has no server step)."""
         kind = getattr(settings, "server_optimizer", "none")
         if kind == "none" or (kind == "sgd" and settings.server_step_lr == 1 and settings.server_momentum == 0):

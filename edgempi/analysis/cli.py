@@ -12,7 +12,7 @@ from pathlib import Path
 from edgempi.analysis.info import info
 from edgempi.analysis.plot import METRICS, X_AXES, plot
 from edgempi.analysis.report import report
-from edgempi.analysis.runs import AXES, Run, RunReadError, find_files, load_runs
+from edgempi.analysis.runs import Run, RunReadError, find_files, load_runs
 from edgempi.settings import printable
 
 

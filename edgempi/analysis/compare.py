@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -73,7 +74,7 @@ def _at_default(run: Run, key: str) -> bool:
     return value == default or fmt_value(value) == fmt_value(default)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(method: str, compressor: str) -> dict[str, Any]:
     """The flattened default config of a run of this built-in method and compressor (the
     sections of one given by a dotted path left out)."""

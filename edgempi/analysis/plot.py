@@ -12,8 +12,9 @@ drawn at the left edge instead of vanishing at log(0).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

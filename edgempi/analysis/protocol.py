@@ -8,7 +8,7 @@ Runs scored differently answer different questions, so tables and figures refuse
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from edgempi.analysis.compare import (differing_keys, fmt_value, group, group_keys, matches, parse_selector,
-                                      short_names)
+from edgempi.analysis.compare import differing_keys, fmt_value, group, group_keys, matches, parse_selector, short_names
 from edgempi.analysis.protocol import DESCRIBED, charged, check_same, eval_model
 from edgempi.analysis.runs import Run, axis
 from edgempi.analysis.traffic import BYTE_AXES, traffic

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
+
 from edgempi import guard, yamltext
 from edgempi.settings import ConfigError, printable
 

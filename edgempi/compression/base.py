@@ -7,9 +7,9 @@ state: the memory (:mod:`.memory`) and the exchange (:mod:`.exchange`) are separ
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
-
+from typing import TYPE_CHECKING, ClassVar
 
 from edgempi.lazy import lazy_import
 from edgempi.settings import Settings, require
@@ -44,7 +44,7 @@ class CompressionSettings(Settings):
     def section(cls) -> str:
         return "compression"
 
-    def check(self, cfg: "RunConfig | None" = None) -> None:
+    def check(self, cfg: RunConfig | None = None) -> None:
         """The section's own values; which methods compress is the method's rule."""
         require(self.clip_norm >= 0.0, "compression.clip_norm",
                 f"must be >= 0 (0 turns local clipping off), got {self.clip_norm}")
@@ -55,7 +55,7 @@ class RatioSettings(CompressionSettings):
     ratio: float = 0.01
     """The fraction of elements kept."""
 
-    def check(self, cfg: "RunConfig | None" = None) -> None:
+    def check(self, cfg: RunConfig | None = None) -> None:
         super().check(cfg)
         require(0.0 < self.ratio <= 1.0, "compression.ratio",
                 f"must be in (0, 1] (the fraction of elements kept), got {self.ratio}")
@@ -86,7 +86,7 @@ class Compressor(ABC):
 
     @classmethod
     def from_settings(cls, settings: CompressionSettings, shapes: Sequence[Sequence[int]], seed: int,
-                      unbiased: bool) -> "Compressor":
+                      unbiased: bool) -> Compressor:
         """Build from the checked ``compression`` section; the run supplies the model layout
         (``shapes``), a seed, and whether the payload must be unbiased (no error feedback)."""
         return cls()

@@ -10,7 +10,7 @@ decoded value is bitwise the same; only the order of the sum over devices is tor
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from edgempi.lazy import lazy_import
 from edgempi.scratch import Scratch

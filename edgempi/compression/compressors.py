@@ -6,8 +6,8 @@ Hot paths work on whole flat vectors; the selection of ``topk`` runs in numpy be
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class TopK(Compressor):
 
     @classmethod
     def from_settings(cls, settings: TopKSettings, shapes: Sequence[Sequence[int]], seed: int,
-                      unbiased: bool) -> "TopK":
+                      unbiased: bool) -> TopK:
         return cls(settings.ratio, settings.warmup_epochs, settings.sample_ratio, seed=seed)
 
     def density(self, epoch: float) -> float:
@@ -179,7 +179,7 @@ class RandomK(Compressor):
 
     @classmethod
     def from_settings(cls, settings: RatioSettings, shapes: Sequence[Sequence[int]], seed: int,
-                      unbiased: bool) -> "RandomK":
+                      unbiased: bool) -> RandomK:
         return cls(settings.ratio, unbiased=unbiased, seed=seed)
 
     def chosen(self, numel: int, step: int) -> torch.Tensor:
@@ -241,7 +241,7 @@ class QSGD(Blockwise):
 
     @classmethod
     def from_settings(cls, settings: QSGDSettings, shapes: Sequence[Sequence[int]], seed: int,
-                      unbiased: bool) -> "QSGD":
+                      unbiased: bool) -> QSGD:
         return cls(settings.levels, settings.bucket_size, seed=seed)
 
     def __init__(self, levels: int = 127, bucket_size: int = 512, seed: int = 0) -> None:

@@ -7,7 +7,8 @@ through :class:`edgempi.comm.Comm`, whose ledger counts the real payload bytes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class GradientExchange:
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | CompressionSettings, comm: Comm,
                     shapes: Sequence[Sequence[int]], seed: int = 0, momentum: float = 0.0,
-                    dense_downlink: bool = False) -> "GradientExchange":
+                    dense_downlink: bool = False) -> GradientExchange:
         """Build from the ``compression`` config section (its settings, or a mapping).
 
         ``shapes``: the shapes of the tensors laid out in the flat vector, in order.

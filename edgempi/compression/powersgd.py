@@ -13,9 +13,8 @@ at ResNet-18 size, more than all the products together.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
-
 
 from edgempi.lazy import lazy_import
 from edgempi.registry import COMPRESSORS
@@ -69,7 +68,7 @@ class PowerSGD(Compressor):
 
     @classmethod
     def from_settings(cls, settings: PowerSGDSettings, shapes: Sequence[Sequence[int]], seed: int,
-                      unbiased: bool) -> "PowerSGD":
+                      unbiased: bool) -> PowerSGD:
         return cls(settings.rank, shapes=shapes, seed=seed)
 
     def __init__(self, rank: int = 4, shapes: Sequence[Sequence[int]] | None = None, seed: int = 0) -> None:

@@ -15,8 +15,9 @@ resumed run drifts at the same steps. The test labels of each device follow its 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

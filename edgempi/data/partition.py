@@ -6,7 +6,8 @@ config holds under ``data.partition_args``; error messages name them there.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -236,7 +237,7 @@ def format_counts(table: np.ndarray) -> str:
     return "\n".join([over.rstrip(), *lines])
 
 
-def counts_figure(table: np.ndarray, title: str = "") -> "Figure":
+def counts_figure(table: np.ndarray, title: str = "") -> Figure:
     """A devices × classes heat map whose colours start at zero samples, so an IID split, whose
     counts differ by a few percent, looks even instead of a checkerboard of noise; ``title``
     names the data set and split (:func:`edgempi.data.names.title`)."""

@@ -13,9 +13,10 @@ import gzip
 import math
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 
@@ -248,7 +249,7 @@ def cifar10(opts: LoadOptions) -> Dataset:
     except Exception as exc:  # network errors come in many types
         raise DataError(f"cifar10 in {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
-    def tensors(ds: "torchvision.datasets.CIFAR10") -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(ds: torchvision.datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
         if ds.data.shape[1:] != (32, 32, 3) or len(ds.data) != len(ds.targets) or max(ds.targets, default=0) >= 10:
             raise DataError(f"cifar10 in {target}: {'training' if ds.train else 'test'} batches hold "
                             f"{ds.data.shape} images for {len(ds.targets)} labels (expected [N, 32, 32, 3], labels < 10)")

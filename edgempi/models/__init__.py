@@ -7,7 +7,8 @@ it imports torch, which checking a config must not.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from edgempi.lazy import lazy_import
 from edgempi.registry import MODELS

@@ -24,7 +24,7 @@ def _summed(comm: Comm, local: torch.Tensor) -> torch.Tensor:
 
 class _SyncBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, module: "SyncBatchNorm"
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, module: SyncBatchNorm
                 ) -> torch.Tensor:
         dims = [0, *range(2, x.dim())]
         channels = x.shape[1]

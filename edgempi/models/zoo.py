@@ -5,7 +5,7 @@ refuses, with a one-line ValueError, inputs it cannot take.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class Clock:
         self._paused = False
 
     @classmethod
-    def for_devices(cls, network: NetworkConfig, seed: int, devices: int, first: int, local: int) -> "Clock":
+    def for_devices(cls, network: NetworkConfig, seed: int, devices: int, first: int, local: int) -> Clock:
         """The clock of devices ``first … first + local − 1`` of ``devices``, modelled as ``network``
         says with the draws of ``seed`` (the same on every rank)."""
         links = device_links(network, seed, devices)

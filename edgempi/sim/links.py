@@ -25,7 +25,7 @@ class Link:
     step_s: float | None = None
 
     @classmethod
-    def symmetric(cls, bytes_per_s: float, latency_s: float) -> "Link":
+    def symmetric(cls, bytes_per_s: float, latency_s: float) -> Link:
         """A link as fast both ways (e.g. one measured between two ranks)."""
         return cls(bytes_per_s, bytes_per_s, latency_s)
 

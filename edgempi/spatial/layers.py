@@ -118,7 +118,7 @@ class Step:
 
     @classmethod
     def at_borders(cls, module: nn.Module, take: tuple[slice, slice], rows: tuple[int, int],
-                   cols: tuple[int, int], own: tuple[slice, slice], positions: int) -> "Step":
+                   cols: tuple[int, int], own: tuple[slice, slice], positions: int) -> Step:
         """A step padding ``rows`` (top, bottom) and ``cols`` (left, right) at true borders."""
         sym = [a == b for a, b in (rows, cols)]
         pad = (0, 0) if sym[1] else cols, (0, 0) if sym[0] else rows

@@ -23,7 +23,6 @@ from edgempi.comm import Comm
 from edgempi.spatial.geometry import Box, GroupPlan, Window, intersect, plan_front, width
 from edgempi.spatial.layers import Step, windows
 
-
 ORIGIN: Box = ((0, 0), (0, 0))
 
 

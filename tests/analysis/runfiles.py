@@ -6,8 +6,9 @@ column, root attributes), so the analysis is tested against the schema, not the 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np

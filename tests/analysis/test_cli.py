@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 import pytest
+from runfiles import config, eval_curve, write_run
 
 from edgempi.analysis import cli
-from runfiles import config, eval_curve, write_run
 
 
 def parse(add, argv: list[str]) -> argparse.Namespace:

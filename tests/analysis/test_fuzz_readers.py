@@ -13,12 +13,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from runfiles import config as run_config
+from runfiles import eval_curve, write_run
+from test_fuzz import KEY, VALUES, nested, one_line_value_error
 
 from edgempi.analysis import info, load_runs
 from edgempi.analysis.compare import differing_keys, run_label
 from edgempi.analysis.report import report
-from runfiles import config as run_config, eval_curve, write_run
-from test_fuzz import KEY, VALUES, nested, one_line_value_error
 
 FILES = settings(max_examples=40, deadline=timedelta(seconds=10), suppress_health_check=[HealthCheck.too_slow])
 STORED = VALUES | st.dictionaries(KEY, VALUES, max_size=6).map(lambda p: yaml.safe_dump(nested(p))) | st.text(

@@ -7,10 +7,10 @@ import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from runfiles import config, eval_curve, legend, stored, write_run
 
 from edgempi.analysis import load_runs, plot
 from edgempi.analysis.plot import figure
-from runfiles import config, eval_curve, legend, stored, write_run
 
 
 @pytest.fixture

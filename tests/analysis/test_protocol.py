@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runfiles import append, config, create, eval_curve, step_curve, write_run
 
 from edgempi.analysis import load_runs, plot, report
 from edgempi.analysis.report import to_target
-from runfiles import append, config, create, eval_curve, step_curve, write_run
 
 SYNC = 250_000  # bytes one device sends (and receives) in a weight sync
 

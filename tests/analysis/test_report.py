@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runfiles import OLD_EVAL_COLUMNS, config, eval_curve, step_curve, stored, write_run
 
 from edgempi.analysis import load_runs, report
 from edgempi.analysis.report import to_target
-from runfiles import OLD_EVAL_COLUMNS, config, eval_curve, step_curve, stored, write_run
 
 
 @pytest.fixture

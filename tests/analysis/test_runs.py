@@ -9,9 +9,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from runfiles import append, config, create, eval_curve, write_run
 
 from edgempi.analysis import info, load_runs, tidy
-from runfiles import append, config, create, eval_curve, write_run
 
 
 def test_reads_tables_and_flattens_config(tmp_path: Path) -> None:

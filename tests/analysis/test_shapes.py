@@ -6,12 +6,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from runfiles import config, eval_curve, legend, write_run
+from test_cli import parse
 
 from edgempi.analysis import cli, load_runs
 from edgempi.analysis.plot import figure
 from edgempi.analysis.report import report
-from runfiles import config, eval_curve, legend, write_run
-from test_cli import parse
 
 SPATIAL = {"mode": "spatial", "grid": [1, 2], "layers": 2, "groups": [[0, 0], [1, 1]], "devices_per_rank": 1,
            "batched": "auto"}

@@ -4,14 +4,13 @@ compare the new path with. Not registered: the tests build them directly."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from edgempi.compression.base import Compressor, Payload
-from edgempi.scratch import Scratch as _Scratch
 from edgempi.compression.compressors import QSGD, TopK
+from edgempi.scratch import Scratch as _Scratch
 
 
 class OldTopK(TopK):

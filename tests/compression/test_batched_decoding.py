@@ -9,10 +9,9 @@ import math
 
 import pytest
 import torch
+from old_codecs import OldQSGD, OldSignSGD, OldTopK
 
 from edgempi.compression import Compressor, Payload, create
-
-from old_codecs import OldQSGD, OldSignSGD, OldTopK
 
 QSGD_SETTINGS = [(127, 512), (127, 64), (7, 512), (5, 100), (1, 512), (1, 3)]
 NUMELS = [1, 1003, 70_001, 140_000]  # a short last byte and bucket; one, two and three blocks

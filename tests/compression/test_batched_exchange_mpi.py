@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from old_codecs import OldQSGD, OldSignSGD, OldTopK
 
 from edgempi.comm import Comm
 from edgempi.compression import Compressor, GradientExchange, create
-from old_codecs import OldQSGD, OldSignSGD, OldTopK
 
 NUMEL = 70_001  # two blocks, a short last bucket and a short last byte
 CASES = {

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from edgempi.comm import self_comm
-from edgempi.compression import (ErrorFeedback, GradientExchange, MomentumCorrection, build_compressor,
-                                 create, payload_bytes, validate)
+from edgempi.compression import (
+    ErrorFeedback,
+    GradientExchange,
+    MomentumCorrection,
+    build_compressor,
+    create,
+    payload_bytes,
+    validate,
+)
 
 SHAPES = [(8, 5), (6, 3, 2, 2), (7,), (4, 9)]
 NUMEL = sum(math.prod(s) for s in SHAPES)

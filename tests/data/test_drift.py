@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import edgempi, small_config, write_config
 
 from edgempi.comm import self_comm
 from edgempi.config import from_dict
@@ -11,7 +12,6 @@ from edgempi.data.drift import DriftConfig, DriftSchedule
 from edgempi.record import open_for_reading
 from edgempi.settings import ConfigError
 from edgempi.train import build
-from helpers import edgempi, small_config, write_config
 
 DRIFT = ["algorithm.name=fedavg", "algorithm.local_steps=4", "train.steps=20"]
 

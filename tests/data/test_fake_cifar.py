@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from torchvision.datasets import CIFAR10
-
 from fake_cifar import LABEL_NAMES, skip_cifar10_checksums, write_fake_cifar10
+from torchvision.datasets import CIFAR10
 
 
 @pytest.mark.parametrize("train", [True, False])

@@ -7,16 +7,15 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pathlib import Path
+from test_data import make_idx_folder, write_idx
 
 from edgempi import data
 from edgempi.data import inflated
 from edgempi.data.sources import DataError
-from test_data import make_idx_folder, write_idx
 
 IMAGES = "train-images-idx3-ubyte.gz"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from edgempi import data
-from helpers import ROOT
 
 # MD5 of the uncompressed files of the original release (../shared/datasets/README.md).
 MD5 = {"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

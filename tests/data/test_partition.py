@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import small_config, write_config
 
 from edgempi import cli, data
 from edgempi.data.names import split_name, title
-from edgempi.data.partition import (DIRICHLET_TRIES, SCHEMES, counts, counts_figure, format_counts, partition,
-                                    plot_counts)
-from helpers import small_config, write_config
+from edgempi.data.partition import (
+    DIRICHLET_TRIES,
+    SCHEMES,
+    counts,
+    counts_figure,
+    format_counts,
+    partition,
+    plot_counts,
+)
 
 LABELS = np.random.default_rng(0).integers(0, 10, 6000)
 DEVICES = 10

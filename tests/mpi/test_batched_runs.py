@@ -12,12 +12,13 @@ import copy
 
 import pytest
 import torch
-
 from helpers import small_config
+from test_devices import COMMON as DEVICES_COMMON
+from test_devices import assert_same_rows
+
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Trainer, build
-from test_devices import COMMON as DEVICES_COMMON, assert_same_rows
 
 pytestmark = pytest.mark.mpi(min_size=1)
 COMMON = [*DEVICES_COMMON, "parallel.devices_per_rank=3"]

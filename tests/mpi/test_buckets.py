@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_config
 from torch import nn
 
-from helpers import small_config
 from edgempi import algorithms
 from edgempi.algorithms.buckets import GradientBuckets, bucket_bounds
 from edgempi.comm import Comm

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_methods import LENET, run, same_on_all_ranks
 
 from edgempi.algorithms.large_batch import LargeBatch
 from edgempi.comm import Comm, self_comm
 from edgempi.sim import Deadline, Jitter, device_links
 from edgempi.train import Seeds, build
-from test_methods import LENET, run, same_on_all_ranks
 
 pytestmark = pytest.mark.mpi(min_size=4)
 EXACT = ("step", "rounds", "bytes_up", "bytes_down", "ctrl_bytes")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_methods import LENET, run, same_on_all_ranks
 
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.dynamic import Dynamic
 from edgempi.algorithms.fda import FDA, SketchState
 from edgempi.comm import Comm
-from test_methods import LENET, run, same_on_all_ranks
 
 pytestmark = pytest.mark.mpi(min_size=2)
 STATE_BYTES = {"naive": 4, "linear": 8, "sketch": 4 + 4 * 5 * 250}

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import small_config
 
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.evaluate import evaluate
 from edgempi.train import Trainer, build
-from helpers import small_config
 
 pytestmark = pytest.mark.mpi(min_size=2)
 EVERY_STEP = ["train.steps=14", "train.eval_every=1", "train.log_every=7", "data.partition=dirichlet",

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import small_config
+from test_methods import run, same_on_all_ranks
 
 from edgempi.algorithms.fedbn import shared_positions
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Trainer, build
-from helpers import small_config
-from test_methods import run, same_on_all_ranks
 
 pytestmark = pytest.mark.mpi(min_size=2)
 ROUND = ["algorithm.name=fedavg", "algorithm.local_steps=4", "data.partition=dirichlet", "data.alpha=0.3"]

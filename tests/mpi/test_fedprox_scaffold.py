@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import small_config
+from test_methods import LENET, run
 
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Trainer, build
-from helpers import small_config
-from test_methods import LENET, run
 
 pytestmark = pytest.mark.mpi(min_size=2)
 NONIID = ["train.steps=24", "algorithm.local_steps=4", "data.partition=dirichlet", "data.alpha=0.3"]

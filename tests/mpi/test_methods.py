@@ -10,8 +10,8 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-
 from helpers import small_config
+
 from edgempi import data
 from edgempi.algorithms.base import participants
 from edgempi.algorithms.fedavg import FedAvg

@@ -3,8 +3,9 @@ config by dotted paths (``data.name: my_plugins:stripes`` with this folder on PY
 Nothing in the edgempi package is edited or registered."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -6,11 +6,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from fronts import GROUPINGS, SIZE, mixed_front
 from torch import nn
 
 from edgempi.spatial.geometry import Window, check_groups, plan_axis, plan_front, split, width
 from edgempi.spatial.layers import windows
-from fronts import GROUPINGS, SIZE, mixed_front
 
 
 @pytest.mark.parametrize("n,k,s,p,d", [(n, k, s, p, d) for n, k, s, p, d in itertools.product(

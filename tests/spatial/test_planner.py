@@ -4,11 +4,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
-from edgempi.spatial.layers import NORMS, is_windowed, windows
-from edgempi.sim import Link
-from edgempi.spatial.planner import Profile, plan_groups, predict
 from fronts import SIZE, mixed_front
+
+from edgempi.sim import Link
+from edgempi.spatial.layers import NORMS, is_windowed, windows
+from edgempi.spatial.planner import Profile, plan_groups, predict
 
 
 def _profile(size: tuple[int, int] = SIZE) -> Profile:

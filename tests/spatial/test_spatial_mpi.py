@@ -11,11 +11,11 @@ import copy
 
 import pytest
 import torch
+from fronts import GROUPINGS, SIZE, mixed_front, tail
 from torch import nn
 
 from edgempi.comm import Comm
 from edgempi.spatial import SpatialModel, spatial_groups
-from fronts import GROUPINGS, SIZE, mixed_front, tail
 
 TOL = 1e-8
 GRIDS = [(1, 2), (2, 1), (2, 2), (1, 3)]
