@@ -62,8 +62,9 @@ def expand(grid: dict, folder: Path, devices: list[int], partitions: list[str], 
             for values in itertools.product(*axes.values()):
                 point = [f"{key}={value}" for key, value in zip(axes, values)]
                 label = ",".join(p.split(".", 1)[1] for p in point)
-                runs.append(Run(partition, k, method, label, [*grid["partitions"][partition], *spec.get("set", []), *point],
-                                folder / spec.get("config", grid.get("base", ""))))
+                overrides = [*grid["partitions"][partition], *spec.get("set", []), *point]
+                config = folder / spec.get("config", grid.get("base", ""))
+                runs.append(Run(partition, k, method, label, overrides, config))
     return runs
 
 
@@ -105,13 +106,93 @@ def reached(path: Path, devices: int, target: float, strict: bool = False) -> di
         syncs, up = float(run.evals["rounds"][at]), float(run.evals["bytes_up"][at])
         per_sync = up / syncs if syncs else 0.0  # 4·d bytes a device sends in one dense sync
         row.update(step=float(run.evals["step"][at]), rounds=syncs,
-                   model_bytes=(cost["bytes_up"] + cost["bytes_down"]) * devices, ctrl_bytes=cost["ctrl_bytes"] * devices,
+                   model_bytes=(cost["bytes_up"] + cost["bytes_down"]) * devices,
+                   ctrl_bytes=cost["ctrl_bytes"] * devices,
                    paper_bytes=(syncs + 1) * 2 * devices * per_sync + cost["ctrl_bytes"] * devices)
     return row
 
 
 def fmt_bytes(b: float) -> str:
     return f"{b / 1e6:,.1f} MB" if b >= 1e5 else f"{b / 1e3:,.1f} kB"
+
+
+Best = dict[tuple[str, int, str], dict[str, float | str]]
+
+
+def cheapest(runs: list[Run], out: Path, target: float, strict: bool) -> Best:
+    """Per (partition, K, method): the grid point that reached the target with the fewest bytes."""
+    best: Best = {}
+    for run in runs:
+        path = out / f"{run.name}.h5"
+        r = reached(path, run.devices, target, strict) if completed(path) else {}
+        if "step" in r:
+            total = r["model_bytes"] + r["ctrl_bytes"]
+            key = (run.partition, run.devices, run.method)
+            if key not in best or total < float(best[key]["total"]):
+                best[key] = {"total": total, "step": r["step"], "point": run.point, "paper_bytes": r["paper_bytes"]}
+    return best
+
+
+def relative(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...], strict: bool
+             ) -> dict[tuple[str, str], tuple[float, float] | None]:
+    """Per (partition, method other than the baselines): how many times fewer bytes and steps it
+    needs to reach the target than the cheapest baseline (the bytes winner), each at its own best
+    grid point; None where either never reached it."""
+    best = cheapest(runs, out, target, strict)
+    found: dict[tuple[str, str], tuple[float, float] | None] = {}
+    for run in runs:
+        if run.method.startswith(baselines) or not completed(out / f"{run.name}.h5"):
+            continue
+        key = (run.partition, run.devices)
+        base = min((b for (p, k, m), b in best.items() if (p, k) == key and m.startswith(baselines)),
+                   key=lambda b: float(b["total"]), default=None)
+        mine = best.get((*key, run.method))
+        found[(run.partition, run.method)] = None if base is None or mine is None else (
+            float(base["total"]) / float(mine["total"]), float(base["step"]) / float(mine["step"]))
+    return found
+
+
+def figure(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...], strict: bool, path: Path) -> None:
+    """Bars of ``relative`` per partition, bytes left and steps right, on a log axis around 1:
+    above the line, the method beats the best tuned baseline."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = relative(runs, out, target, baselines, strict)
+    partitions = list(dict.fromkeys(p for p, _ in ratios))
+    methods = list(dict.fromkeys(m for _, m in ratios))
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8), layout="constrained", sharey=True)
+    width = 0.8 / max(len(methods), 1)
+    for column, (ax, label) in enumerate(zip(axes, ("× fewer bytes", "× fewer steps"))):
+        for (partition, method), pair in ratios.items():
+            i = methods.index(method)
+            x = partitions.index(partition) + (i - (len(methods) - 1) / 2) * width
+            if pair is None:
+                ax.text(x, 1, "not reached", ha="center", va="bottom", fontsize=6, rotation=90)
+                continue
+            ratio = pair[column]
+            ax.bar(x, ratio - 1, width, bottom=1, color=f"C{i}",
+                   label=method if column == 0 and partition == partitions[0] else None)
+            ax.text(x, ratio, f"{ratio:.2g}", ha="center", va="bottom" if ratio >= 1 else "top", fontsize=6)
+        ax.axhline(1, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(partitions)), partitions, fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{label} than the best baseline", fontsize=8)
+    values = [v for pair in ratios.values() if pair for v in pair] or [1.0]
+    span = max(max(values), 1 / min(values), 2.0) * 1.5
+    axes[0].set_ylim(1 / span, span)
+    axes[0].set_yticks([t for t in 2.0 ** np.arange(-8, 9) if 1 / span <= t <= span])
+    axes[0].yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    rule = ">" if strict else "≥"
+    fig.legend(loc="outside lower center", ncols=len(methods), fontsize=7, frameon=False)
+    fig.suptitle(f"to test accuracy {rule} {target:.0%}, K = {runs[0].devices}; baselines: {', '.join(baselines)}",
+                 fontsize=8)
+    fig.savefig(path, dpi=200)
+    print(f"fda_repro: wrote {path}")
 
 
 def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] = ("fedavg",), strict: bool = False,
@@ -122,30 +203,29 @@ def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] 
     lines = [f"Target: the first test accuracy {rule} {target:.1%}; bytes = up + down summed over all devices "
              "(model = weight/gradient exchanges, ctrl = FDA state / violation counts), as `edgempi report` "
              "counts them; paper = the FDA paper's convention, (syncs + 1) × 2·K·4·d + ctrl.", "",
-             "| partition | K | method | point | steps to target | syncs | model bytes | ctrl bytes | total | paper | best acc |",
+             "| partition | K | method | point | steps to target | syncs | model bytes | ctrl bytes | total | paper "
+             "| best acc |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    best: dict[tuple[str, int, str], dict[str, float | str]] = {}
     for run in runs:
         path = out / f"{run.name}.h5"
         if not completed(path):
             continue
         r = reached(path, run.devices, target, strict)
         if "step" in r:
-            total = r["model_bytes"] + r["ctrl_bytes"]
-            cells = [f"{int(r['step'])}", f"{int(r['rounds'])}", fmt_bytes(r["model_bytes"]), fmt_bytes(r["ctrl_bytes"]),
-                     fmt_bytes(total), fmt_bytes(r["paper_bytes"])]
-            key = (run.partition, run.devices, run.method)
-            if key not in best or total < best[key]["total"]:
-                best[key] = {"total": total, "step": r["step"], "point": run.point, "paper_bytes": r["paper_bytes"]}
+            cells = [f"{int(r['step'])}", f"{int(r['rounds'])}",
+                     *map(fmt_bytes, (r["model_bytes"], r["ctrl_bytes"], r["model_bytes"] + r["ctrl_bytes"],
+                                      r["paper_bytes"]))]
         else:
             cells = ["not reached", "", "", "", "", ""]
         lines.append(f"| {run.partition} | {run.devices} | {run.method} | {run.point or '-'} | {' | '.join(cells)} "
                      f"| {r['best_acc']:.4f} |")
+    best = cheapest(runs, out, target, strict)
     names = " / ".join(baselines)
     lines += ["", "Cheapest grid point per method (bytes to the target), and how many times fewer bytes "
               f"than the cheapest of {names} and than the synchronous reference"
               + ("; the paper's figure and ours in its convention:" if paper else ":"), "",
-              f"| partition | K | method | point | steps | total bytes | × fewer than {names} | × fewer than synchronous"
+              f"| partition | K | method | point | steps | total bytes | × fewer than {names} "
+              "| × fewer than synchronous"
               + (" | paper | ours (paper's convention) | ours / paper |" if paper else " |"),
               "| --- " * (11 if paper else 8) + "|"]
     for (partition, k, method), b in sorted(best.items(), key=lambda kv: (kv[0][:2], kv[1]["total"])):
@@ -187,6 +267,8 @@ def main() -> None:
     p.add_argument("--target", type=float, help="test accuracy to reach (default: the grid's target, else 0.85)")
     p.add_argument("--table-only", action="store_true", help="do not run, tabulate the files present")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p.add_argument("--figure", type=Path, metavar="FILE.png", help="also draw each method's bytes and steps to the "
+                   "target relative to the best baseline, per partition")
     args = p.parse_args()
 
     grid = yaml.safe_load(args.grid.read_text())
@@ -194,9 +276,11 @@ def main() -> None:
     runs = [r for r in runs if not args.points or not r.point or r.point in args.points]
     target = args.target if args.target is not None else grid.get("target", 0.85)
     strict = bool(grid.get("strict", False))
-    stop_at = round(target + 1e-4, 10) if strict else target  # accuracies are multiples of 1e-4 on a 10,000-image test set
+    # accuracies are multiples of 1e-4 on a 10,000-image test set
+    stop_at = round(target + 1e-4, 10) if strict else target
     if args.dry_run:
-        print("\n".join(f"{r.name}: {shlex.join(command(r, args.out, args.set, args.max_ranks, stop_at))}" for r in runs))
+        for r in runs:
+            print(f"{r.name}: {shlex.join(command(r, args.out, args.set, args.max_ranks, stop_at))}")
         return
     if not args.table_only:
         for run in runs:
@@ -205,7 +289,10 @@ def main() -> None:
     if not any(completed(args.out / f"{run.name}.h5") for run in runs):
         sys.exit(f"fda_repro: none of the {len(runs)} runs asked for has a completed file in {args.out}"
                  + (": run without --table-only first" if args.table_only else ""))
-    print(table(runs, args.out, target, tuple(grid.get("baselines", ["fedavg"])), strict, grid.get("paper")))
+    baselines = tuple(grid.get("baselines", ["fedavg"]))
+    print(table(runs, args.out, target, baselines, strict, grid.get("paper")))
+    if args.figure:
+        figure(runs, args.out, target, baselines, strict, args.figure)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_script(path: Path):
-    """A benchmark script (not a package module) imported from its file, to call its functions."""
+    """A benchmark script (not a package module) imported from its file, to call its functions.
+    It is registered in sys.modules first, as an import would, so its dataclasses can resolve."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
