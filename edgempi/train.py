@@ -193,10 +193,10 @@ class Trainer:
     """The loop and the little state it carries between steps (what a checkpoint saves)."""
 
     def __init__(self, setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
-                 loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
+                 progress: bool = False) -> None:
         self.setup, self.comm, self.cfg, self.flat, self.clock = setup, comm, setup.cfg, setup.flat, setup.clock
         self.recorder = recorder or NullRecorder()
-        self.loaders = [loader] if loader is not None else setup.loaders
+        self.loaders = setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
         policy = algorithms.policy_class(setup.cfg.algorithm.name)
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
@@ -353,12 +353,6 @@ class Trainer:
         self.clock.load_state_dict(state["clock"])
         torch.set_rng_state(state["torch_rng"])
         self.wall_before = state["wall_s"]
-
-
-def train(setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
-          loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> Outcome:
-    """Run the configured method from the start to the end."""
-    return Trainer(setup, comm, recorder, loader, progress).run()
 
 
 def tables(setup: Setup) -> dict[str, tuple[str, ...]]:

@@ -17,7 +17,7 @@ from helpers import FASHION, ROOT, load_script
 
 from edgempi import config
 from edgempi.comm import self_comm
-from edgempi.train import build, load_dataset, train
+from edgempi.train import Trainer, build, load_dataset
 
 PEERS = ROOT / "benchmarks" / "peers"
 sys.path.insert(0, str(PEERS))
@@ -73,7 +73,7 @@ def test_flower_clients_averaged_end_where_edgempi_fedavg_ends(one_thread):
     cfg = config.load(CONFIG, overrides(2, 2, ranks=1))  # both devices on this one rank
     dataset = load_dataset(cfg)
     setup = build(cfg, self_comm(), dataset)
-    outcome = train(setup, self_comm())
+    outcome = Trainer(setup, self_comm()).run()
     work = Workload(2, 2, dataset)
     assert work.cfg.train == cfg.train and work.cfg.algorithm == cfg.algorithm
     model = work.initial_model()

@@ -17,7 +17,7 @@ from edgempi.algorithms.buckets import GradientBuckets, bucket_bounds
 from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.flat import FlatModel
-from edgempi.train import build, train
+from edgempi.train import Trainer, build
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -25,7 +25,7 @@ def run(overrides: list[str]):
     cfg = from_dict(small_config(), overrides)
     comm = Comm()
     setup = build(cfg, comm)
-    return setup, train(setup, comm), comm
+    return setup, Trainer(setup, comm).run(), comm
 
 
 @pytest.mark.parametrize("extra", [[], ["model.norm=batch", "train.momentum=0.9", "train.weight_decay=1e-3"]],

@@ -17,17 +17,30 @@ from edgempi.algorithms.base import participants
 from edgempi.algorithms.fedavg import FedAvg
 from edgempi.comm import Comm, self_comm
 from edgempi.config import from_dict
-from edgempi.train import Seeds, build, device_loader, train
+from edgempi.train import Seeds, Trainer, build, device_loader
 
 pytestmark = pytest.mark.mpi(min_size=2)
 LENET = 61_706
 
 
-def run(overrides: list[str], comm: Comm | None = None, **kw):
+def run(overrides: list[str], comm: Comm | None = None):
     cfg = from_dict(small_config(), overrides)
     comm = comm or Comm()
     setup = build(cfg, comm)
-    return setup, train(setup, comm, **kw), comm
+    return setup, Trainer(setup, comm).run(), comm
+
+
+class ConcatLoader:
+    """Several devices' batches joined into one: the centralized twin of a data-parallel run."""
+
+    def __init__(self, loaders: list[data.DeviceLoader]) -> None:
+        self.loaders = loaders
+        self.normalize = loaders[0].normalize
+        self.relabel = loaders[0].relabel
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = zip(*(loader.batch(step) for loader in self.loaders))
+        return torch.cat(images), torch.cat(labels)
 
 
 def same_on_all_ranks(comm: Comm, tensor: torch.Tensor) -> bool:
@@ -42,8 +55,8 @@ def centralized_twin(overrides: list[str], devices: int) -> torch.Tensor:
     setup = build(cfg, self_comm(), dataset=None)
     seeds = Seeds.from_seed(cfg.seed, devices)
     parts = data.partition(setup.dataset.train_y.numpy(), devices, cfg.data.partition, seeds.partition)
-    loader = data.ConcatLoader([device_loader(dist_cfg, setup.dataset, parts, seeds, d) for d in range(devices)])
-    return train(setup, self_comm(), loader=loader).storage.clone()
+    setup.loaders = [ConcatLoader([device_loader(dist_cfg, setup.dataset, parts, seeds, d) for d in range(devices)])]
+    return Trainer(setup, self_comm()).run().storage.clone()
 
 
 def test_large_batch_equals_centralized_with_k_times_the_batch():
@@ -142,9 +155,9 @@ def test_spatial_mode_trains_like_one_device():
     spatial = from_dict(cfg, ["parallel.mode=spatial", "parallel.grid=[1, 2]", "parallel.layers=14",
                               "parallel.groups=[[0, 6], [7, 13]]"])
     setup = build(spatial, pair)
-    outcome = train(setup, pair)
+    outcome = Trainer(setup, pair).run()
     reference = from_dict(cfg, ["algorithm.name=centralized"])
-    single = train(build(reference, self_comm()), self_comm())
+    single = Trainer(build(reference, self_comm()), self_comm()).run()
     assert torch.allclose(outcome.storage, single.storage, rtol=0, atol=1e-6), \
         float((outcome.storage - single.storage).abs().max())
     assert [r["test_acc"] for r in outcome.evals] == pytest.approx([r["test_acc"] for r in single.evals], abs=1e-6)
