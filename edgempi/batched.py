@@ -58,7 +58,7 @@ def why_not(cfg: Any, model: nn.Module | None) -> str | None:
         return "parallel.batched is off"
     if cfg.parallel.devices_per_rank == 1:
         return "one device per rank"
-    if not cfg.algorithm.batches:
+    if cfg.algorithm.capabilities.device_hook:
         return f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
     if model is None:
         return f"model {cfg.model.name!r} could not be built to be checked"
@@ -194,11 +194,8 @@ class BatchedSteps:
         bank.stepped[devices] = True
 
 
-def create(cfg: Any, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, clock: Any,
-           per_device_hook: bool) -> tuple[BatchedSteps | None, str | None]:
-    """The batched steps of this run, or None and why the loop trains its devices
-    (``per_device_hook``: the method's policy overrides ``before_device_step``)."""
+def create(cfg: Any, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer,
+           clock: Any) -> tuple[BatchedSteps | None, str | None]:
+    """The batched steps of this run, or None and why the loop trains its devices."""
     reason = why_not(cfg, flat.model) if bank.count > 1 else "one device per rank"
-    if reason is None and per_device_hook:
-        reason = f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
     return (None, reason) if reason else (BatchedSteps(flat, bank, optimizer, clock), None)

@@ -210,7 +210,7 @@ class ParallelConfig:
     def check(self, cfg: RunConfig) -> None:
         one_of(self.mode, ("data", "spatial"), "parallel.mode")
         if self.mode == "spatial":
-            require(cfg.algorithm.spatial, "parallel.mode",
+            require(cfg.algorithm.capabilities.spatial, "parallel.mode",
                     f"spatial partitioning trains with algorithm.name=large_batch, not {cfg.algorithm.name}")
             require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
             require(self.layers >= 1, "parallel.layers", "must be >= 1")
@@ -220,9 +220,9 @@ class ParallelConfig:
             require(cfg.network.jitter == 0, "network.jitter", "per-round variation is not modelled in spatial mode")
         require(self.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
         if self.devices_per_rank > 1:
-            require(self.mode == "data" and cfg.algorithm.virtual_devices and cfg.compression.name == "none",
-                    "parallel.devices_per_rank", "several devices per rank are for data-parallel methods "
-                    "(not centralized) without compression or sync_bn")
+            require(self.mode == "data" and cfg.algorithm.capabilities.virtual_devices
+                    and cfg.compression.name == "none", "parallel.devices_per_rank",
+                    "several devices per rank are for data-parallel methods (not centralized) without compression")
         one_of(self.batched, BATCHED, "parallel.batched")
         if self.batched == "on":  # as FedBN's check: only this setting builds the model to check it
             from edgempi import batched, models

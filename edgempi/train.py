@@ -198,15 +198,14 @@ class Trainer:
         self.recorder = recorder or NullRecorder()
         self.loaders = setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
-        policy = algorithms.policy_class(setup.cfg.algorithm.name)
-        self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
+        policy, self.capabilities = algorithms.policy_class(setup.cfg.algorithm.name), setup.cfg.algorithm.capabilities
+        self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), self.capabilities.exchanges_gradients)
         # parallel.batched: the devices' steps as one computation, or (None) the loop below, and why
-        hook = policy.before_device_step is not algorithms.Policy.before_device_step
         self.batched, self.unbatched_because = batched.create(setup.cfg, setup.flat, self.bank, setup.optimizer,
-                                                              setup.clock, hook)
+                                                              setup.clock)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
                                                setup.optimizer, self.bank, setup.group_reduce, setup.clock))
-        if policy.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
+        if self.capabilities.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
             raise ConfigError("train.eval_model", f"{setup.cfg.algorithm.name} keeps no held model (Policy.held) "
                               "though its devices' models differ, so no model it produced can be scored; give it "
                               "one (docs/plugins.md) or set train.eval_model=average")
@@ -271,7 +270,7 @@ class Trainer:
         cfg, flat, optimizer, clock, bank = self.cfg, self.flat, self.setup.optimizer, self.clock, self.bank
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
-        steps_now = not self.policy.exchanges_gradients
+        steps_now = not self.capabilities.exchanges_gradients
         loss_sum = 0.0 if self.batched is None else self.batched.local_steps(self.loaders, step, steps_now)
         for device in (bank.each(save_grads=not steps_now) if self.batched is None else ()):
             mark = clock.mark()  # spatial/SyncBN talk in forward
@@ -356,5 +355,5 @@ class Trainer:
 
 
 def tables(setup: Setup) -> dict[str, tuple[str, ...]]:
-    policy = algorithms.policy_class(setup.cfg.algorithm.name)
-    return {"steps": STEP_COLUMNS, "evals": EVAL_COLUMNS, "syncs": ("step", *policy.sync_columns)}
+    syncs = ("step", *setup.cfg.algorithm.capabilities.sync_columns)
+    return {"steps": STEP_COLUMNS, "evals": EVAL_COLUMNS, "syncs": syncs}

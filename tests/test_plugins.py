@@ -73,6 +73,9 @@ def test_own_compressor_sends_its_payload(tmp_path):
     (["algorithm.name=no_such_module:Policy"], "algorithm.name: cannot import 'no_such_module'"),
     (["model.name=my_plugins:missing"], "model.name: 'my_plugins' has no 'missing'"),
     (["algorithm.name=my_plugins:tiny_net"], "declares no Settings dataclass"),
+    (["algorithm.name=my_plugins:Undeclared"], "not an edgempi.algorithms.Capabilities"),
+    (["algorithm.name=my_plugins:FormerStyle"], "declares exchanges_gradients as attributes; declare them in "
+                                                "capabilities = Capabilities"),
 ])
 def test_plugin_mistakes_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

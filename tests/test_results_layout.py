@@ -93,7 +93,7 @@ def test_tables_and_columns_are_the_documented_ones(results_file: h5py.File) -> 
 def test_every_method_s_syncs_are_documented() -> None:
     tables = documented_tables()
     for name, policy in algorithms.METHODS.entries().items():
-        assert tables[f"/syncs {name}"] == ["step", *policy.sync_columns], name
+        assert tables[f"/syncs {name}"] == ["step", *policy.capabilities.sync_columns], name
 
 
 def test_the_prose_denies_no_column_a_table_has(results_file: h5py.File) -> None:
