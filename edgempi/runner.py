@@ -275,7 +275,7 @@ def warn_single_device(cfg: RunConfig, world_size: int) -> None:
 def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
     """One line, when a rank holds several devices, on how they train (``parallel.batched``)."""
     if cfg.parallel.devices_per_rank > 1:
-        how = ("together, as one batched computation" if trainer.batched is not None
+        how = ("together, as one batched computation" if trainer.unbatched_because is None
                else f"one after another ({trainer.unbatched_because})")
         write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
 
