@@ -103,7 +103,8 @@ class DeviceBank:
     def state_dict(self) -> dict[str, Any]:
         if self.count == 1:
             return {"storage": self.flat.storage.clone(), "optimizer": self.optimizer.state_dict()}
-        return {"storage": self.storage.clone(), "optimizer_rows": {k: v.clone() for k, v in self.optimizer_rows.items()},
+        return {"storage": self.storage.clone(),
+                "optimizer_rows": {k: v.clone() for k, v in self.optimizer_rows.items()},
                 "stepped": self.stepped.copy(), "rng_states": list(self.rng_states)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

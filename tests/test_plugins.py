@@ -58,7 +58,8 @@ def test_a_method_without_a_held_model_is_scored_only_on_the_average(tmp_path):
 
 
 def test_own_compressor_sends_its_payload(tmp_path):
-    cfg = small_config(**{**MINE, "algorithm": {"name": "large_batch"}, "compression": {"name": "my_plugins:Truncate16"}})
+    cfg = small_config(**{**MINE, "algorithm": {"name": "large_batch"},
+                          "compression": {"name": "my_plugins:Truncate16"}})
     proc = run(tmp_path, cfg)
     assert proc.returncode == 0, proc.stderr
     with open_for_reading(tmp_path / "mine.h5") as f:

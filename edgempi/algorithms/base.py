@@ -82,7 +82,8 @@ class MethodSettings(Settings):
     """The ``algorithm`` section as every method reads it; a method derives its own keys."""
 
     eval_stats: str = "average"
-    """Devices' models are evaluated averaged, with ``average``d BatchNorm statistics or each device's ``local`` ones."""
+    """Devices' models are evaluated averaged, with ``average``d BatchNorm statistics or each device's
+    ``local`` ones."""
 
     @property
     def capabilities(self) -> Capabilities:
