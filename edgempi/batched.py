@@ -17,16 +17,14 @@ where it cannot be.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgempi.devices import DeviceBank
+from edgempi.devices import DeviceBank, WorkObserver
 from edgempi.flat import FlatModel
 
 LAYERS = (nn.Conv2d, nn.Linear, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
@@ -58,7 +56,7 @@ def why_not(cfg: Any, model: nn.Module | None) -> str | None:
         return "parallel.batched is off"
     if cfg.parallel.devices_per_rank == 1:
         return "one device per rank"
-    if not cfg.algorithm.batches:
+    if cfg.algorithm.capabilities.device_hook:
         return f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
     if model is None:
         return f"model {cfg.model.name!r} could not be built to be checked"
@@ -125,45 +123,43 @@ class Stacked:
 
 
 class BatchedSteps:
-    """A rank's devices' local steps in equal groups of at most ``GROUP``: what the loop of
-    :meth:`edgempi.train.Trainer.train_step` does device by device, with the same batches,
-    optimizer rows (:class:`DeviceBank`'s, so checkpoints are the loop's) and clock entries
-    (each device of a group is given an equal share of the group's time)."""
+    """A rank's devices' local steps in equal groups of at most ``GROUP``: what
+    :class:`edgempi.train.EachDevice` does device by device, with the same batches, optimizer
+    rows (:class:`DeviceBank`'s, so checkpoints are the loop's) and work told to ``observer``
+    (each device of a group has an equal share of the group's time). ``exchanges_gradients``:
+    a device's gradient is left in ``bank.grads`` for the exchange, and :meth:`step_all` steps."""
 
-    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, clock: Any,
-                 group: int = GROUP) -> None:
+    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, loaders: Sequence[Any],
+                 observer: WorkObserver, exchanges_gradients: bool, group: int = GROUP) -> None:
         self.stacked = Stacked(flat.model)  # type: ignore[arg-type]
-        self.bank, self.optimizer, self.clock, self.group = bank, optimizer, clock, group
+        self.bank, self.optimizer, self.loaders, self.observer = bank, optimizer, loaders, observer
+        self.exchanges_gradients, self.group = exchanges_gradients, group
 
-    def local_steps(self, loaders: Sequence[Any], step: int, steps_now: bool) -> float:
-        """Forward and backward of every device; its optimizer step too if ``steps_now``, else
-        its gradient is left in ``bank.grads`` for the exchange. Returns the sum of the losses."""
+    def steps(self, step: int) -> float:
+        """Forward and backward of every device, and its optimizer step unless its gradient is
+        exchanged first. Returns the sum of the losses."""
         loss_sum = 0.0
         count = self.bank.count
         groups = -(-count // self.group)  # of equal sizes, so no group of a few devices pays a group's overheads
         for group in range(groups):
-            devices = slice(group * count // groups, (group + 1) * count // groups)
-            mark = self.clock.mark()
-            images, labels = map(torch.stack, zip(*(loaders[d].batch(step) for d in range(devices.start, devices.stop))))
-            rows = self.bank.params[devices].detach().requires_grad_()
-            losses = self.stacked.losses(rows, images, labels)
-            (grads,) = torch.autograd.grad(losses.sum(), rows)
-            if steps_now:
-                self.optimize(devices, grads)
-            else:
-                self.bank.grads[devices].copy_(grads)
-            loss_sum = sum(losses.tolist(), loss_sum)  # in device order, as the loop adds them
-            share = self.clock.work_since(mark) / (devices.stop - devices.start)
-            for device in range(devices.start, devices.stop):
-                self.clock.add_compute(share, device)
+            devices = range(group * count // groups, (group + 1) * count // groups)
+            rows_of = slice(devices.start, devices.stop)
+            with self.observer.local_steps(devices):
+                images, labels = map(torch.stack, zip(*(self.loaders[d].batch(step) for d in devices)))
+                rows = self.bank.params[rows_of].detach().requires_grad_()
+                losses = self.stacked.losses(rows, images, labels)
+                (grads,) = torch.autograd.grad(losses.sum(), rows)
+                if self.exchanges_gradients:
+                    self.bank.grads[rows_of].copy_(grads)
+                else:
+                    self.optimize(rows_of, grads)
+                loss_sum = sum(losses.tolist(), loss_sum)  # in device order, as the loop adds them
         return loss_sum
 
-    def step_all(self) -> np.ndarray:
-        """Every device's optimizer step with its (exchanged) gradient in ``bank.grads``;
-        returns each device's share of the seconds it took."""
-        started = time.perf_counter()
-        self.optimize(slice(0, self.bank.count), self.bank.grads)
-        return np.full(self.bank.count, (time.perf_counter() - started) / self.bank.count)
+    def step_all(self) -> None:
+        """Every device's optimizer step with its exchanged gradient in ``bank.grads``."""
+        with self.observer.device_work(range(self.bank.count)):
+            self.optimize(slice(0, self.bank.count), self.bank.grads)
 
     def optimize(self, devices: slice, grads: torch.Tensor) -> None:
         """One step of the configured optimizer (class and current settings) on the stacked
@@ -192,13 +188,3 @@ class BatchedSteps:
             if value.dim() == 0 or value.data_ptr() != rows[devices].data_ptr():
                 rows[devices].copy_(value)
         bank.stepped[devices] = True
-
-
-def create(cfg: Any, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, clock: Any,
-           per_device_hook: bool) -> tuple[BatchedSteps | None, str | None]:
-    """The batched steps of this run, or None and why the loop trains its devices
-    (``per_device_hook``: the method's policy overrides ``before_device_step``)."""
-    reason = why_not(cfg, flat.model) if bank.count > 1 else "one device per rank"
-    if reason is None and per_device_hook:
-        reason = f"{cfg.algorithm.name} changes each device's gradient on its own (before_device_step)"
-    return (None, reason) if reason else (BatchedSteps(flat, bank, optimizer, clock), None)

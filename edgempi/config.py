@@ -141,7 +141,8 @@ class TrainConfig:
     stop_at_acc: float | None = None
     """End the run, completed, at the first evaluation whose test accuracy reaches this fraction."""
     eval_model: str = "global"
-    """What an evaluation scores where devices hold their own models: ``global``, the model of the last sync (after any server step); ``average``, the devices' current average (charged one sync by ``report``)."""
+    """What an evaluation scores where devices hold their own models: ``global``, the model of the last sync
+    (after any server step); ``average``, the devices' current average (charged one sync by ``report``)."""
     signal_grace_s: float = 10.0
     """After SIGTERM, SIGINT or SIGUSR1: seconds to checkpoint before the job is aborted."""
     stall_timeout_s: float = 600.0
@@ -149,7 +150,8 @@ class TrainConfig:
 
 
     def check(self, cfg: RunConfig) -> None:
-        require(self.epochs is None or self.steps is None, "train.steps", "set only one of train.epochs and train.steps")
+        require(self.epochs is None or self.steps is None, "train.steps",
+                "set only one of train.epochs and train.steps")
         require(self.epochs is None or self.epochs > 0, "train.epochs", "must be > 0")
         require(self.steps is None or self.steps > 0, "train.steps", "must be > 0")
         require(self.batch_size > 0, "train.batch_size", "must be > 0")
@@ -210,9 +212,10 @@ class ParallelConfig:
     def check(self, cfg: RunConfig) -> None:
         one_of(self.mode, ("data", "spatial"), "parallel.mode")
         if self.mode == "spatial":
-            require(cfg.algorithm.spatial, "parallel.mode",
+            require(cfg.algorithm.capabilities.spatial, "parallel.mode",
                     f"spatial partitioning trains with algorithm.name=large_batch, not {cfg.algorithm.name}")
-            require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
+            require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid",
+                    "must be [rows, columns] of tiles, >= 1")
             require(self.layers >= 1, "parallel.layers", "must be >= 1")
             require(self.groups == "auto" or isinstance(self.groups, list), "parallel.groups",
                     "must be auto or a list of [first, last] layer ranges")
@@ -220,9 +223,9 @@ class ParallelConfig:
             require(cfg.network.jitter == 0, "network.jitter", "per-round variation is not modelled in spatial mode")
         require(self.devices_per_rank >= 1, "parallel.devices_per_rank", "must be >= 1")
         if self.devices_per_rank > 1:
-            require(self.mode == "data" and cfg.algorithm.virtual_devices and cfg.compression.name == "none",
-                    "parallel.devices_per_rank", "several devices per rank are for data-parallel methods "
-                    "(not centralized) without compression or sync_bn")
+            require(self.mode == "data" and cfg.algorithm.capabilities.virtual_devices
+                    and cfg.compression.name == "none", "parallel.devices_per_rank",
+                    "several devices per rank are for data-parallel methods (not centralized) without compression")
         one_of(self.batched, BATCHED, "parallel.batched")
         if self.batched == "on":  # as FedBN's check: only this setting builds the model to check it
             from edgempi import batched, models

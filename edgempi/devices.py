@@ -11,7 +11,8 @@ With one device per rank the bank *is* the model's storage and every swap is a n
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +20,21 @@ from edgempi.flat import FlatModel
 from edgempi.lazy import lazy_import
 
 torch = lazy_import("torch")
+
+
+class WorkObserver(Protocol):
+    """Told of the devices' local work, as the comm layer tells an ``ExchangeObserver`` of their
+    exchanges (e.g. :class:`edgempi.sim.Clock`, which times each body): the loop and its local
+    steps only say whose work a stretch of code is."""
+
+    def local_steps(self, devices: range) -> AbstractContextManager[None]:
+        """The body is one local step of each of ``devices`` of this rank."""
+
+    def method_work(self) -> AbstractContextManager[None]:
+        """The body is the method's part of a step (its hooks and exchanges), for all devices."""
+
+    def device_work(self, devices: range) -> AbstractContextManager[None]:
+        """Inside :meth:`method_work`: the body is more work of ``devices`` (an optimizer step)."""
 
 
 class DeviceBank:
@@ -87,7 +103,8 @@ class DeviceBank:
     def state_dict(self) -> dict[str, Any]:
         if self.count == 1:
             return {"storage": self.flat.storage.clone(), "optimizer": self.optimizer.state_dict()}
-        return {"storage": self.storage.clone(), "optimizer_rows": {k: v.clone() for k, v in self.optimizer_rows.items()},
+        return {"storage": self.storage.clone(),
+                "optimizer_rows": {k: v.clone() for k, v in self.optimizer_rows.items()},
                 "stepped": self.stepped.copy(), "rng_states": list(self.rng_states)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

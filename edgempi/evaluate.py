@@ -19,17 +19,18 @@ def test_shards(n: int, comm: Comm) -> list[slice]:
     return [slice(int(bounds[d]), int(bounds[d + 1])) for d in range(comm.first, comm.first + comm.local)]
 
 
-def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: str, average_stats: bool) -> list[Overlay]:
+def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: str,
+                    average_stats: bool) -> list[Overlay]:
     """What each device's row is overwritten with before it is scored.
 
-    Where all devices hold one model (no ``policy.models_differ``), nothing: each scores its own.
+    Where all devices hold one model (no ``models_differ`` in the method's capabilities), nothing: each scores its own.
     ``global``: the method's held model (its last sync, after any server step), which it paid
     for. ``average``: the average of the devices' current models (of ``policy.shared`` only,
     FedBN), a measurement some papers score; its exchange is not counted in the ledger.
     ``average_stats`` (``algorithm.eval_stats: average``): BatchNorm statistics averaged too;
     under ``global`` only where the sync did not average them (statistics, not weights).
     """
-    if not policy.models_differ:
+    if not policy.settings.capabilities.models_differ:
         return []
     numel = bank.flat.numel
     if eval_model == "global":

@@ -92,9 +92,9 @@ def results_path(cfg: RunConfig, label: str) -> Path:
     return Path(cfg.output.dir) / name
 
 
-def evaluated_model(cfg: RunConfig, models_differ: bool) -> str:
+def evaluated_model(cfg: RunConfig) -> str:
     """What the evaluations of the file score, in words (stored as an attribute)."""
-    if not models_differ:
+    if not cfg.algorithm.capabilities.models_differ:
         return "shared model"
     weights = "global model of the last sync" if cfg.train.eval_model == "global" else "average weights"
     if getattr(cfg.algorithm, "local_bn", False):
@@ -109,7 +109,7 @@ def protocol_attrs(cfg: RunConfig, policy: Policy) -> dict[str, Any]:
     wherever all devices hold one model), ``average`` where it is the devices' uncounted
     average; then ``sync_bytes``, what one device would send (and receive) in the weight sync
     that makes that average, which "bytes to target" charges."""
-    if not policy.models_differ or cfg.train.eval_model == "global":
+    if not cfg.algorithm.capabilities.models_differ or cfg.train.eval_model == "global":
         return {"eval_model": "global"}
     synced = policy.held.values if policy.held is not None else policy.ctx.flat.params  # a plug-in's: its weights
     return {"eval_model": "average", "sync_bytes": int(synced.numel() * synced.element_size())}
@@ -210,7 +210,7 @@ def _open_recorder(cfg: RunConfig, trainer: Trainer, path: Path, resumed: bool) 
     if error:
         raise OutputError(error)
     attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": trainer.comm.size,
-             "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg, trainer.policy.models_differ),
+             "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg),
              **protocol_attrs(cfg, trainer.policy)}
     if isinstance(trainer.flat.model, SpatialModel):
         attrs["spatial_groups"] = json.dumps([list(g) for g in trainer.flat.model.groups])
@@ -267,7 +267,7 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
 def warn_single_device(cfg: RunConfig, world_size: int) -> None:
     """One line when a method of many devices was started as one (``edgempi run`` without
     mpiexec); said only once the run has been accepted, so a refusal stays one line."""
-    if cfg.algorithm.exchanges and world_size == 1 and cfg.parallel.devices_per_rank == 1:
+    if cfg.algorithm.capabilities.exchanges and world_size == 1 and cfg.parallel.devices_per_rank == 1:
         write_line(f"edgempi: warning: {cfg.algorithm.name} is running as a single device (world size 1, "
                    "parallel.devices_per_rank 1); start it under mpiexec -n K or srun for K devices")
 
@@ -275,7 +275,7 @@ def warn_single_device(cfg: RunConfig, world_size: int) -> None:
 def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
     """One line, when a rank holds several devices, on how they train (``parallel.batched``)."""
     if cfg.parallel.devices_per_rank > 1:
-        how = ("together, as one batched computation" if trainer.batched is not None
+        how = ("together, as one batched computation" if trainer.unbatched_because is None
                else f"one after another ({trainer.unbatched_because})")
         write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
 

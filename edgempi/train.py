@@ -1,16 +1,18 @@
 """The one training loop: batch → forward/backward → policy hooks → optimizer → recorder.
 
 Every method is a policy (``edgempi.algorithms``) that exchanges gradients after backward or
-weights after the optimizer step; the loop itself never talks to MPI. Read it top to bottom.
+weights after the optimizer step; the loop itself never talks to MPI, and never reads a clock:
+the simulated clock observes it (:class:`edgempi.devices.WorkObserver`) as it observes the comm
+layer. Read it top to bottom.
 """
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from edgempi import algorithms, batched, data, models, optim
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
-from edgempi.devices import DeviceBank
+from edgempi.devices import DeviceBank, WorkObserver
 from edgempi.evaluate import evaluate, scored_overlays, test_shards
 from edgempi.flat import FlatModel
 from edgempi.progress import Progress
@@ -189,24 +191,75 @@ class Outcome:
     syncs: list[dict[str, Any]] = field(default_factory=list)
 
 
+class LocalSteps(Protocol):
+    """This rank's devices' local steps, one after another (:class:`EachDevice`) or as one
+    batched computation (:class:`edgempi.batched.BatchedSteps`), chosen once (:func:`local_steps`)."""
+
+    def steps(self, step: int) -> float:
+        """Every device: batch, forward, backward, the method's per-device hook and, unless its
+        gradient is exchanged first, its optimizer step. Returns the sum of the losses."""
+
+    def step_all(self) -> None:
+        """Every device's optimizer step with its exchanged gradient."""
+
+
+class EachDevice:
+    """The devices one after another, each made the model's in turn (:meth:`DeviceBank.each`)."""
+
+    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer,
+                 loaders: Sequence[data.DeviceLoader], policy: algorithms.Policy, observer: WorkObserver,
+                 exchanges_gradients: bool) -> None:
+        self.flat, self.bank, self.optimizer, self.loaders = flat, bank, optimizer, loaders
+        self.policy, self.observer, self.exchanges_gradients = policy, observer, exchanges_gradients
+
+    def steps(self, step: int) -> float:
+        loss_sum = 0.0
+        for device in self.bank.each(save_grads=self.exchanges_gradients):
+            with self.observer.local_steps(range(device, device + 1)):  # spatial/SyncBN talk in forward
+                x, y = self.loaders[device].batch(step)
+                self.flat.zero_grad()
+                loss = F.cross_entropy(self.flat.model(x), y)
+                loss.backward()
+                self.policy.before_device_step(device, step)
+                if not self.exchanges_gradients:
+                    self.optimizer.step()
+                loss_sum += loss.item()
+        return loss_sum
+
+    def step_all(self) -> None:
+        for device in self.bank.each(load_grads=self.bank.count > 1):
+            with self.observer.device_work(range(device, device + 1)):
+                self.optimizer.step()
+
+
+def local_steps(setup: Setup, bank: DeviceBank, policy: algorithms.Policy,
+                exchanges_gradients: bool) -> tuple[LocalSteps, str | None]:
+    """The devices' steps as one computation where they can be (``parallel.batched``), else one
+    after another, and why (None: batched)."""
+    reason = batched.why_not(setup.cfg, setup.flat.model) if bank.count > 1 else "one device per rank"
+    parts = (setup.flat, bank, setup.optimizer, setup.loaders)
+    if reason is None:
+        return batched.BatchedSteps(*parts, setup.clock, exchanges_gradients), None
+    return EachDevice(*parts, policy, setup.clock, exchanges_gradients), reason
+
+
 class Trainer:
     """The loop and the little state it carries between steps (what a checkpoint saves)."""
 
     def __init__(self, setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
-                 loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> None:
+                 progress: bool = False) -> None:
         self.setup, self.comm, self.cfg, self.flat, self.clock = setup, comm, setup.cfg, setup.flat, setup.clock
         self.recorder = recorder or NullRecorder()
-        self.loaders = [loader] if loader is not None else setup.loaders
+        self.loaders = setup.loaders
         comm.broadcast_(self.flat.storage)  # one starting model, whatever each rank's RNG did
-        policy = algorithms.policy_class(setup.cfg.algorithm.name)
-        self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), policy.exchanges_gradients)
-        # parallel.batched: the devices' steps as one computation, or (None) the loop below, and why
-        hook = policy.before_device_step is not algorithms.Policy.before_device_step
-        self.batched, self.unbatched_because = batched.create(setup.cfg, setup.flat, self.bank, setup.optimizer,
-                                                              setup.clock, hook)
+        policy, self.capabilities = algorithms.policy_class(setup.cfg.algorithm.name), setup.cfg.algorithm.capabilities
+        self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), self.capabilities.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
                                                setup.optimizer, self.bank, setup.group_reduce, setup.clock))
-        if policy.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
+        self.local, self.unbatched_because = local_steps(setup, self.bank, self.policy,
+                                                         self.capabilities.exchanges_gradients)
+        self.observer: WorkObserver = setup.clock
+        if self.capabilities.models_differ and self.policy.held is None and setup.cfg.train.eval_model == "global":
             raise ConfigError("train.eval_model", f"{setup.cfg.algorithm.name} keeps no held model (Policy.held) "
                               "though its devices' models differ, so no model it produced can be scored; give it "
                               "one (docs/plugins.md) or set train.eval_model=average")
@@ -260,49 +313,25 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------
     def train_step(self, step: int) -> float:
-        """Every device of this rank: batch, forward, backward and, unless the method averages
-        gradients first, its optimizer step; then the method's exchanges over all devices.
+        """Every device of this rank: batch, forward, backward, the method's per-device hook
+        and, unless the method exchanges gradients first, its optimizer step; then the method's
+        exchanges over all devices, with the optimizer steps that wait for a gradient exchange.
 
-        Each device's step is timed on its own and joins the simulated clock before the step's
-        exchanges; an optimizer step after a gradient exchange, and the policy's local work
-        (shared out evenly), join it after them. Local work is wall time less this rank's time
-        in collectives (one wait, however many devices the rank holds).
+        The observer (the simulated clock) is told whose work each part is: each device's
+        local step joins the clock before the step's exchanges, the method's part after them.
         """
-        cfg, flat, optimizer, clock, bank = self.cfg, self.flat, self.setup.optimizer, self.clock, self.bank
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
-        steps_now = not self.policy.exchanges_gradients
-        loss_sum = 0.0 if self.batched is None else self.batched.local_steps(self.loaders, step, steps_now)
-        for device in (bank.each(save_grads=not steps_now) if self.batched is None else ()):
-            mark = clock.mark()  # spatial/SyncBN talk in forward
-            x, y = self.loaders[device].batch(step)
-            flat.zero_grad()
-            loss = F.cross_entropy(flat.model(x), y)
-            loss.backward()
-            self.policy.before_device_step(device, step)
-            if steps_now:
-                optimizer.step()
-            loss_sum += loss.item()
-            clock.add_compute(clock.work_since(mark), device)
-        later = np.zeros(bank.count)
-        mark = clock.mark()
-        applied = self.policy.after_backward(step) and not steps_now
-        if applied and self.batched is not None:
-            later = self.batched.step_all()
-        elif applied:
-            for device in bank.each(load_grads=bank.count > 1):
-                started = time.perf_counter()
-                optimizer.step()
-                later[device] = time.perf_counter() - started
-        sync = self.policy.after_step(step)
-        policy_s = clock.work_since(mark) - later.sum()
-        for device, seconds in enumerate((later + policy_s / bank.count).tolist()):
-            clock.add_compute(seconds, device, step=False)
+        for group in self.setup.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
+        loss_sum = self.local.steps(step)
+        with self.observer.method_work():
+            if self.policy.after_backward(step) and self.capabilities.exchanges_gradients:
+                self.local.step_all()
+            sync = self.policy.after_step(step)
         if sync is not None:
             self.recorder.append("syncs", sync)
             self.outcome.syncs.append(sync)
-        self.loss_sum, self.loss_count = self.loss_sum + loss_sum, self.loss_count + bank.count
-        return loss_sum / bank.count
+        self.loss_sum, self.loss_count = self.loss_sum + loss_sum, self.loss_count + self.bank.count
+        return loss_sum / self.bank.count
 
     def run(self, checkpoint: Checkpointer | None = None) -> Outcome:
         """Train from ``self.step`` to the end; rank 0 records, every rank computes."""
@@ -355,12 +384,6 @@ class Trainer:
         self.wall_before = state["wall_s"]
 
 
-def train(setup: Setup, comm: Comm, recorder: Recorder | NullRecorder | None = None,
-          loader: data.DeviceLoader | data.ConcatLoader | None = None, progress: bool = False) -> Outcome:
-    """Run the configured method from the start to the end."""
-    return Trainer(setup, comm, recorder, loader, progress).run()
-
-
 def tables(setup: Setup) -> dict[str, tuple[str, ...]]:
-    policy = algorithms.policy_class(setup.cfg.algorithm.name)
-    return {"steps": STEP_COLUMNS, "evals": EVAL_COLUMNS, "syncs": ("step", *policy.sync_columns)}
+    syncs = ("step", *setup.cfg.algorithm.capabilities.sync_columns)
+    return {"steps": STEP_COLUMNS, "evals": EVAL_COLUMNS, "syncs": syncs}

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, edgempi, small_config, write_config
 
+from edgempi.sim import Clock, Link
+
 CLOCKS = ("compute_s", "comm_s", "wall_s", "sim_s")
 EVERY_STEP = {"steps": 24, "log_every": 1, "eval_every": 6}
 STRAGGLERS = {"preset": "4g", "spread": 0.5, "compute_spread": 0.5, "step_ms": 40, "deadline_s": 0.5, "jitter": 0.5}
@@ -29,7 +31,8 @@ RUNS = {
 
 def clock_rows(path) -> list[tuple[str, dict[str, np.ndarray]]]:
     with h5py.File(path, "r") as f:
-        return [(table, {c: f[table][c][()] for c in ("step", *CLOCKS) if c in f[table]}) for table in ("steps", "evals")]
+        return [(table, {c: f[table][c][()] for c in ("step", *CLOCKS) if c in f[table]})
+                for table in ("steps", "evals")]
 
 
 def assert_clocks_never_run_backwards(path) -> None:
@@ -65,3 +68,21 @@ def test_clocks_never_run_backwards_in_spatial_mode(tmp_path):
                    "--set", "network.preset=wifi", "--set", "output.name=spatial", ranks=2)
     assert proc.returncode == 0, proc.stderr
     assert_clocks_never_run_backwards(tmp_path / "spatial.h5")
+
+
+def test_the_loop_s_work_reaches_the_simulated_clock_as_whose_it_is():
+    """What the loop tells its observer: a stretch of local steps is one step of each device
+    (at its modelled step time, ``network.step_ms``); the method's part of a step and an
+    optimizer step after the exchange are more work, never another step."""
+    clock = Clock([Link(1e6, 1e6, 0.01, step_s=0.02), Link(1e6, 1e6, 0.01, step_s=0.05)])
+    with clock.local_steps(range(2)):
+        pass
+    assert clock.pending_steps == 1 and clock.pending_compute_s == [0.02, 0.05]
+    with clock.method_work(), clock.device_work(range(1, 2)):
+        pass
+    assert clock.pending_steps == 1 and clock.pending_compute_s == [0.02, 0.05] and clock.compute_s >= 0
+    measured = Clock([None, None])  # no modelled link: the measured seconds themselves
+    with measured.method_work(), measured.device_work(range(1, 2)):
+        sum(range(10_000))
+    own, shared = measured.pending_compute_s[1], measured.pending_compute_s[0]
+    assert measured.pending_steps == 0 and own >= shared >= 0 and own > 0

@@ -58,7 +58,8 @@ def test_a_method_without_a_held_model_is_scored_only_on_the_average(tmp_path):
 
 
 def test_own_compressor_sends_its_payload(tmp_path):
-    cfg = small_config(**{**MINE, "algorithm": {"name": "large_batch"}, "compression": {"name": "my_plugins:Truncate16"}})
+    cfg = small_config(**{**MINE, "algorithm": {"name": "large_batch"},
+                          "compression": {"name": "my_plugins:Truncate16"}})
     proc = run(tmp_path, cfg)
     assert proc.returncode == 0, proc.stderr
     with open_for_reading(tmp_path / "mine.h5") as f:
@@ -73,6 +74,9 @@ def test_own_compressor_sends_its_payload(tmp_path):
     (["algorithm.name=no_such_module:Policy"], "algorithm.name: cannot import 'no_such_module'"),
     (["model.name=my_plugins:missing"], "model.name: 'my_plugins' has no 'missing'"),
     (["algorithm.name=my_plugins:tiny_net"], "declares no Settings dataclass"),
+    (["algorithm.name=my_plugins:Undeclared"], "not an edgempi.algorithms.Capabilities"),
+    (["algorithm.name=my_plugins:FormerStyle"], "declares exchanges_gradients as attributes; declare them in "
+                                                "capabilities = Capabilities"),
 ])
 def test_plugin_mistakes_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

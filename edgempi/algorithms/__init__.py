@@ -5,7 +5,7 @@ built-in method's registration. A user's own method needs none: ``algorithm.name
 package.module:Policy``.
 """
 from edgempi.algorithms import centralized, dynamic, fda, fedavg, fedprox, large_batch, scaffold  # noqa: F401
-from edgempi.algorithms.base import Context, FederatedSettings, MethodSettings, Policy
+from edgempi.algorithms.base import Capabilities, Context, FederatedSettings, MethodSettings, Policy
 from edgempi.algorithms.held import HeldModel
 from edgempi.registry import METHODS
 
@@ -15,4 +15,5 @@ def policy_class(name: str) -> type[Policy]:
     return METHODS.get(name)
 
 
-__all__ = ["Context", "FederatedSettings", "HeldModel", "METHODS", "MethodSettings", "Policy", "policy_class"]
+__all__ = ["Capabilities", "Context", "FederatedSettings", "HeldModel", "METHODS", "MethodSettings", "Policy",
+           "policy_class"]

@@ -1,10 +1,13 @@
-"""What a training method is: its settings, and a synchronisation rule with hooks in the one loop.
+"""What a training method is: its settings, what it can do, and a synchronisation rule with hooks
+in the one loop.
 
 A method is one module: a :class:`MethodSettings` dataclass with its keys and checks, and a
-:class:`Policy` that names it (``Settings``) and registers itself with ``@METHODS.register``.
+:class:`Policy` that names it (``Settings``), declares what it does and supports
+(``capabilities``, a :class:`Capabilities`) and registers itself with ``@METHODS.register``.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,7 +19,8 @@ from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
 from edgempi.lazy import lazy_import
-from edgempi.settings import Settings, exclusive, one_of, require
+from edgempi.registry import METHODS
+from edgempi.settings import ConfigError, Settings, exclusive, one_of, require
 from edgempi.sim import Clock
 
 if TYPE_CHECKING:
@@ -25,38 +29,75 @@ if TYPE_CHECKING:
 torch = lazy_import("torch")
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method does and supports, declared once on its policy (``Policy.capabilities``)
+    and asked through :attr:`MethodSettings.capabilities` by the loop, the evaluation, the
+    recorder and the checks of other config sections. A limit that depends on the method's own
+    settings (large_batch's ``sync_bn``) is its settings' :meth:`~MethodSettings.check`."""
+
+    exchanges: bool = True
+    """False: one device that never talks (the centralized baseline)."""
+    exchanges_gradients: bool = False
+    """Every device's gradient is kept and exchanged (:meth:`Policy.after_backward`) before its optimizer step."""
+    models_differ: bool = False
+    """Devices may hold different models between syncs: evaluations score ``Policy.held`` or the average."""
+    compresses: str | None = None
+    """What a compressed exchange of this method carries (``gradients``, ``updates``); None: it does not compress."""
+    spatial: bool = False
+    """Trains tile groups in spatial mode (``parallel.mode: spatial``)."""
+    virtual_devices: bool = True
+    """Several devices per rank (``parallel.devices_per_rank``) are supported."""
+    drops_stragglers: bool = True
+    """Devices that miss ``network.deadline_s`` can be left out of its exchanges."""
+    sync_columns: tuple[str, ...] = ()
+    """What a sync record holds besides its step (the columns of /syncs)."""
+    device_hook: bool = False
+    """Not declared: whether the policy overrides :meth:`Policy.before_device_step` (then its
+    devices' steps are never batched), filled in by :attr:`MethodSettings.capabilities`."""
+
+
+# What the capabilities replaced: attributes of the policy or its settings that no longer mean anything.
+FORMER = ("models_differ", "exchanges_gradients", "sync_columns", "compresses", "spatial", "exchanges", "batches",
+          "virtual_devices", "drops_stragglers")
+
+
+def capabilities_of(name: str, policy: type[Policy]) -> Capabilities:
+    """``policy``'s declaration, with ``device_hook`` filled in; a plug-in that declares its
+    capabilities any other way is a one-line config error, not a method silently run as another."""
+    declared = getattr(policy, "capabilities", None)
+    if not isinstance(declared, Capabilities):
+        raise ConfigError("algorithm.name", f"{name!r} declares capabilities = {declared!r}, not an "
+                                            "edgempi.algorithms.Capabilities(...) (docs/plugins.md)")
+    settings = {f.name for f in dataclasses.fields(policy.Settings)}
+    former = [a for a in FORMER if hasattr(policy, a) or (a not in settings and hasattr(policy.Settings, a))]
+    if former:
+        raise ConfigError("algorithm.name", f"{name!r} declares {', '.join(former)} as attributes; declare them in "
+                                            "capabilities = Capabilities(...) (docs/plugins.md)")
+    return dataclasses.replace(declared, device_hook=policy.before_device_step is not Policy.before_device_step)
+
+
 @dataclass
 class MethodSettings(Settings):
-    """The ``algorithm`` section as every method reads it; a method derives its own keys.
-
-    The class variables and properties say what the method supports, for the checks of other
-    sections (compression, ``parallel.devices_per_rank``, ``network.deadline_s``, spatial mode)."""
+    """The ``algorithm`` section as every method reads it; a method derives its own keys."""
 
     eval_stats: str = "average"
-    """Devices' models are evaluated averaged, with ``average``d BatchNorm statistics or each device's ``local`` ones."""
+    """Devices' models are evaluated averaged, with ``average``d BatchNorm statistics or each device's
+    ``local`` ones."""
 
-    compresses: ClassVar[str | None] = None  # what a compressed exchange of this method carries
-    spatial: ClassVar[bool] = False  # trains tile groups in spatial mode
-    exchanges: ClassVar[bool] = True  # False: one device that never talks (the centralized baseline)
-    batches: ClassVar[bool] = True  # False: a per-device hook (before_device_step), so no batched steps
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the method does and supports: the one place every other module asks."""
+        return capabilities_of(self.name, METHODS.get(self.name))
 
     @classmethod
     def section(cls) -> str:
         return "algorithm"
 
-    @property
-    def virtual_devices(self) -> bool:
-        """Several devices per rank (``parallel.devices_per_rank``) are supported."""
-        return self.exchanges
-
-    @property
-    def drops_stragglers(self) -> bool:
-        """Devices that miss ``network.deadline_s`` can be left out of its exchanges."""
-        return self.exchanges
-
     def check(self, cfg: RunConfig) -> None:
+        capabilities = self.capabilities  # a plug-in's declaration is checked here, before any MPI work
         one_of(self.eval_stats, ("average", "local"), "algorithm.eval_stats")
-        require(cfg.compression.name == "none" or self.compresses is not None, "compression.name",
+        require(cfg.compression.name == "none" or capabilities.compresses is not None, "compression.name",
                 f"{self.name} does not compress (large_batch compresses gradients, fedavg updates)")
 
     def check_world(self, world_size: int) -> None:
@@ -139,16 +180,12 @@ class Policy:
     """Default: train locally and never exchange anything (the centralized baseline).
 
     ``Settings``: the method's settings dataclass; the instance the run uses is ``self.settings``.
-    ``models_differ``: devices may hold different models between syncs; evaluation scores the
-    ``held`` model of the last sync (``train.eval_model: global``), or the devices' average (of
-    the ``shared`` positions only, if set). ``exchanges_gradients``: the loop keeps every device's gradient until
-    :meth:`after_backward` has combined them. ``sync_columns``: what a sync record holds
-    besides its step (for /syncs).
+    ``capabilities``: what the method does and supports. Where its devices' models differ,
+    evaluation scores the ``held`` model of the last sync (``train.eval_model: global``), or
+    the devices' average (of the ``shared`` positions only, if set).
     """
 
-    models_differ = False
-    exchanges_gradients = False  # True: every device's gradient is exchanged before its optimizer step
-    sync_columns: tuple[str, ...] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
     shared: torch.Tensor | None = None  # FedBN: the parameter positions averaged (None: all exchanged)
     held: HeldModel | None = None  # the global model of the last sync, where models differ
     Settings: ClassVar[type[MethodSettings]] = MethodSettings

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.base import Capabilities, Context, Policy, participants
 from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
 from edgempi.lazy import lazy_import
@@ -18,7 +18,7 @@ torch = lazy_import("torch")
 
 class DriftPolicy(Policy):
     settings: ServerSettings
-    models_differ = True
+    capabilities = Capabilities(models_differ=True)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

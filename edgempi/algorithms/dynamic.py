@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.algorithms.base import Context
+from edgempi.algorithms.base import Capabilities, Context
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
@@ -60,7 +60,8 @@ class Dynamic(DriftPolicy):
              "ECML-PKDD 2018, arXiv:1807.03210")
     Settings = DynamicSettings
     settings: DynamicSettings
-    sync_columns = ("violators", "averaged")  # averaged: the balancing set's size (NaN: no balancing)
+    # averaged: the balancing set's size (NaN: no balancing)
+    capabilities = Capabilities(models_differ=True, sync_columns=("violators", "averaged"))
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

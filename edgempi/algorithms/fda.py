@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.algorithms.base import Context
+from edgempi.algorithms.base import Capabilities, Context
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.algorithms.sketch import AmsSketch
@@ -135,7 +135,7 @@ class FDA(DriftPolicy):
              "EDBT 2025, arXiv:2405.20988")
     Settings = FDASettings
     settings: FDASettings
-    sync_columns = ("estimate",)
+    capabilities = Capabilities(models_differ=True, sync_columns=("estimate",))
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -6,7 +6,7 @@ error feedback); the server replies with the dense mean update (counted as such)
 from dataclasses import dataclass
 from typing import Any
 
-from edgempi.algorithms.base import Context, Policy, participants
+from edgempi.algorithms.base import Capabilities, Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 from edgempi.algorithms.fedbn import average_shared_, has_batchnorm, shared_positions
 from edgempi.algorithms.held import HeldModel, exchanged_positions
@@ -27,8 +27,6 @@ class FedAvgSettings(ServerSettings):
     """Passes over a device's shard per round (set this or ``local_steps``)."""
     local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
     """FedBN (Li et al., ICLR 2021): every BatchNorm parameter and statistic stays on its device."""
-
-    compresses = "updates"
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -52,8 +50,7 @@ class PeriodicPolicy(Policy):
     """A method whose rounds end every ``period`` local steps (FedAvg and its kin)."""
 
     settings: FedAvgSettings
-    models_differ = True
-    sync_columns = ("participants",)
+    capabilities = Capabilities(models_differ=True, compresses="updates", sync_columns=("participants",))
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

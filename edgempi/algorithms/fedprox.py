@@ -20,8 +20,6 @@ class FedProxSettings(FedAvgSettings):
     mu: float = 0.01
     """Weight μ of the proximal term (μ/2)‖w − w_global‖² (0 is FedAvg; the paper tries 0.001 … 1)."""
 
-    batches = False  # the proximal term is added to each device's gradient on its own
-
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(self.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg)")

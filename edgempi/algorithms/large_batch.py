@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgempi.algorithms.base import Context, MethodSettings, Policy
+from edgempi.algorithms.base import Capabilities, Context, MethodSettings, Policy
 from edgempi.algorithms.buckets import GradientBuckets
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
 from edgempi.registry import METHODS
@@ -30,20 +30,14 @@ class LargeBatchSettings(MethodSettings):
     bucket_mb: float = exclusive(4.0, "only large_batch exchanges gradients in buckets")
     """MiB per gradient bucket whose Allreduce starts during backward (0: one Allreduce after backward)."""
 
-    compresses = "gradients"
-    spatial = True
-
-    @property
-    def virtual_devices(self) -> bool:
-        return not self.sync_bn
-
-    @property
-    def drops_stragglers(self) -> bool:
-        return not self.sync_bn
-
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(self.bucket_mb >= 0, "algorithm.bucket_mb", f"must be >= 0 (0: one Allreduce), got {self.bucket_mb}")
+        # SyncBN's collectives run inside backward, over ranks: one device per rank, all of them in every step.
+        require(not self.sync_bn or cfg.parallel.devices_per_rank == 1, "parallel.devices_per_rank",
+                "several devices per rank are not combined with sync_bn (it reduces statistics over ranks)")
+        require(not self.sync_bn or cfg.network.deadline_s is None, "network.deadline_s",
+                "stragglers are not dropped with sync_bn (its collectives in backward need every rank)")
 
 
 @METHODS.register("large_batch")
@@ -57,7 +51,7 @@ class LargeBatch(Policy):
     paper = "Goyal et al., Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, 2017, arXiv:1706.02677"
 
     Settings = LargeBatchSettings
-    exchanges_gradients = True
+    capabilities = Capabilities(exchanges_gradients=True, compresses="gradients", spatial=True)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

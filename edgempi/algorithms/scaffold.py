@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.algorithms.base import Context, participants
+from edgempi.algorithms.base import Capabilities, Context, participants
 from edgempi.algorithms.fedavg import FedAvgSettings, PeriodicPolicy
 from edgempi.config import RunConfig
 from edgempi.lazy import lazy_import
@@ -24,13 +24,6 @@ torch = lazy_import("torch")
 
 @dataclass
 class ScaffoldSettings(FedAvgSettings):
-    compresses = None  # the control variates travel dense
-    batches = False  # each device's gradient is corrected by its own control variate
-
-    @property
-    def drops_stragglers(self) -> bool:
-        return False  # a device dropped at the deadline must not update cᵢ, and only the exchange knows who
-
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
         require(cfg.train.optimizer == "sgd" and cfg.train.momentum == 0, "train.momentum",
@@ -47,6 +40,9 @@ class Scaffold(PeriodicPolicy):
              "ICML 2020, arXiv:1910.06378")
     Settings = ScaffoldSettings
     settings: ScaffoldSettings
+    # The control variates travel dense; a device dropped at the deadline must not update cᵢ, and
+    # only the exchange knows who (before_device_step: each gradient corrected by its own cᵢ).
+    capabilities = Capabilities(models_differ=True, drops_stragglers=False, sync_columns=("participants",))
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)

@@ -63,7 +63,8 @@ class DriftConfig:
                  "swap_classes needs the classes to swap (an even list), and only swap_classes takes them")
         _require(len(pairs) % 2 == 0 and len(set(pairs)) == len(pairs) and min(pairs, default=0) >= 0,
                  "data.drift.classes", "must be distinct class numbers, in pairs")
-        _require(cfg.algorithm.exchanges, "data.drift.steps", "drift is modelled on devices, not for centralized")
+        _require(cfg.algorithm.capabilities.exchanges, "data.drift.steps",
+                 "drift is modelled on devices, not for centralized")
 
 
 class DriftSchedule:

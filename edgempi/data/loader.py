@@ -57,15 +57,3 @@ class DeviceLoader:
             x = crop_flip(x, torch.Generator().manual_seed(stream_seed(self.seed, epoch, i, 1)))
         return self.normalize(x), self.y[idx]
 
-
-class ConcatLoader:
-    """Several devices' batches joined into one: the centralized twin of a data-parallel run."""
-
-    def __init__(self, loaders: list[DeviceLoader]) -> None:
-        self.loaders = loaders
-        self.normalize = loaders[0].normalize
-        self.relabel = loaders[0].relabel
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batches = [loader.batch(step) for loader in self.loaders]
-        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -2,8 +2,9 @@
 
 The comm layer measures; this module models. :class:`Clock` hears of every exchange of this
 rank's devices from :class:`edgempi.comm.Comm` (bytes per device and measured seconds, through
-``Comm.host(..., observer=clock)``) and of their local work from the loop, and turns both into
-the time the same run would take on the devices' modelled links (:mod:`edgempi.sim.links`).
+``Comm.host(..., observer=clock)``) and times their local work inside the loop's
+:class:`edgempi.devices.WorkObserver` contexts, and turns both into the time the same run would
+take on the devices' modelled links (:mod:`edgempi.sim.links`).
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class Clock:
         self.exchanges = 0  # closed segments: the number of the open one, for network.jitter
         self.segments: list[float] = []  # closed here, not yet reduced
         self.waited_s = 0.0
+        self._device_work = np.zeros(len(self.links))  # inside method_work: each device's own work so far
         self._late: tuple[int, np.ndarray] | None = None  # (exchange, this rank's stragglers in it)
         self._paused = False
 
@@ -176,6 +178,39 @@ class Clock:
     def work_since(self, mark: tuple[float, float]) -> float:
         """Wall seconds since ``mark`` less those this rank spent in collectives since."""
         return time.perf_counter() - mark[0] - (self.waited_s - mark[1])
+
+    # -- the loop's work (edgempi.devices.WorkObserver) -----------------------------------
+    @contextlib.contextmanager
+    def local_steps(self, devices: range) -> Iterator[None]:
+        """The body is one local step of each of ``devices`` (of this rank): its work, less the
+        collectives within it (spatial halos, SyncBN), is shared evenly among them."""
+        mark = self.mark()
+        yield
+        share = self.work_since(mark) / len(devices)
+        for device in devices:
+            self.add_compute(share, device)
+
+    @contextlib.contextmanager
+    def method_work(self) -> Iterator[None]:
+        """The body is the method's part of a step: its exchanges, what it computes around them,
+        and the optimizer steps that wait for a gradient exchange (:meth:`device_work`). All of
+        it joins the clock after the body's exchanges: each device its own work, and the rest,
+        less the collectives, shared evenly (one wait per rank, however many devices it holds)."""
+        mark = self.mark()
+        self._device_work = np.zeros(len(self.links))
+        yield
+        own = self._device_work
+        rest = self.work_since(mark) - own.sum()
+        for device, seconds in enumerate((own + rest / len(own)).tolist()):
+            self.add_compute(seconds, device, step=False)
+
+    @contextlib.contextmanager
+    def device_work(self, devices: range) -> Iterator[None]:
+        """Inside :meth:`method_work`: the body is more work of ``devices`` (their optimizer step
+        after the gradient exchange), shared evenly among them."""
+        mark = self.mark()
+        yield
+        self._device_work[devices.start:devices.stop] += self.work_since(mark) / len(devices)
 
     # -- what the loop reads ---------------------------------------------------------------
     def sim_time(self, group: Comm) -> float:

@@ -58,6 +58,7 @@ class NetworkConfig:
         require(self.jitter >= 0, "network.jitter", "must be >= 0 (sigma of a log-normal factor per device and round)")
         require(self.deadline_s is None or self.step_ms is not None, "network.deadline_s",
                 "needs network.step_ms (modelled step times), so who is late is the same on every rank and every run")
-        require(self.deadline_s is None or (cfg.compression.name == "none" and cfg.algorithm.drops_stragglers),
-                "network.deadline_s", "stragglers are dropped from dense exchanges only (not with compression, "
-                "sync_bn or centralized)")
+        require(self.deadline_s is None or cfg.algorithm.capabilities.drops_stragglers, "network.deadline_s",
+                f"{cfg.algorithm.name} does not leave stragglers out of its exchanges")
+        require(self.deadline_s is None or cfg.compression.name == "none", "network.deadline_s",
+                "stragglers are dropped from dense exchanges only (not with compression)")

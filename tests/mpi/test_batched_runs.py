@@ -53,7 +53,7 @@ def trainer(overrides: list[str], batched: str) -> Trainer:
     cfg = from_dict(small_config(), [*COMMON, *overrides, f"parallel.batched={batched}"])
     comm = Comm()
     made = Trainer(build(cfg, comm), comm)
-    assert (made.batched is not None) == (batched == "on")
+    assert (made.unbatched_because is None) == (batched == "on")
     return made
 
 
@@ -91,7 +91,7 @@ def test_batched_steps_equal_the_loop_step_by_step(method):
 def test_devices_split_into_several_groups_take_the_loops_steps(method):
     """Groups of at most 2 of a rank's 3 devices (sizes 1 and 2): no device left out or doubled."""
     batch = trainer(METHODS[method], "on")
-    batch.batched.group = 2
+    batch.local.group = 2
     assert_same_steps(method, trainer(METHODS[method], "off"), batch)
 
 

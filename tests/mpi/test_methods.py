@@ -17,17 +17,30 @@ from edgempi.algorithms.base import participants
 from edgempi.algorithms.fedavg import FedAvg
 from edgempi.comm import Comm, self_comm
 from edgempi.config import from_dict
-from edgempi.train import Seeds, build, device_loader, train
+from edgempi.train import Seeds, Trainer, build, device_loader
 
 pytestmark = pytest.mark.mpi(min_size=2)
 LENET = 61_706
 
 
-def run(overrides: list[str], comm: Comm | None = None, **kw):
+def run(overrides: list[str], comm: Comm | None = None):
     cfg = from_dict(small_config(), overrides)
     comm = comm or Comm()
     setup = build(cfg, comm)
-    return setup, train(setup, comm, **kw), comm
+    return setup, Trainer(setup, comm).run(), comm
+
+
+class ConcatLoader:
+    """Several devices' batches joined into one: the centralized twin of a data-parallel run."""
+
+    def __init__(self, loaders: list[data.DeviceLoader]) -> None:
+        self.loaders = loaders
+        self.normalize = loaders[0].normalize
+        self.relabel = loaders[0].relabel
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = zip(*(loader.batch(step) for loader in self.loaders))
+        return torch.cat(images), torch.cat(labels)
 
 
 def same_on_all_ranks(comm: Comm, tensor: torch.Tensor) -> bool:
@@ -42,8 +55,8 @@ def centralized_twin(overrides: list[str], devices: int) -> torch.Tensor:
     setup = build(cfg, self_comm(), dataset=None)
     seeds = Seeds.from_seed(cfg.seed, devices)
     parts = data.partition(setup.dataset.train_y.numpy(), devices, cfg.data.partition, seeds.partition)
-    loader = data.ConcatLoader([device_loader(dist_cfg, setup.dataset, parts, seeds, d) for d in range(devices)])
-    return train(setup, self_comm(), loader=loader).storage.clone()
+    setup.loaders = [ConcatLoader([device_loader(dist_cfg, setup.dataset, parts, seeds, d) for d in range(devices)])]
+    return Trainer(setup, self_comm()).run().storage.clone()
 
 
 def test_large_batch_equals_centralized_with_k_times_the_batch():
@@ -105,7 +118,8 @@ def test_same_config_and_seed_give_identical_metrics():
     metrics = []
     for _ in range(2):
         _, outcome, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5"])
-        metrics.append(([r["train_loss"] for r in outcome.steps], [(r["test_loss"], r["test_acc"]) for r in outcome.evals],
+        metrics.append(([r["train_loss"] for r in outcome.steps],
+                        [(r["test_loss"], r["test_acc"]) for r in outcome.evals],
                         outcome.storage.clone()))
     assert metrics[0][0] == metrics[1][0] and metrics[0][1] == metrics[1][1]
     assert torch.equal(metrics[0][2], metrics[1][2])
@@ -137,14 +151,15 @@ def test_spatial_mode_trains_like_one_device():
     world = Comm()
     pair = world.split(world.rank // 2)
     spatial_vgg = {"data": {"synthetic_side": 32, "synthetic_train": 128, "synthetic_test": 32},
-                   "model": {"name": "spatial_vgg"}, "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "lr": 0.005}}
+                   "model": {"name": "spatial_vgg"},
+                   "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "lr": 0.005}}
     cfg = small_config(**spatial_vgg)
     spatial = from_dict(cfg, ["parallel.mode=spatial", "parallel.grid=[1, 2]", "parallel.layers=14",
                               "parallel.groups=[[0, 6], [7, 13]]"])
     setup = build(spatial, pair)
-    outcome = train(setup, pair)
+    outcome = Trainer(setup, pair).run()
     reference = from_dict(cfg, ["algorithm.name=centralized"])
-    single = train(build(reference, self_comm()), self_comm())
+    single = Trainer(build(reference, self_comm()), self_comm()).run()
     assert torch.allclose(outcome.storage, single.storage, rtol=0, atol=1e-6), \
         float((outcome.storage - single.storage).abs().max())
     assert [r["test_acc"] for r in outcome.evals] == pytest.approx([r["test_acc"] for r in single.evals], abs=1e-6)
@@ -164,7 +179,8 @@ def test_partial_participation_averages_only_the_participants(monkeypatch):
         if sync is not None:
             mask = participants(self.settings, self.ctx.cfg.seed, comm.size, (step + 1) // self.period)
             expected = torch.stack([b for b, m in zip(before, mask) if m]).mean(0) if mask.any() else before[comm.rank]
-            seen.append((mask.tolist(), sync["participants"], torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
+            seen.append((mask.tolist(), sync["participants"],
+                         torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
                          same_on_all_ranks(comm, self.ctx.flat.storage) or not mask.any()))
         return sync
 

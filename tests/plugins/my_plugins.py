@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgempi.algorithms import Context, HeldModel, MethodSettings, Policy
+from edgempi.algorithms import Capabilities, Context, HeldModel, MethodSettings, Policy
 from edgempi.compression import CompressionSettings, Compressor
 from edgempi.data import Dataset, LoadOptions
 from edgempi.settings import require
@@ -48,8 +48,7 @@ class Periodic(Policy):
     """Average the weights every ``every`` steps: FedAvg in a dozen lines."""
 
     Settings = PeriodicSettings
-    models_differ = True
-    sync_columns = ("participants",)
+    capabilities = Capabilities(models_differ=True, sync_columns=("participants",))
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -86,3 +85,15 @@ class Unheld(Periodic):
         if (step + 1) % self.settings.every:
             return None
         return {"step": step + 1, "participants": self.ctx.average_(self.ctx.bank.params)}
+
+
+class Undeclared(Periodic):
+    """A mistake: capabilities as a mapping, not a Capabilities."""
+
+    capabilities = {"models_differ": True}  # type: ignore[assignment]
+
+
+class FormerStyle(Periodic):
+    """A mistake: a capability as an attribute of its own, as plug-ins declared them before Capabilities."""
+
+    exchanges_gradients = True
