@@ -28,7 +28,9 @@ SIM_FROM_CONFIG = {"strag", "lbdpr"}  # their sim_s is a function of the config 
 ATTRS = ("status", "algorithm", "world_size", "devices", "evaluated_model")
 
 QUICK = "benchmarks/configs/quickstart.yaml"
-SHORT = ["train.epochs=null", "train.steps=40", "train.eval_every=20"]
+# One torch thread each: left to itself a run sizes its threads by how busy the machine is, and the
+# sums of a one-rank run then differ in the 8th digit between a busy and an idle machine.
+SHORT = ["train.epochs=null", "train.steps=40", "train.eval_every=20", "train.threads=1"]
 # name: (ranks, config, overrides)
 RUNS: dict[str, tuple[int, str, list[str]]] = {
     "lb": (4, QUICK, SHORT),
