@@ -13,15 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgempi.launch import mpiexec as find_mpiexec
 from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_script(path: Path):
-    """A benchmark script (not a package module) imported from its file, to call its functions."""
+    """A benchmark script (not a package module) imported from its file, to call its functions.
+    benchmarks/ goes on the path, as when a script there runs, so it finds the benchmarks'
+    helpers (launcher.py)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -51,7 +55,7 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 
 def mpiexec() -> str:
-    exe = find_mpiexec()
+    exe = load_script(BENCHMARKS / "launcher.py").mpiexec()
     if exe is None:
         pytest.skip("no mpiexec on PATH")
     return exe
