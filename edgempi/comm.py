@@ -488,11 +488,6 @@ def _typed_rows(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
 
-def self_comm() -> Comm:
-    """A group of one device (the centralized baseline, or a reference run inside a test)."""
-    return Comm(MPI.COMM_SELF)
-
-
 def mpi_versions() -> dict[str, str]:
     """mpi4py's version and the MPI library's first line, for a results file's ``versions``."""
     import mpi4py

@@ -54,6 +54,15 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def self_comm():
+    """A group of one device, for a reference run inside a test beside its peers' run."""
+    from mpi4py import MPI
+
+    from edgempi.comm import Comm
+
+    return Comm(MPI.COMM_SELF)
+
+
 def mpiexec() -> str:
     exe = load_script(BENCHMARKS / "launcher.py").mpiexec()
     if exe is None:

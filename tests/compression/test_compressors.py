@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
+from helpers import self_comm
 
-from edgempi.comm import self_comm
 from edgempi.compression import (
     ErrorFeedback,
     GradientExchange,
