@@ -63,6 +63,15 @@ def self_comm():
     return Comm(MPI.COMM_SELF)
 
 
+def make_exchange(section: dict, comm, shapes, **kw):
+    """The GradientExchange of a ``compression`` section written as a mapping, without error
+    feedback unless it asks, built from its checked settings as a run builds its own."""
+    from edgempi.compression import GradientExchange
+    from edgempi.compression.registry import settings_of
+
+    return GradientExchange.from_config(settings_of({"error_feedback": False, **section}), comm, shapes, **kw)
+
+
 def mpiexec() -> str:
     exe = load_script(BENCHMARKS / "launcher.py").mpiexec()
     if exe is None:
