@@ -3,8 +3,9 @@
 Every exchange of the training methods goes through a :class:`Comm`, which keeps the
 :class:`Ledger`: rounds, per-device bytes up/down, control bytes and seconds spent in
 collectives. Bytes follow a star model: what one device would send to and receive from a
-central server for the exchange, whatever the collective really moved between ranks. Algorithms never count bytes themselves, so the figures in a
-results file are the figures of the traffic that really happened. Each exchange is also told
+central server for the exchange, whatever the collective really moved between ranks.
+Algorithms never count bytes themselves, so the figures in a results file are the figures of
+the traffic that really happened. Each exchange is also told
 to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, which this module
 does not know), and the few MPI calls that other modules need (a node's ranks, the job's
 abort) are thin helpers here, so no other module imports MPI.
@@ -18,7 +19,7 @@ import contextlib
 import copy
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -341,15 +342,16 @@ class Comm:
     def allgather_object(self, obj: Any) -> list[Any]:
         return self.mpi.allgather(obj)
 
-    def barrier(self) -> None:
-        self.mpi.Barrier()
-
-    def idle_barrier(self, poll_s: float = 1e-3) -> None:
-        """A barrier that sleeps while it waits, so idle ranks leave shared cores to the one
-        that works (a benchmark's single-device peer); MPI's own wait spins."""
+    def barrier(self, idle: Callable[[], object] | None = None) -> None:
+        """Wait until every rank is here: in MPI's own wait (which spins), or, with ``idle``,
+        calling it between tests of a non-blocking barrier (e.g. a sleep, so that waiting ranks
+        leave shared cores to one that works)."""
+        if idle is None:
+            self.mpi.Barrier()
+            return
         request = self.mpi.Ibarrier()
         while not request.Test():
-            time.sleep(poll_s)
+            idle()
 
     def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
         out = np.empty_like(arr)
