@@ -4,8 +4,9 @@ Every exchange of the training methods goes through a :class:`Comm`, which keeps
 :class:`Ledger`: rounds, per-device bytes up/down, control bytes and seconds spent in
 collectives. Bytes follow a star model: what one device would send to and receive from a
 central server for the exchange, whatever the collective really moved between ranks.
-Algorithms never count bytes themselves, so the figures in a results file are the figures of
-the traffic that really happened. Each exchange is also told
+Every collective counts its own bytes, so the figures in a results file are the figures of the
+traffic that really happened; a method builds its own patterns (Kamp's balancing in
+:mod:`edgempi.algorithms.dynamic`) from these collectives. Each exchange is also told
 to an :class:`ExchangeObserver` (the simulated clock of :mod:`edgempi.sim`, which this module
 does not know), and the few MPI calls that other modules need (a node's ranks, the job's
 abort) are thin helpers here, so no other module imports MPI.
@@ -117,7 +118,7 @@ class Comm:
         reported = self.devices if participants is None else int(participants.sum())
         mine = None if participants is None else self.mine(participants)  # None: all of them
         if reported == 0:  # the server waited (until the deadline, if any) for nobody
-            self._count(0, 0, start, rounds=0)
+            self.count(0, 0, start, rounds=0)
             return 0
         if self.local == 1:  # in place, no copy
             total = rows[0]
@@ -129,7 +130,7 @@ class Comm:
         total.div_(reported)
         if self.local > 1:
             rows.copy_(total.expand_as(rows))
-        self._count(nbytes if mine is None else np.where(mine, nbytes, 0), nbytes, start)
+        self.count(nbytes if mine is None else np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
     def segmented_mean(self, buf: torch.Tensor) -> SegmentedMean:
@@ -140,36 +141,15 @@ class Comm:
             raise ValueError("a segmented mean needs one device per rank")
         return SegmentedMean(self, buf)
 
-    def average_members(self, buf: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
-        """The mean of the ``members``' rows (a mask over all devices), known to every rank;
-        the rows are left as they are: what a coordinator computes before it answers
-        (Kamp's balancing, :meth:`adopt_`). One round; members not yet ``uploaded`` upload
-        their row, nobody downloads anything yet.
-        """
-        start = time.perf_counter()
-        rows = buf.view(self.local, -1)
-        total = rows[torch.from_numpy(self.mine(members))].sum(0)
-        self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(total), op=MPI.SUM)
-        total.div_(int(members.sum()))
-        fresh = self.mine(members & ~uploaded)
-        self._count(np.where(fresh, rows.shape[1] * rows.element_size(), 0), 0, start)
-        return total
-
-    def adopt_(self, buf: torch.Tensor, value: torch.Tensor, members: np.ndarray) -> None:
-        """The ``members`` (a mask over all devices) download ``value`` into their rows; no
-        collective: every rank already holds it (:meth:`average_members`)."""
-        start = time.perf_counter()
-        rows = buf.view(self.local, -1)
-        mine = self.mine(members)
-        rows[torch.from_numpy(mine)] = value
-        self._count(0, np.where(mine, rows.shape[1] * rows.element_size(), 0), start, rounds=0)
-
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
-    def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | None = None) -> None:
-        """Sum a summable payload (fp32, fp16 ...) over devices in place.
+    def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | np.ndarray | None = None,
+                       up_bytes: int | np.ndarray | None = None) -> None:
+        """Sum a summable payload (fp32, fp16 ...) over ranks in place.
 
-        Counts the payload's own bytes up and, unless stated, down; ``rounds`` is 0 for the
-        later collectives of an exchange that needs several (PowerSGD's second factor).
+        Counts the payload's own bytes up and down unless stated (one number for each device of
+        this rank, or one per device: e.g. only the devices that had not sent their row yet
+        upload); ``rounds`` is 0 for the later collectives of an exchange that needs several
+        (PowerSGD's second factor).
         """
         start = time.perf_counter()
         arr = numpy_view(buf)
@@ -177,7 +157,8 @@ class Comm:
             self._sum_half_(arr)
         else:
             self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        self._count(arr.nbytes, arr.nbytes if down_bytes is None else down_bytes, start, rounds)
+        self.count(arr.nbytes if up_bytes is None else up_bytes, arr.nbytes if down_bytes is None else down_bytes,
+                    start, rounds)
 
     def _sum_half_(self, arr: np.ndarray) -> None:
         """Sum a float16 vector over ranks in place, adding in torch (in float32, rounded once).
@@ -220,7 +201,7 @@ class Comm:
             ends = offset + np.cumsum(row)
             gathered.append([_typed(out[end - size:end], a.dtype) for end, size, a in zip(ends, row, arrays)])
         down = int(sizes.sum() - data.nbytes) if down_bytes is None else down_bytes
-        self._count(data.nbytes, down, start)
+        self.count(data.nbytes, down, start)
         return gathered
 
     def allgather_rows(self, parts: Sequence[torch.Tensor], down_bytes: int | None = None) -> list[np.ndarray]:
@@ -239,7 +220,7 @@ class Comm:
         for part, a in zip(parts, arrays):
             rows.append(_typed_rows(out[:, offset:offset + a.nbytes], numpy_view(part).dtype))
             offset += a.nbytes
-        self._count(data.nbytes, (self.size - 1) * data.nbytes if down_bytes is None else down_bytes, start)
+        self.count(data.nbytes, (self.size - 1) * data.nbytes if down_bytes is None else down_bytes, start)
         return rows
 
     # -- spatial partitioning: tiles and halos (bytes, not rounds) --------------------
@@ -257,7 +238,7 @@ class Comm:
         r_displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
         self.mpi.Alltoallv([s_arr, (s_counts, s_displs)], [r_arr, (r_counts, r_displs)])
         item = s_arr.itemsize
-        self._count(int(s_counts.sum() - s_counts[self.rank]) * item,
+        self.count(int(s_counts.sum() - s_counts[self.rank]) * item,
                     int(r_counts.sum() - r_counts[self.rank]) * item, start, rounds=0)
 
     def allgatherv_(self, send: torch.Tensor, recv: torch.Tensor, counts: Sequence[int]) -> None:
@@ -267,12 +248,14 @@ class Comm:
         displs = np.concatenate([[0], np.cumsum(r_counts)[:-1]])
         s_arr = numpy_view(send)
         self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
-        self._count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
+        self.count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
 
-    def _count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
-               ctrl: bool = False) -> None:
+    def count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
+              ctrl: bool = False) -> None:
         """Count an exchange that began at ``start``: bytes per device of this rank (one number:
         the same for each), as payload or, with ``ctrl``, as control bytes; then tell the observer.
+        Every collective here calls it; a method calls it itself only for traffic that needs no
+        MPI call, such as a coordinator's answer that every rank has already computed.
         Plain integers stay integers: this runs once per exchange, right after the collective,
         when numpy's array machinery is out of cache (~80 µs a step on LeNet-5, measured)."""
         if ctrl:
@@ -296,7 +279,7 @@ class Comm:
         rows = np.asarray(values, dtype=np.float32).reshape(self.local, -1)
         local = getattr(rows, op)(axis=0) if self.local > 1 else np.ascontiguousarray(rows[0])
         out = self._reduce(local, op)
-        self._count(local.nbytes, local.nbytes, start, ctrl=True)
+        self.count(local.nbytes, local.nbytes, start, ctrl=True)
         return out
 
     def gather_ctrl(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -308,7 +291,7 @@ class Comm:
         rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
         out = np.empty((self.size, *rows.shape), dtype=np.float32)
         self.mpi.Allgather(rows, out)
-        self._count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
+        self.count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
         return out.reshape(self.devices, -1)
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
@@ -460,7 +443,7 @@ class SegmentedMean:
         self.requests.clear()
         self.segments.clear()
         nbytes = self.buf.numel() * self.buf.element_size()
-        self.comm._count(nbytes, nbytes, start)
+        self.comm.count(nbytes, nbytes, start)
         return self.comm.devices
 
     def _divide(self, done: list[int] | None) -> None:
