@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from edgempi.scratch import Scratch
 
@@ -120,12 +121,7 @@ class Comm:
         if reported == 0:  # the server waited (until the deadline, if any) for nobody
             self.count(0, 0, start, rounds=0)
             return 0
-        if self.local == 1:  # in place, no copy
-            total = rows[0]
-            if mine is not None and not mine[0]:
-                total.zero_()
-        else:
-            total = rows.sum(0) if mine is None else rows[torch.from_numpy(mine)].sum(0)
+        total = _share(rows, "sum", mine)
         self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(total), op=MPI.SUM)
         total.div_(reported)
         if self.local > 1:
@@ -271,28 +267,21 @@ class Comm:
             self.observer.exchanged(up, down, elapsed)
 
     # -- small control collectives (counted as control bytes, not rounds) --------------
-    def allreduce_ctrl(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
-        """Reduce a small float32 vector of control values (flags, FDA state): ctrl bytes, no round.
-
-        ``values`` is one vector, or one row per device of this rank."""
-        start = time.perf_counter()
-        rows = np.asarray(values, dtype=np.float32).reshape(self.local, -1)
-        local = getattr(rows, op)(axis=0) if self.local > 1 else np.ascontiguousarray(rows[0])
-        out = self._reduce(local, op)
-        self.count(local.nbytes, local.nbytes, start, ctrl=True)
-        return out
-
-    def gather_ctrl(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Every device's small float32 control vector (e.g. its violation flag), one row per
-        device in device order: what a coordinator learns from each. Control bytes, no round.
-
-        ``values`` is one vector, or one row per device of this rank."""
+    def control(self, values: ArrayLike, op: str = "sum") -> np.ndarray:
+        """A small float32 vector of control values (violation flags, FDA state) from every
+        device: reduced over the devices by ``op`` (sum, max, min), or with ``op`` "gather" every
+        device's vector, one row per device in device order, what a coordinator hears from each.
+        Control bytes, no round. ``values`` is one vector, or one row per device of this rank."""
         start = time.perf_counter()
         rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
-        out = np.empty((self.size, *rows.shape), dtype=np.float32)
-        self.mpi.Allgather(rows, out)
+        if op == "gather":
+            out = np.empty((self.size, *rows.shape), dtype=np.float32)
+            self.mpi.Allgather(rows, out)
+            out = out.reshape(self.devices, -1)
+        else:
+            out = self._reduce(_share(rows, op), op)
         self.count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
-        return out.reshape(self.devices, -1)
+        return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
     def reduce_metrics(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
@@ -449,6 +438,21 @@ class SegmentedMean:
     def _divide(self, done: list[int] | None) -> None:
         for index in done or ():
             self.segments[index].div_(self.comm.devices)
+
+
+def _share(rows: torch.Tensor | np.ndarray, op: str, mine: np.ndarray | None = None) -> torch.Tensor | np.ndarray:
+    """What a rank adds to a reduction over devices: its devices' rows (those of ``mine``; None:
+    all) reduced by ``op`` (torch rows: sum only). The one place where a rank's several devices
+    meet before a collective. A rank of one device adds its row itself, without a copy (zeroed
+    if it does not take part: the collective's result overwrites it)."""
+    if len(rows) == 1:
+        row = rows[0]
+        if mine is not None and not mine[0]:
+            row[:] = 0
+        return row
+    if mine is not None:
+        rows = rows[torch.from_numpy(mine)] if isinstance(rows, torch.Tensor) else rows[mine]
+    return rows.sum(0) if op == "sum" else getattr(rows, op)(axis=0)
 
 
 def _total(nbytes: int | np.ndarray, local: int) -> int:

@@ -77,9 +77,9 @@ class Dynamic(DriftPolicy):
             return None
         violated = [[float(torch.dot(delta, delta)) > self.delta] for delta in self.drifts()]
         if self.balancing:
-            flags = self.ctx.comm.gather_ctrl(violated)[:, 0] > 0
+            flags = self.ctx.comm.control(violated, "gather")[:, 0] > 0
             return self.balance(step + 1, flags) if flags.any() else None
-        (violators,) = self.ctx.comm.allreduce_ctrl(violated)
+        (violators,) = self.ctx.comm.control(violated)
         if violators == 0 or self.sync() is None:
             return None
         return {"step": step + 1, "violators": int(violators)}
