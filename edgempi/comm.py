@@ -308,11 +308,17 @@ class Comm:
         """Give every device root's copy of a buffer (initial model); not counted."""
         self.mpi.Bcast(numpy_view(buf), root=root)
 
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self.mpi.bcast(obj, root=root)
-
-    def allgather_object(self, obj: Any) -> list[Any]:
-        return self.mpi.allgather(obj)
+    def allgather_object(self, obj: Any, node: bool = False) -> list[Any]:
+        """Every rank's picklable ``obj``, in rank order (one rank's, e.g. a decision taken on
+        rank 0, is its entry); with ``node``, only those of the ranks of this rank's node (the
+        ranks sharing its memory). Not counted: set-up and bookkeeping, not a method's traffic."""
+        if not node:
+            return self.mpi.allgather(obj)
+        group = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return group.allgather(obj)
+        finally:
+            group.Free()
 
     def barrier(self, idle: Callable[[], object] | None = None) -> None:
         """Wait until every rank is here: in MPI's own wait (which spins), or, with ``idle``,
@@ -338,14 +344,6 @@ class Comm:
         if share_ledger:
             child.ledger, child.observer = self.ledger, self.observer
         return child
-
-    def node_allgather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj`` from the ranks of this rank's node (those sharing its memory)."""
-        node = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            return node.allgather(obj)
-        finally:
-            node.Free()
 
     def mpi_abort(self, code: int = 1) -> None:
         """Make MPI end every rank of the job now (see :func:`edgempi.watchdog.abort`)."""

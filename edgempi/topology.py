@@ -46,10 +46,10 @@ def node_share(comm: Comm) -> NodeShare:
     each rank to its own cores or none at all, inside a CPU-limited container, and on a
     machine another job is using."""
     own, (quota, limiter) = os.sched_getaffinity(0), cgroup_cpu_limit()
-    masks, limiters = zip(*comm.node_allgather((own, limiter)))
+    masks, limiters = zip(*comm.allgather_object((own, limiter), node=True))
     cpus = set().union(*masks)
     cores = max(1, min(len(cpus), math.ceil(quota) if math.isfinite(quota) else len(cpus)))
-    busy = max(comm.node_allgather(busy_cpus(cpus)))
+    busy = max(comm.allgather_object(busy_cpus(cpus), node=True))
     return NodeShare(len(own), cores, max(1, cores - round(busy)), len(masks), quota, limiters.count(limiter))
 
 

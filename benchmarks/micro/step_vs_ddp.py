@@ -103,7 +103,7 @@ def main() -> None:
     cfg = from_dict(base, args.overrides)
     torch.set_num_threads(cfg.train.threads or node_share(comm).threads)
     keep_freed_memory()  # as edgempi run does, so the figures are a run's
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.broadcast_object(free_port())))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.allgather_object(free_port())[0]))
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
 
     shape = (1, 28) if args.model == "lenet5" else (3, 32)
