@@ -290,19 +290,17 @@ class Comm:
 
     @contextlib.contextmanager
     def uncounted(self) -> Iterator[None]:
-        """Collectives inside are measurement (e.g. an evaluation's tile exchanges in spatial
-        mode), not the method's traffic: the ledger is left as it was before."""
-        saved = copy.deepcopy(self.ledger.as_dict())
+        """Collectives inside are measurement (e.g. an evaluation's mean model, or its tile
+        exchanges in spatial mode), not the method's traffic: the ledger is left as it was
+        before, and the observer hears nothing."""
+        saved, observer = copy.deepcopy(self.ledger.as_dict()), self.observer
+        self.observer = None
         try:
             yield
         finally:
+            self.observer = observer
             for key, value in saved.items():
                 setattr(self.ledger, key, value)
-
-    def average_uncounted_(self, buf: torch.Tensor) -> None:
-        """Average a buffer over ranks for measurement (e.g. evaluating the mean model); not counted."""
-        self.mpi.Allreduce(MPI.IN_PLACE, numpy_view(buf), op=MPI.SUM)
-        buf.div_(self.size)
 
     def broadcast_(self, buf: torch.Tensor, root: int = 0) -> None:
         """Give every device root's copy of a buffer (initial model); not counted."""
