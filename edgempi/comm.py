@@ -129,14 +129,6 @@ class Comm:
         self.count(nbytes if mine is None else np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
-    def segmented_mean(self, buf: torch.Tensor) -> SegmentedMean:
-        """An Allreduce mean of ``buf`` (one device per rank, every device reporting) whose
-        contiguous segments are summed in the background as the caller hands them over
-        (:class:`SegmentedMean`): a gradient's buckets, while backward computes the rest."""
-        if self.local != 1:
-            raise ValueError("a segmented mean needs one device per rank")
-        return SegmentedMean(self, buf)
-
     # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | np.ndarray | None = None,
                        up_bytes: int | np.ndarray | None = None) -> None:
@@ -347,9 +339,6 @@ class Comm:
         """Make MPI end every rank of the job now (see :func:`edgempi.watchdog.abort`)."""
         self.mpi.Abort(code)
 
-    def heartbeats(self) -> Heartbeats:
-        """A side channel for :mod:`edgempi.watchdog` (collective: every rank calls it once)."""
-        return Heartbeats(self.mpi.Dup(), self.rank)
 
 
 class Heartbeats:
@@ -365,8 +354,9 @@ class Heartbeats:
 
     TAG = 1
 
-    def __init__(self, mpi: Any, rank: int) -> None:
-        self.mpi, self.rank = mpi, rank
+    def __init__(self, comm: Comm) -> None:
+        """Opens the channel on ``comm``'s ranks (collective: every rank builds it once)."""
+        self.mpi, self.rank = comm.mpi.Dup(), comm.rank
         self.usable = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         self._out = np.zeros(0, np.int64)
         self._request: Any = None
@@ -403,6 +393,9 @@ class SegmentedMean:
     """
 
     def __init__(self, comm: Comm, buf: torch.Tensor) -> None:
+        """The mean of ``buf`` over ``comm``'s ranks, one device each, every device reporting."""
+        if comm.local != 1:
+            raise ValueError("a segmented mean needs one device per rank")
         self.comm, self.buf = comm, buf
         self.requests: list[Any] = []
         self.segments: list[torch.Tensor] = []
