@@ -142,31 +142,11 @@ class Comm:
         start = time.perf_counter()
         arr = numpy_view(buf)
         if arr.dtype == np.float16:
-            self._sum_half_(arr)
+            _sum_half_(self.mpi, self._scratch, arr)
         else:
             self.mpi.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
         self.count(arr.nbytes if up_bytes is None else up_bytes, arr.nbytes if down_bytes is None else down_bytes,
                     start, rounds)
-
-    def _sum_half_(self, arr: np.ndarray) -> None:
-        """Sum a float16 vector over ranks in place, adding in torch (in float32, rounded once).
-
-        MPICH adds float16 in software, 5–10× slower than a float32 Allreduce of twice the
-        bytes, and other MPIs may not know the type. So: a reduce-scatter by Alltoallv of raw
-        16-bit words, each rank sums its slice, an Allgatherv of the slices — the traffic of a
-        ring Allreduce, and every rank ends with the same bits.
-        """
-        size, words = self.size, arr.view(np.uint16)
-        counts = np.array([arr.size // size + (r < arr.size % size) for r in range(size)], np.int64)
-        displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        mine = int(counts[self.rank])
-        pieces = self._scratch.get("pieces", size * mine, torch.float16)
-        self.mpi.Alltoallv([words, (counts, displs)],
-                           [numpy_view(pieces).view(np.uint16), (np.full(size, mine), np.arange(size) * mine)])
-        wide = self._scratch.get("wide", size * mine, torch.float32).view(size, mine)
-        total = torch.sum(wide.copy_(pieces.view(size, mine)), 0, out=self._scratch.get("total", mine, torch.float32))
-        ours = self._scratch.get("ours", mine, torch.float16).copy_(total)
-        self.mpi.Allgatherv(numpy_view(ours).view(np.uint16), [words, (counts, displs)])
 
     def allgather_parts(self, parts: Sequence[np.ndarray | torch.Tensor],
                         down_bytes: int | None = None) -> list[list[np.ndarray]]:
@@ -271,14 +251,14 @@ class Comm:
             self.mpi.Allgather(rows, out)
             out = out.reshape(self.devices, -1)
         else:
-            out = self._reduce(_share(rows, op), op)
+            out = _reduce(self.mpi, _share(rows, op), op)
         self.count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
         return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
     def reduce_metrics(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
         """Reduce metrics for the record; not counted: it is the benchmark's, not the method's."""
-        return self._reduce(np.ascontiguousarray(values, dtype=np.float64), op)
+        return _reduce(self.mpi, np.ascontiguousarray(values, dtype=np.float64), op)
 
     @contextlib.contextmanager
     def uncounted(self) -> Iterator[None]:
@@ -320,11 +300,6 @@ class Comm:
         request = self.mpi.Ibarrier()
         while not request.Test():
             idle()
-
-    def _reduce(self, arr: np.ndarray, op: str) -> np.ndarray:
-        out = np.empty_like(arr)
-        self.mpi.Allreduce(arr, out, op=_OPS[op])
-        return out
 
     def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> Comm:
         """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
@@ -427,6 +402,34 @@ class SegmentedMean:
     def _divide(self, done: list[int] | None) -> None:
         for index in done or ():
             self.segments[index].div_(self.comm.devices)
+
+
+def _sum_half_(mpi: Any, scratch: Scratch, arr: np.ndarray) -> None:
+    """Sum a float16 vector over ranks in place, adding in torch (in float32, rounded once).
+
+    MPICH adds float16 in software, 5–10× slower than a float32 Allreduce of twice the
+    bytes, and other MPIs may not know the type. So: a reduce-scatter by Alltoallv of raw
+    16-bit words, each rank sums its slice, an Allgatherv of the slices — the traffic of a
+    ring Allreduce, and every rank ends with the same bits.
+    """
+    size, rank, words = mpi.Get_size(), mpi.Get_rank(), arr.view(np.uint16)
+    counts = np.array([arr.size // size + (r < arr.size % size) for r in range(size)], np.int64)
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    mine = int(counts[rank])
+    pieces = scratch.get("pieces", size * mine, torch.float16)
+    mpi.Alltoallv([words, (counts, displs)],
+                  [numpy_view(pieces).view(np.uint16), (np.full(size, mine), np.arange(size) * mine)])
+    wide = scratch.get("wide", size * mine, torch.float32).view(size, mine)
+    total = torch.sum(wide.copy_(pieces.view(size, mine)), 0, out=scratch.get("total", mine, torch.float32))
+    ours = scratch.get("ours", mine, torch.float16).copy_(total)
+    mpi.Allgatherv(numpy_view(ours).view(np.uint16), [words, (counts, displs)])
+
+
+def _reduce(mpi: Any, arr: np.ndarray, op: str) -> np.ndarray:
+    """``arr`` reduced over ``mpi``'s ranks by ``op`` (sum, max, min), into a new array."""
+    out = np.empty_like(arr)
+    mpi.Allreduce(arr, out, op=_OPS[op])
+    return out
 
 
 def _share(rows: torch.Tensor | np.ndarray, op: str, mine: np.ndarray | None = None) -> torch.Tensor | np.ndarray:
