@@ -70,8 +70,9 @@ class Comm:
     """Collectives of one group of devices, with the ledger of what they cost.
 
     A rank may stand for several devices (``parallel.devices_per_rank``): then a buffer holds one
-    row per device of this rank, rows are combined locally before the one MPI collective, and
-    the ledger counts every device's traffic as if each were a rank.
+    row per device of this rank, rows are combined locally before the one MPI collective (in
+    :func:`_share`, the one place that does), and the ledger counts every device's traffic as if
+    each were a rank (:meth:`count`).
     """
 
     def __init__(self, mpi_comm: Any = None, local: int = 1, observer: ExchangeObserver | None = None) -> None:
@@ -129,7 +130,7 @@ class Comm:
         self.count(nbytes if mine is None else np.where(mine, nbytes, 0), nbytes, start)
         return reported
 
-    # -- compressed exchanges (edgempi.compression): the payload is what is counted ----
+    # -- payloads summed or gathered (compression, a method's own patterns): counted as sent --
     def allreduce_sum_(self, buf: torch.Tensor, rounds: int = 1, down_bytes: int | np.ndarray | None = None,
                        up_bytes: int | np.ndarray | None = None) -> None:
         """Sum a summable payload (fp32, fp16 ...) over ranks in place.
@@ -218,6 +219,24 @@ class Comm:
         self.mpi.Allgatherv(s_arr, [numpy_view(recv), (r_counts, displs)])
         self.count(s_arr.nbytes, int(r_counts.sum() - r_counts[self.rank]) * s_arr.itemsize, start, rounds=0)
 
+    # -- small control collectives (counted as control bytes, not rounds) --------------
+    def control(self, values: ArrayLike, op: str = "sum") -> np.ndarray:
+        """A small float32 vector of control values (violation flags, FDA state) from every
+        device: reduced over the devices by ``op`` (sum, max, min), or with ``op`` "gather" every
+        device's vector, one row per device in device order, what a coordinator hears from each.
+        Control bytes, no round. ``values`` is one vector, or one row per device of this rank."""
+        start = time.perf_counter()
+        rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
+        if op == "gather":
+            out = np.empty((self.size, *rows.shape), dtype=np.float32)
+            self.mpi.Allgather(rows, out)
+            out = out.reshape(self.devices, -1)
+        else:
+            out = _reduce(self.mpi, _share(rows, op), op)
+        self.count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
+        return out
+
+    # -- the ledger ---------------------------------------------------------------------
     def count(self, up: int | np.ndarray, down: int | np.ndarray, start: float, rounds: int = 1,
               ctrl: bool = False) -> None:
         """Count an exchange that began at ``start``: bytes per device of this rank (one number:
@@ -237,23 +256,6 @@ class Comm:
         if self.observer is not None:
             up, down = (np.broadcast_to(np.asarray(v, np.int64), (self.local,)) for v in (up, down))
             self.observer.exchanged(up, down, elapsed)
-
-    # -- small control collectives (counted as control bytes, not rounds) --------------
-    def control(self, values: ArrayLike, op: str = "sum") -> np.ndarray:
-        """A small float32 vector of control values (violation flags, FDA state) from every
-        device: reduced over the devices by ``op`` (sum, max, min), or with ``op`` "gather" every
-        device's vector, one row per device in device order, what a coordinator hears from each.
-        Control bytes, no round. ``values`` is one vector, or one row per device of this rank."""
-        start = time.perf_counter()
-        rows = np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(self.local, -1))
-        if op == "gather":
-            out = np.empty((self.size, *rows.shape), dtype=np.float32)
-            self.mpi.Allgather(rows, out)
-            out = out.reshape(self.devices, -1)
-        else:
-            out = _reduce(self.mpi, _share(rows, op), op)
-        self.count(rows[0].nbytes, rows[0].nbytes, start, ctrl=True)
-        return out
 
     # -- measurement and set-up (not part of the method's traffic) ---------------------
     def reduce_metrics(self, values: Sequence[float] | np.ndarray, op: str = "sum") -> np.ndarray:
