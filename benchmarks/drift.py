@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from launcher import mpiexec
 
 from edgempi.record import open_for_reading
 
@@ -24,10 +24,9 @@ BASE = ROOT / "benchmarks" / "configs" / "drift" / "base.yaml"
 
 
 def command(name: str, sets: list[str], out: Path, devices: int, ranks: int) -> list[str]:
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
     sets = [*sets, f"parallel.devices_per_rank={devices // ranks}", f"output.name={name}.h5"]
-    return [mpiexec, "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(BASE), "--out", str(out),
-            "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    return [mpiexec() or "mpiexec", "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(BASE),
+            "--out", str(out), "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
 
 
 def read(path: Path) -> dict:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from launcher import mpiexec
 
-from edgempi import launch
 from edgempi.analysis.report import to_target
 from edgempi.analysis.runs import read_run, read_status
 
@@ -76,12 +76,11 @@ def command(run: Run, out: Path, extra: list[str], max_ranks: int | None, stop_a
     """The run on K ranks, or on the most ranks up to max_ranks that split K evenly: the same run
     (tests/mpi/test_devices.py) on fewer processes than a small machine can hold. It stops at
     the target (train.stop_at_acc = ``stop_at``): the table needs nothing after it."""
-    mpiexec = launch.mpiexec() or "mpiexec"
     ranks = max(r for r in range(1, min(run.devices, max_ranks or run.devices) + 1) if run.devices % r == 0)
     sets = [*run.overrides, f"train.stop_at_acc={stop_at}", *extra, f"parallel.devices_per_rank={run.devices // ranks}",
             f"output.name={run.name}.h5"]
-    return [mpiexec, "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(run.config), "--out", str(out),
-            "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
+    return [mpiexec() or "mpiexec", "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(run.config),
+            "--out", str(out), "--quiet", "--overwrite", *[a for s in sets for a in ("--set", s)]]
 
 
 def execute(run: Run, cmd: list[str]) -> None:

@@ -19,10 +19,11 @@ import argparse
 import itertools
 import platform
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from launcher import mpiexec
 
 from edgempi.analysis.runs import read_run
 
@@ -71,10 +72,10 @@ def cpu_model() -> str:
 
 def measure(method: str, out: Path) -> tuple[dict[str, float], dict[str, str]]:
     """Run the quickstart with ``method`` on 4 ranks; its final row and the versions it ran with."""
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
     name = f"{method}.h5"
-    subprocess.run([mpiexec, "-n", "4", sys.executable, "-m", "edgempi", "run", str(CONFIG), "--out", str(out),
-                    "--quiet", "--overwrite", "--set", f"algorithm.name={method}", "--set", f"output.name={name}"],
+    subprocess.run([mpiexec() or "mpiexec", "-n", "4", sys.executable, "-m", "edgempi", "run", str(CONFIG),
+                    "--out", str(out), "--quiet", "--overwrite", "--set", f"algorithm.name={method}",
+                    "--set", f"output.name={name}"],
                    check=True, cwd=ROOT)
     run = read_run(out / name)
     last = {key: float(values[-1]) for key, values in run.evals.items()}

@@ -135,7 +135,7 @@ class Checkpointer:
         failed = self.output_error() is not None
         signalled, timed, failed = self.comm.reduce_metrics([watchdog.pending(), due_time, failed], op="max")
         if failed:
-            raise OutputError(self.comm.broadcast_object(self.output_error(), root=0))
+            raise OutputError(self.comm.allgather_object(self.output_error())[0])
         if not (signalled or timed or due_step):
             return
         self.save(trainer)

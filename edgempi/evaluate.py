@@ -46,8 +46,9 @@ def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: st
 
 def _average(bank: DeviceBank, comm: Comm, positions: slice | torch.Tensor) -> Overlay:
     mean = take_rows(bank.storage, positions).mean(0)
-    comm.average_uncounted_(mean)
-    return positions, mean
+    with comm.uncounted():
+        comm.allreduce_sum_(mean)
+    return positions, mean.div_(comm.size)
 
 
 @torch.no_grad()

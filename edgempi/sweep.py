@@ -317,7 +317,7 @@ class CommLike(Protocol):
     rank: int
     size: int
 
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
+    def allgather_object(self, obj: Any) -> list[Any]: ...
 
 
 def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry: bool = False,
@@ -330,7 +330,7 @@ def run_task(sweep: Sweep, index: int, run_config: RunFn, comm: CommLike, retry:
     removed by rank 0 first. ``log`` (rank 0) hears which point starts, for the task's log.
     """
     verdict = _verdict(sweep, index, comm.size, retry, out) if comm.rank == 0 else None
-    verdict = comm.broadcast_object(verdict, root=0)
+    verdict = comm.allgather_object(verdict)[0]
     if isinstance(verdict, SweepError):
         raise SweepError(str(verdict))
     if log is not None and comm.rank == 0 and verdict.action != "skip":

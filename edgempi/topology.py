@@ -34,6 +34,8 @@ class NodeShare:
 
     @property
     def threads(self) -> int:
+        """This rank's share of its node's free cores, never more than its own mask, nor than its
+        share of a cgroup CPU quota among the ranks under it: threads × ranks ≤ cores."""
         return fair_share(self.own, self.free, self.ranks, self.quota, self.sharing)
 
 
@@ -44,22 +46,11 @@ def node_share(comm: Comm) -> NodeShare:
     each rank to its own cores or none at all, inside a CPU-limited container, and on a
     machine another job is using."""
     own, (quota, limiter) = os.sched_getaffinity(0), cgroup_cpu_limit()
-    masks, limiters = zip(*comm.node_allgather((own, limiter)))
+    masks, limiters = zip(*comm.allgather_object((own, limiter), node=True))
     cpus = set().union(*masks)
     cores = max(1, min(len(cpus), math.ceil(quota) if math.isfinite(quota) else len(cpus)))
-    busy = max(comm.node_allgather(busy_cpus(cpus)))
+    busy = max(comm.allgather_object(busy_cpus(cpus), node=True))
     return NodeShare(len(own), cores, max(1, cores - round(busy)), len(masks), quota, limiters.count(limiter))
-
-
-def cores_per_rank(comm: Comm) -> int:
-    """This rank's share of its node's free cores, never more than its own mask, nor than its
-    share of a cgroup CPU quota among the ranks under it: threads × ranks ≤ cores."""
-    return node_share(comm).threads
-
-
-def threads_per_rank(cfg: RunConfig, comm: Comm) -> int:
-    """``train.threads`` if set, else this rank's share of its node's free cores."""
-    return cfg.train.threads or cores_per_rank(comm)
 
 
 def fit(cfg: RunConfig, comm: Comm) -> str | None:

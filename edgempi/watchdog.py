@@ -183,7 +183,9 @@ class Watchdog:
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="edgempi-watchdog", daemon=True)
         self.thread.start()  # first: if a peer never joins the collective below, this thread ends the job
-        self.channel = comm.heartbeats()
+        from edgempi.comm import Heartbeats  # not at import: importing comm starts MPI
+
+        self.channel = Heartbeats(comm)
 
     def enter(self, phase: int) -> None:
         self.phase, self.since = phase, time.monotonic()

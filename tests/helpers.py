@@ -13,16 +13,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgempi.launch import mpiexec as find_mpiexec
 from edgempi.record import open_for_reading
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_script(path: Path):
     """A benchmark script (not a package module) imported from its file, to call its functions.
-    It is registered in sys.modules first, as an import would, so its dataclasses can resolve."""
+    It is registered in sys.modules first, as an import would, so its dataclasses can resolve, and
+    benchmarks/ goes on the path, as when a script there runs, so it finds the benchmarks'
+    helpers (launcher.py)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -52,8 +56,26 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def self_comm():
+    """A group of one device, for a reference run inside a test beside its peers' run."""
+    from mpi4py import MPI
+
+    from edgempi.comm import Comm
+
+    return Comm(MPI.COMM_SELF)
+
+
+def make_exchange(section: dict, comm, shapes, **kw):
+    """The GradientExchange of a ``compression`` section written as a mapping, without error
+    feedback unless it asks, built from its checked settings as a run builds its own."""
+    from edgempi.compression import GradientExchange
+    from edgempi.compression.registry import settings_of
+
+    return GradientExchange.from_config(settings_of({"error_feedback": False, **section}), comm, shapes, **kw)
+
+
 def mpiexec() -> str:
-    exe = find_mpiexec()
+    exe = load_script(BENCHMARKS / "launcher.py").mpiexec()
     if exe is None:
         pytest.skip("no mpiexec on PATH")
     return exe

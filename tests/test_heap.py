@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, child_env, small_config
+from helpers import ROOT, child_env, self_comm, small_config
 
 from edgempi import runner
-from edgempi.comm import self_comm
 from edgempi.config import from_dict
 
 # Faults per batched LeNet-5 step of 16 devices (forward and backward), after a warm-up.

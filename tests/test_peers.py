@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FASHION, ROOT, load_script
+from helpers import FASHION, ROOT, load_script, self_comm
 
 from edgempi import config
-from edgempi.comm import self_comm
 from edgempi.train import Trainer, build, load_dataset
 
 PEERS = ROOT / "benchmarks" / "peers"

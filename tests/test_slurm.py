@@ -48,8 +48,8 @@ class WorldComm:  # what edgempi.comm.Comm offers the sweep runner, without impo
         self.mpi = MPI.COMM_WORLD
         self.rank, self.size = self.mpi.Get_rank(), self.mpi.Get_size()
 
-    def broadcast_object(self, obj, root=0):
-        return self.mpi.bcast(obj, root=root)
+    def allgather_object(self, obj):
+        return self.mpi.allgather(obj)
 
 
 p = argparse.ArgumentParser()

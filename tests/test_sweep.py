@@ -24,8 +24,8 @@ class FakeComm:
     def __init__(self, size: int = 4, rank: int = 0) -> None:
         self.size, self.rank = size, rank
 
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return obj
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return [obj] * self.size
 
 
 class Recorder:
@@ -174,9 +174,9 @@ def test_only_rank_zero_decides_and_removes(demo: sw.Sweep, tmp_path: Path) -> N
     leftover = write_run(demo.results_file(demo.points[0], out), status="failed")
 
     class Rank1(FakeComm):
-        def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-            assert obj is None and root == 0  # rank 1 does not decide
-            return sw.decide(demo, 0, 4, retry=True, out=out)
+        def allgather_object(self, obj: Any) -> list[Any]:
+            assert obj is None  # rank 1 does not decide
+            return [sw.decide(demo, 0, 4, retry=True, out=out), obj, obj, obj]
 
     assert sw.run_task(demo, 0, run, Rank1(4, rank=1), retry=True, out=out).action == "run"
     assert leftover.exists() and len(run.calls) == 1

@@ -16,7 +16,7 @@ from edgempi.machine import cgroup_cpu_limit, fair_share
 PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.topology\nfrom edgempi.comm import Comm\n"
                "edgempi.topology.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
                "edgempi.topology.busy_cpus = lambda cpus: float(sys.argv[2])\n"
-               "cores = MPI.COMM_WORLD.gather(edgempi.topology.cores_per_rank(Comm()))\n"
+               "cores = MPI.COMM_WORLD.gather(edgempi.topology.node_share(Comm()).threads)\n"
                "if MPI.COMM_WORLD.rank == 0: print(cores)\n")
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgempi.launch import mpiexec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: launcher
+
+from launcher import mpiexec  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 

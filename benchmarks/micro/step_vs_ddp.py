@@ -28,7 +28,7 @@ from edgempi.comm import Comm
 from edgempi.config import RunConfig, from_dict
 from edgempi.flat import FlatModel
 from edgempi.heap import keep_freed_memory
-from edgempi.topology import threads_per_rank
+from edgempi.topology import node_share
 from edgempi.train import make_optimizer
 
 Step = Callable[[], float]
@@ -101,9 +101,9 @@ def main() -> None:
     comm = Comm()
     base = {"model": {"name": args.model}, "train": {"batch_size": args.batch, "lr": 0.01}}
     cfg = from_dict(base, args.overrides)
-    torch.set_num_threads(threads_per_rank(cfg, comm))
+    torch.set_num_threads(cfg.train.threads or node_share(comm).threads)
     keep_freed_memory()  # as edgempi run does, so the figures are a run's
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.broadcast_object(free_port())))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(comm.allgather_object(free_port())[0]))
     dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
 
     shape = (1, 28) if args.model == "lenet5" else (3, 32)

@@ -41,13 +41,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path[:0] = [str(HERE), str(ROOT)]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(ROOT)]
 
+from launcher import mpiexec  # noqa: E402
 from runs import Run, launch  # noqa: E402
 from workload import RANKS, edgempi_command, overrides  # noqa: E402
 
 from edgempi.config import ConfigError  # noqa: E402
-from edgempi.launch import mpiexec  # noqa: E402
 from edgempi.record import open_for_reading  # noqa: E402
 
 ENGINES = ("edgempi", "flower")

@@ -43,8 +43,10 @@ class GradientBuckets:
     """
 
     def __init__(self, flat: FlatModel, comm: Comm, bucket_mb: float) -> None:
+        from edgempi.comm import SegmentedMean  # not at import: importing comm starts MPI
+
         self.flat = flat
-        self.mean = comm.segmented_mean(flat.grads)
+        self.mean = SegmentedMean(comm, flat.grads)
         sizes = [math.prod(shape) for shape in flat.shapes]
         cap = int(bucket_mb * 2**20) // flat.grads.element_size()
         self.bounds, bucket_of = bucket_bounds(sizes, cap)

@@ -15,8 +15,9 @@ once per balancing and only B downloads.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from edgempi.config import RunConfig
 from edgempi.lazy import lazy_import
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive, require
+
+if TYPE_CHECKING:
+    from edgempi.comm import Comm
 
 torch = lazy_import("torch")
 
@@ -74,9 +78,9 @@ class Dynamic(DriftPolicy):
             return None
         violated = [[float(torch.dot(delta, delta)) > self.delta] for delta in self.drifts()]
         if self.balancing:
-            flags = self.ctx.comm.gather_ctrl(violated)[:, 0] > 0
+            flags = self.ctx.comm.control(violated, "gather")[:, 0] > 0
             return self.balance(step + 1, flags) if flags.any() else None
-        (violators,) = self.ctx.comm.allreduce_ctrl(violated)
+        (violators,) = self.ctx.comm.control(violated)
         if violators == 0 or self.sync() is None:
             return None
         return {"step": step + 1, "violators": int(violators)}
@@ -89,7 +93,7 @@ class Dynamic(DriftPolicy):
         full = bool(members.all())
         rng = np.random.default_rng([self.ctx.cfg.seed, 0xBA1A, step])  # the same draw on every rank
         while True:
-            mean = comm.average_members(rows, members, uploaded)
+            mean = average_members(comm, rows, members, uploaded)
             uploaded |= members
             if full or self.within_delta(mean):
                 break
@@ -97,7 +101,7 @@ class Dynamic(DriftPolicy):
             members[rng.choice(others, size=min(len(others), 2 * int(members.sum())), replace=False)] = True
             if 2 * int(members.sum()) >= comm.devices:
                 members[:], full = True, True
-        comm.adopt_(rows, mean, members)
+        adopt_(comm, rows, mean, members)
         if full:
             self.rounds += 1
             self.w0.copy_(mean[:self.w0.numel()])
@@ -111,3 +115,23 @@ class Dynamic(DriftPolicy):
         drift = mean[:self.w0.numel()] - self.w0
         (distance,) = self.ctx.comm.reduce_metrics([float(torch.dot(drift, drift))], op="max")
         return distance <= self.delta
+
+
+def average_members(comm: Comm, rows: torch.Tensor, members: np.ndarray, uploaded: np.ndarray) -> torch.Tensor:
+    """The mean of the ``members``' rows (a mask over all devices), known to every rank; the
+    rows are left as they are: what the coordinator computes before it answers (:func:`adopt_`).
+    One round; members not yet ``uploaded`` upload their row, nobody downloads anything yet."""
+    total = rows[torch.from_numpy(comm.mine(members))].sum(0)
+    row_bytes = rows.shape[1] * rows.element_size()
+    comm.allreduce_sum_(total, up_bytes=np.where(comm.mine(members & ~uploaded), row_bytes, 0), down_bytes=0)
+    return total.div_(int(members.sum()))
+
+
+def adopt_(comm: Comm, rows: torch.Tensor, value: torch.Tensor, members: np.ndarray) -> None:
+    """The ``members`` (a mask over all devices) download ``value`` into their rows: the
+    coordinator's answer, which needs no collective, since every rank already holds it
+    (:func:`average_members`)."""
+    start = time.perf_counter()
+    mine = comm.mine(members)
+    rows[torch.from_numpy(mine)] = value
+    comm.count(0, np.where(mine, rows.shape[1] * rows.element_size(), 0), start, rounds=0)

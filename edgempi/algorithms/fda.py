@@ -157,7 +157,7 @@ class FDA(DriftPolicy):
     def estimate(self) -> float:
         """One control Allreduce-mean of the devices' states → the same estimate of Var on all."""
         states = np.stack([self.state.local(delta).numpy().copy() for delta in self.drifts()])
-        total = self.ctx.comm.allreduce_ctrl(states)
+        total = self.ctx.comm.control(states)
         return self.state.estimate(total.astype(np.float64) / self.ctx.comm.devices)
 
     def after_step(self, step: int) -> dict[str, Any] | None:

@@ -11,9 +11,9 @@ from edgempi.registry import COMPRESSORS
 
 from . import compressors, powersgd  # noqa: F401  (registration)
 from .base import CompressionSettings, Compressor, Payload, payload_bytes
-from .exchange import GradientExchange, build_compressor, validate
+from .exchange import GradientExchange
 from .memory import ErrorFeedback, MomentumCorrection, NoMemory
 from .registry import create
 
 __all__ = ["COMPRESSORS", "CompressionSettings", "Compressor", "ErrorFeedback", "GradientExchange",
-           "MomentumCorrection", "NoMemory", "Payload", "build_compressor", "create", "payload_bytes", "validate"]
+           "MomentumCorrection", "NoMemory", "Payload", "create", "payload_bytes"]

@@ -7,8 +7,8 @@ through :class:`edgempi.comm.Comm`, whose ledger counts the real payload bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,17 +26,6 @@ if TYPE_CHECKING:
 torch = lazy_import("torch")
 
 _SEED_STREAM = 0xC0DEC
-
-
-def build_compressor(section: Mapping[str, Any] | CompressionSettings, shapes: Sequence[Sequence[int]],
-                     seed: int) -> Compressor:
-    """The compressor a ``compression`` section names (keys of other compressors are ignored)."""
-    return build(section, shapes, seed)
-
-
-def validate(section: Mapping[str, Any] | CompressionSettings) -> None:
-    """Check the ``compression`` section before any MPI work; raises ValueError naming the key."""
-    settings_of(section)
 
 
 class GradientExchange:
@@ -76,17 +65,15 @@ class GradientExchange:
         require(clip_norm >= 0.0, "compression.clip_norm", f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any] | CompressionSettings, comm: Comm,
+    def from_config(cls, section: CompressionSettings, comm: Comm,
                     shapes: Sequence[Sequence[int]], seed: int = 0, momentum: float = 0.0,
                     dense_downlink: bool = False) -> GradientExchange:
-        """Build from the ``compression`` config section (its settings, or a mapping).
+        """Build from the ``compression`` config section's settings.
 
         ``shapes``: the shapes of the tensors laid out in the flat vector, in order.
         ``seed``: the run's seed; summable compressors get one shared by all devices (their
         choices must agree), the others one per device.
         """
-        if isinstance(section, Mapping):  # a bare mapping (tests, benchmarks): no error feedback unless asked
-            section = {"error_feedback": False, **section}
         settings = settings_of(section)
         stream = np.random.SeedSequence([seed, _SEED_STREAM])
         shared = COMPRESSORS.get(settings.name).summable

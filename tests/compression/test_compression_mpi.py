@@ -10,9 +10,10 @@ import math
 
 import pytest
 import torch
+from helpers import make_exchange
 
 from edgempi.comm import Comm
-from edgempi.compression import COMPRESSORS, GradientExchange, create
+from edgempi.compression import COMPRESSORS, create
 
 SHAPES = [(8, 5), (6, 3, 2, 2), (7,), (4, 9)]
 NUMEL = sum(math.prod(s) for s in SHAPES)
@@ -39,7 +40,7 @@ def test_exchange_gives_every_device_the_mean_of_what_was_sent(name: str) -> Non
     device sent (input + old residual − new residual): the Allgather path with devices that
     pick different indices, and the Allreduce path alike."""
     comm = Comm()
-    ex = GradientExchange.from_config({"name": name, "error_feedback": True, **SETTINGS}, comm, SHAPES, seed=5)
+    ex = make_exchange({"name": name, "error_feedback": True, **SETTINGS}, comm, SHAPES, seed=5)
     atol = 4e-3 if name == "fp16" else 1e-5  # the fp16 sum itself rounds to ~1e-3 at |x| ~ 2
     identical, close, residual = [], [], torch.zeros(NUMEL)
     for step in range(3):
@@ -60,7 +61,7 @@ def test_exchange_gives_every_device_the_mean_of_what_was_sent(name: str) -> Non
                                       {"name": "powersgd", "rank": 9}])
 def test_lossless_settings_give_the_exact_mean(settings: dict) -> None:
     comm = Comm()
-    ex = GradientExchange.from_config(settings, comm, SHAPES)
+    ex = make_exchange(settings, comm, SHAPES)
     xs = inputs(0, comm.size)
     flat = xs[comm.rank].clone()
     ex.exchange_mean_(flat, 0, 0.0)
@@ -71,7 +72,7 @@ def test_lossless_settings_give_the_exact_mean(settings: dict) -> None:
 @pytest.mark.parametrize("dense_downlink", [False, True])
 def test_topk_gathers_different_indices_and_counts_them(dense_downlink: bool) -> None:
     comm = Comm()
-    ex = GradientExchange.from_config({"name": "topk", "ratio": 0.1}, comm, SHAPES,
+    ex = make_exchange({"name": "topk", "ratio": 0.1}, comm, SHAPES,
                                       dense_downlink=dense_downlink)
     xs = inputs(0, comm.size)
     flat = xs[comm.rank].clone()
@@ -90,7 +91,7 @@ def test_topk_gathers_different_indices_and_counts_them(dense_downlink: bool) ->
 @pytest.mark.mpi(min_size=2)
 def test_randomk_sends_the_same_indices_from_every_device() -> None:
     comm = Comm()
-    ex = GradientExchange.from_config({"name": "randomk", "ratio": 0.2}, comm, SHAPES, seed=3)
+    ex = make_exchange({"name": "randomk", "ratio": 0.2}, comm, SHAPES, seed=3)
     xs = inputs(0, comm.size)
     flat = xs[comm.rank].clone()
     ex.exchange_mean_(flat, step=4, epoch=0.0)
@@ -106,7 +107,7 @@ def test_randomk_sends_the_same_indices_from_every_device() -> None:
 def test_fp16_divides_before_summing() -> None:
     """40000 on every device: the fp16 sum would overflow (> 65504), the mean does not."""
     comm = Comm()
-    ex = GradientExchange.from_config({"name": "fp16"}, comm, SHAPES)
+    ex = make_exchange({"name": "fp16"}, comm, SHAPES)
     flat = torch.full((NUMEL,), 40000.0)
     ex.exchange_mean_(flat, 0, 0.0)
     assert torch.equal(flat, torch.full((NUMEL,), 40000.0))
@@ -116,7 +117,7 @@ def test_fp16_divides_before_summing() -> None:
 @pytest.mark.mpi(min_size=2)
 def test_powersgd_is_two_allreduces_of_the_factors_in_one_round() -> None:
     comm = Comm()
-    ex = GradientExchange.from_config({"name": "powersgd", "rank": 2}, comm, SHAPES)
+    ex = make_exchange({"name": "powersgd", "rank": 2}, comm, SHAPES)
     ex.exchange_mean_(inputs(0, comm.size)[comm.rank].clone(), 0, 0.0)
     single = create("powersgd", rank=2, shapes=SHAPES).compress(torch.randn(NUMEL))
     factors = 2 * (8 + 5) + 2 * (6 + 12) + 2 * (4 + 9)

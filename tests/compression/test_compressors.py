@@ -5,17 +5,10 @@ import math
 
 import pytest
 import torch
+from helpers import make_exchange, self_comm
 
-from edgempi.comm import self_comm
-from edgempi.compression import (
-    ErrorFeedback,
-    GradientExchange,
-    MomentumCorrection,
-    build_compressor,
-    create,
-    payload_bytes,
-    validate,
-)
+from edgempi.compression import ErrorFeedback, MomentumCorrection, create, payload_bytes
+from edgempi.compression.registry import build, settings_of
 
 SHAPES = [(8, 5), (6, 3, 2, 2), (7,), (4, 9)]
 NUMEL = sum(math.prod(s) for s in SHAPES)
@@ -54,8 +47,8 @@ def test_gathered_exchange_of_one_device(name: str) -> None:
     """One rank alone (large_batch under mpiexec -n 1): its gathered payload comes back as a
     single row whose packed bytes are not a whole number of float32s, and is its own mean."""
     x = vector(1001, seed=2)
-    ex = GradientExchange.from_config({"name": name}, self_comm(), [(1001,)])
-    reference = GradientExchange.from_config({"name": name}, self_comm(), [(1001,)]).compressor  # same seed
+    ex = make_exchange({"name": name}, self_comm(), [(1001,)])
+    reference = make_exchange({"name": name}, self_comm(), [(1001,)]).compressor  # same seed
     expected = reference.decompress(reference.compress(x.clone()), x.numel())
     got = x.clone()
     ex.exchange_mean_(got, 0, 0.0)
@@ -195,8 +188,8 @@ def test_momentum_correction_zeroes_what_was_sent() -> None:
         assert torch.equal(memory.v + comp.decompress(payload, NUMEL), v)
 
 
-def exchange(settings: dict, **kw) -> GradientExchange:
-    return GradientExchange.from_config(settings, self_comm(), SHAPES, **kw)
+def exchange(settings: dict, **kw):
+    return make_exchange(settings, self_comm(), SHAPES, **kw)
 
 
 def test_exchange_on_one_device_keeps_the_sent_vector_and_counts_its_bytes() -> None:
@@ -232,11 +225,11 @@ def test_exchange_clips_locally() -> None:
 ])
 def test_bad_settings_name_the_key(settings: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        validate(settings)
+        settings_of(settings)
 
 
 def test_settings_of_other_compressors_are_ignored() -> None:
-    comp = build_compressor({"name": "qsgd", "ratio": 0.5, "rank": 2, "levels": 3}, SHAPES, seed=0)
+    comp = build({"name": "qsgd", "ratio": 0.5, "rank": 2, "levels": 3}, SHAPES, seed=0)
     assert comp.levels == 3
     with pytest.raises(ValueError, match="compression.ratio"):
         create("qsgd", ratio=0.5)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import edgempi, small_config, write_config
+from helpers import edgempi, self_comm, small_config, write_config
 
-from edgempi.comm import self_comm
 from edgempi.config import from_dict
 from edgempi.data.drift import DriftConfig, DriftSchedule
 from edgempi.record import open_for_reading

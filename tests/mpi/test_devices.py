@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import self_comm
 from test_methods import LENET, run, same_on_all_ranks
 
 from edgempi.algorithms.large_batch import LargeBatch
-from edgempi.comm import Comm, self_comm
+from edgempi.comm import Comm
 from edgempi.sim import Deadline, Jitter, device_links
 from edgempi.train import Seeds, build
 

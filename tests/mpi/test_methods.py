@@ -10,12 +10,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from helpers import small_config
+from helpers import self_comm, small_config
 
 from edgempi import data
 from edgempi.algorithms.base import participants
 from edgempi.algorithms.fedavg import FedAvg
-from edgempi.comm import Comm, self_comm
+from edgempi.comm import Comm
 from edgempi.config import from_dict
 from edgempi.train import Seeds, Trainer, build, device_loader
 

@@ -1,7 +1,7 @@
 """Where the ``mpiexec`` of this Python is: the one beside the interpreter first (the ``mpich``
 wheel puts it in the virtual environment's ``bin``, which is on PATH only when the environment
-is activated), then PATH's. Tests and benchmarks that start MPI jobs of their own use it, so
-``.venv/bin/python benchmarks/...`` works without activating anything."""
+is activated), then PATH's. The benchmarks that start MPI jobs of their own (and the tests) use
+it, so ``.venv/bin/python benchmarks/...`` works without activating anything."""
 from __future__ import annotations
 
 import shutil
