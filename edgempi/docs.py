@@ -149,32 +149,45 @@ def plugins(registry: SettingsRegistry[Any], section: str) -> Iterator[str]:
     chains = {n: [k for k in reversed(c.__mro__) if issubclass(k, base) and k is not base and declared(k)]
               for n, c in classes.items()}
     yield f"Every `{section}.name` takes these keys (`{base.__name__}`):\n"
-    yield from table(base, section, dataclasses.fields(base))
+    yield from table(base, section, flat(base))
     for cls in dict.fromkeys(k for chain in chains.values() for k in chain if k not in owner):
         takers = ", ".join(f"`{n}`" for n, chain in chains.items() if cls in chain)
         yield f"\n### `{cls.__name__}`\n\n{first_sentence(cls.__doc__)} Taken by {takers}.\n"
         yield from table(cls, section, declared(cls))
     for name, cls in classes.items():
-        yield f"\n### `{name}`\n\n{summary(registry, name)}\n\nPaper: {paper(registry.get(name))}\n"
+        cited = f"\nPaper: {paper(registry.get(name))}\n" if hasattr(registry.get(name), "paper") else ""
+        yield f"\n### `{name}`\n\n{summary(registry, name)}\n{cited}"
         others = [owner.get(k, k.__name__) for k in chains[name] if owner.get(k) != name]
         if others:
             yield f"Also takes the keys of {', '.join(f'[`{o}`](#{anchor(o)})' for o in others)}.\n"
         yield from table(cls, section, declared(cls)) if owner[cls] == name and cls in chains[name] else \
             ["No keys of its own."]
+    yield from subsections(base, section, "###")
+
+
+def flat(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are keys, not sections of their own (``data.drift``)."""
+    return [f for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(default(f))]
 
 
 def section(cls: type, name: str, level: str = "##") -> Iterator[str]:
     """A fixed section's table, then its subsections (``data.drift``)."""
-    fields = dataclasses.fields(cls)
-    nested = [f for f in fields if dataclasses.is_dataclass(default(f))]
-    yield from table(cls, name, [f for f in fields if f not in nested])
-    for f in nested:
+    yield from table(cls, name, flat(cls))
+    yield from subsections(cls, name, level)
+
+
+def subsections(cls: type, name: str, level: str) -> Iterator[str]:
+    """The sections nested in ``cls``: a plug-in's (``algorithm``: its entries and their keys) or
+    a fixed one; a registry named by a key of a fixed one (``model.name``) lists its entries."""
+    for f in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(default(f)):
+            continue
         key = f"{name}.{f.name}".lstrip(".")
         yield f"\n{level} `{key}`\n\n{field_docs(cls).get(f.name) or MISSING}\n"
         if f.metadata.get("registry"):
             yield from plugins(f.metadata["registry"], key)
-        else:
-            yield from section(type(default(f)), key, level + "#")
+            continue
+        yield from section(type(default(f)), key, level + "#")
         for registry in (DATASETS, MODELS):
             if registry.key.startswith(f"{key}."):
                 yield f"\n`{registry.key}`:\n"
