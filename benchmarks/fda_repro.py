@@ -62,8 +62,8 @@ def expand(grid: dict, folder: Path, devices: list[int], partitions: list[str], 
             for values in itertools.product(*axes.values()):
                 point = [f"{key}={value}" for key, value in zip(axes, values)]
                 label = ",".join(p.split(".", 1)[1] for p in point)
-                runs.append(Run(partition, k, method, label, [*grid["partitions"][partition], *spec.get("set", []), *point],
-                                folder / spec.get("config", grid.get("base", ""))))
+                sets = [*grid["partitions"][partition], *spec.get("set", []), *point]
+                runs.append(Run(partition, k, method, label, sets, folder / spec.get("config", grid.get("base", ""))))
     return runs
 
 
@@ -105,7 +105,8 @@ def reached(path: Path, devices: int, target: float, strict: bool = False) -> di
         syncs, up = float(run.evals["rounds"][at]), float(run.evals["bytes_up"][at])
         per_sync = up / syncs if syncs else 0.0  # 4·d bytes a device sends in one dense sync
         row.update(step=float(run.evals["step"][at]), rounds=syncs,
-                   model_bytes=(cost["bytes_up"] + cost["bytes_down"]) * devices, ctrl_bytes=cost["ctrl_bytes"] * devices,
+                   model_bytes=(cost["bytes_up"] + cost["bytes_down"]) * devices,
+                   ctrl_bytes=cost["ctrl_bytes"] * devices,
                    paper_bytes=(syncs + 1) * 2 * devices * per_sync + cost["ctrl_bytes"] * devices)
     return row
 
@@ -122,7 +123,8 @@ def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] 
     lines = [f"Target: the first test accuracy {rule} {target:.1%}; bytes = up + down summed over all devices "
              "(model = weight/gradient exchanges, ctrl = FDA state / violation counts), as `edgempi report` "
              "counts them; paper = the FDA paper's convention, (syncs + 1) × 2·K·4·d + ctrl.", "",
-             "| partition | K | method | point | steps to target | syncs | model bytes | ctrl bytes | total | paper | best acc |",
+             "| partition | K | method | point | steps to target | syncs | model bytes | ctrl bytes | total | paper "
+             "| best acc |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     best: dict[tuple[str, int, str], dict[str, float | str]] = {}
     for run in runs:
@@ -132,8 +134,8 @@ def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] 
         r = reached(path, run.devices, target, strict)
         if "step" in r:
             total = r["model_bytes"] + r["ctrl_bytes"]
-            cells = [f"{int(r['step'])}", f"{int(r['rounds'])}", fmt_bytes(r["model_bytes"]), fmt_bytes(r["ctrl_bytes"]),
-                     fmt_bytes(total), fmt_bytes(r["paper_bytes"])]
+            cells = [f"{int(r['step'])}", f"{int(r['rounds'])}", fmt_bytes(r["model_bytes"]),
+                     fmt_bytes(r["ctrl_bytes"]), fmt_bytes(total), fmt_bytes(r["paper_bytes"])]
             key = (run.partition, run.devices, run.method)
             if key not in best or total < best[key]["total"]:
                 best[key] = {"total": total, "step": r["step"], "point": run.point, "paper_bytes": r["paper_bytes"]}
@@ -145,7 +147,8 @@ def table(runs: list[Run], out: Path, target: float, baselines: tuple[str, ...] 
     lines += ["", "Cheapest grid point per method (bytes to the target), and how many times fewer bytes "
               f"than the cheapest of {names} and than the synchronous reference"
               + ("; the paper's figure and ours in its convention:" if paper else ":"), "",
-              f"| partition | K | method | point | steps | total bytes | × fewer than {names} | × fewer than synchronous"
+              f"| partition | K | method | point | steps | total bytes | × fewer than {names} "
+              "| × fewer than synchronous"
               + (" | paper | ours (paper's convention) | ours / paper |" if paper else " |"),
               "| --- " * (11 if paper else 8) + "|"]
     for (partition, k, method), b in sorted(best.items(), key=lambda kv: (kv[0][:2], kv[1]["total"])):
@@ -194,9 +197,11 @@ def main() -> None:
     runs = [r for r in runs if not args.points or not r.point or r.point in args.points]
     target = args.target if args.target is not None else grid.get("target", 0.85)
     strict = bool(grid.get("strict", False))
-    stop_at = round(target + 1e-4, 10) if strict else target  # accuracies are multiples of 1e-4 on a 10,000-image test set
+    # accuracies are multiples of 1e-4 on a 10,000-image test set
+    stop_at = round(target + 1e-4, 10) if strict else target
     if args.dry_run:
-        print("\n".join(f"{r.name}: {shlex.join(command(r, args.out, args.set, args.max_ranks, stop_at))}" for r in runs))
+        print("\n".join(f"{r.name}: {shlex.join(command(r, args.out, args.set, args.max_ranks, stop_at))}"
+                        for r in runs))
         return
     if not args.table_only:
         for run in runs:
