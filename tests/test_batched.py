@@ -56,7 +56,8 @@ BUILDERS = {"lenet5_28": lambda: models.create("lenet5", in_channels=1, input_si
             "lenet5_keras": lambda: models.create("lenet5_keras", in_channels=1, input_size=28),  # tanh, average pools
             "mlp": lambda: models.create("mlp", in_channels=1, input_size=12),
             "odd_convolutions": odd_convolutions}
-IMAGES = {"lenet5_28": (1, 28), "lenet5_32": (3, 32), "lenet5_keras": (1, 28), "mlp": (1, 12), "odd_convolutions": (3, 13)}
+IMAGES = {"lenet5_28": (1, 28), "lenet5_32": (3, 32), "lenet5_keras": (1, 28), "mlp": (1, 12),
+          "odd_convolutions": (3, 13)}
 
 
 @pytest.mark.parametrize("name", BUILDERS)

@@ -29,7 +29,8 @@ RUNS = {
 
 def clock_rows(path) -> list[tuple[str, dict[str, np.ndarray]]]:
     with h5py.File(path, "r") as f:
-        return [(table, {c: f[table][c][()] for c in ("step", *CLOCKS) if c in f[table]}) for table in ("steps", "evals")]
+        return [(table, {c: f[table][c][()] for c in ("step", *CLOCKS) if c in f[table]})
+                for table in ("steps", "evals")]
 
 
 def assert_clocks_never_run_backwards(path) -> None:

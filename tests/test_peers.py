@@ -25,7 +25,8 @@ sys.path.insert(0, str(PEERS))
 import runs  # noqa: E402
 from workload import CONFIG, RANKS, Workload, edgempi_command, overrides, workload_config  # noqa: E402
 
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
+                                   reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
 
 
 def command_config(argv: list[str]) -> config.RunConfig:
@@ -143,8 +144,8 @@ def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp
 @needs_fashion
 @pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="Flower is not installed (extra: peers)")
 def test_flower_and_edgempi_reach_the_same_accuracy():
-    proc = subprocess.run([sys.executable, str(PEERS / "flower.py"), "--devices", "2", "--rounds", "2", "--repeats", "1"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(PEERS / "flower.py"), "--devices", "2", "--rounds", "2",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| 2 |" in proc.stdout
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

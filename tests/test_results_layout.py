@@ -85,7 +85,8 @@ def test_tables_and_columns_are_the_documented_ones(results_file: h5py.File) -> 
     assert set(results_file["steps"]) == set(tables["/steps"])
     assert set(results_file["evals"]) == set(tables["/evals"])
     assert set(results_file["syncs"]) == set(tables["/syncs fedavg"])
-    assert all(ds.dtype == "f8" and ds.ndim == 1 for t in ("steps", "evals", "syncs") for ds in results_file[t].values())
+    assert all(ds.dtype == "f8" and ds.ndim == 1
+               for t in ("steps", "evals", "syncs") for ds in results_file[t].values())
     assert list(results_file["partition"]) == ["counts"] and results_file["partition/counts"].shape == (2, 10)
     assert list(results_file["evals/step"][()]) == [0, 3, 6]
 

@@ -40,7 +40,8 @@ def test_buckets_give_the_single_allreduce_bit_for_bit(extra):
     assert comm.ledger.bytes_up == single_comm.ledger.bytes_up == 12 * 4 * setup.flat.numel
     assert comm.ledger.bytes_down == single_comm.ledger.bytes_down
     assert [r["train_loss"] for r in bucketed.steps] == [r["train_loss"] for r in single.steps]
-    assert [(r["rounds"], r["bytes_up"]) for r in bucketed.steps] == [(r["rounds"], r["bytes_up"]) for r in single.steps]
+    assert [(r["rounds"], r["bytes_up"]) for r in bucketed.steps] == \
+        [(r["rounds"], r["bytes_up"]) for r in single.steps]
 
 
 def policy_for(overrides: list[str]) -> algorithms.Policy:
@@ -60,7 +61,8 @@ def test_buckets_start_during_backward_and_only_where_they_can():
     with pytest.raises(RuntimeError, match="second backward"):  # it would add into buckets on the wire
         F.cross_entropy(flat.model(x), y).backward()
     assert policy.after_backward(0) and buckets.started == 0
-    for off in (["algorithm.bucket_mb=0"], ["algorithm.bucket_mb=1"],  # LeNet-5's 241 KiB fit one bucket ["compression.name=fp16"], ["model.norm=batch", "algorithm.sync_bn=true"],
+    for off in (["algorithm.bucket_mb=0"], ["algorithm.bucket_mb=1"],  # LeNet-5's 241 KiB fit one bucket
+                ["compression.name=fp16"], ["model.norm=batch", "algorithm.sync_bn=true"],
                 ["network.step_ms=10", "network.deadline_s=1"]):
         assert policy_for(off).buckets is None, off
 

@@ -105,8 +105,8 @@ def test_same_config_and_seed_give_identical_metrics():
     metrics = []
     for _ in range(2):
         _, outcome, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5"])
-        metrics.append(([r["train_loss"] for r in outcome.steps], [(r["test_loss"], r["test_acc"]) for r in outcome.evals],
-                        outcome.storage.clone()))
+        metrics.append(([r["train_loss"] for r in outcome.steps],
+                        [(r["test_loss"], r["test_acc"]) for r in outcome.evals], outcome.storage.clone()))
     assert metrics[0][0] == metrics[1][0] and metrics[0][1] == metrics[1][1]
     assert torch.equal(metrics[0][2], metrics[1][2])
     _, other, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5", "seed=4"])
@@ -137,7 +137,8 @@ def test_spatial_mode_trains_like_one_device():
     world = Comm()
     pair = world.split(world.rank // 2)
     spatial_vgg = {"data": {"synthetic_side": 32, "synthetic_train": 128, "synthetic_test": 32},
-                   "model": {"name": "spatial_vgg"}, "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "lr": 0.005}}
+                   "model": {"name": "spatial_vgg"},
+                   "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "lr": 0.005}}
     cfg = small_config(**spatial_vgg)
     spatial = from_dict(cfg, ["parallel.mode=spatial", "parallel.grid=[1, 2]", "parallel.layers=14",
                               "parallel.groups=[[0, 6], [7, 13]]"])
@@ -164,7 +165,8 @@ def test_partial_participation_averages_only_the_participants(monkeypatch):
         if sync is not None:
             mask = participants(self.settings, self.ctx.cfg.seed, comm.size, (step + 1) // self.period)
             expected = torch.stack([b for b, m in zip(before, mask) if m]).mean(0) if mask.any() else before[comm.rank]
-            seen.append((mask.tolist(), sync["participants"], torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
+            seen.append((mask.tolist(), sync["participants"],
+                         torch.allclose(self.ctx.flat.storage, expected, atol=1e-6),
                          same_on_all_ranks(comm, self.ctx.flat.storage) or not mask.any()))
         return sync
 
