@@ -83,7 +83,9 @@ class TrainConfig:
     stop_at_acc: float | None = None
     """End the run, completed, at the first evaluation whose test accuracy reaches this fraction."""
     eval_model: str = "global"
-    """What an evaluation scores where devices hold their own models: ``global``, the model of the last sync (after any server step); ``average``, the devices' current average (charged one sync by ``report``)."""
+    """What an evaluation scores where devices hold their own models: ``global``, the model of the
+    last sync (after any server step); ``average``, the devices' current average (charged one sync
+    by ``report``)."""
     signal_grace_s: float = 10.0
     """After SIGTERM, SIGINT or SIGUSR1: seconds to checkpoint before the job is aborted."""
     stall_timeout_s: float = 600.0
@@ -91,7 +93,8 @@ class TrainConfig:
 
 
     def check(self, cfg: RunConfig) -> None:
-        require(self.epochs is None or self.steps is None, "train.steps", "set only one of train.epochs and train.steps")
+        require(self.epochs is None or self.steps is None, "train.steps",
+                "set only one of train.epochs and train.steps")
         require(self.epochs is None or self.epochs > 0, "train.epochs", "must be > 0")
         require(self.steps is None or self.steps > 0, "train.steps", "must be > 0")
         require(self.batch_size > 0, "train.batch_size", "must be > 0")
@@ -154,7 +157,8 @@ class ParallelConfig:
         if self.mode == "spatial":
             require(cfg.algorithm.spatial, "parallel.mode",
                     f"spatial partitioning trains with algorithm.name=large_batch, not {cfg.algorithm.name}")
-            require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid", "must be [rows, columns] of tiles, >= 1")
+            require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid",
+                    "must be [rows, columns] of tiles, >= 1")
             require(self.layers >= 1, "parallel.layers", "must be >= 1")
             require(self.groups == "auto" or isinstance(self.groups, list), "parallel.groups",
                     "must be auto or a list of [first, last] layer ranges")

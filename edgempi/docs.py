@@ -84,7 +84,8 @@ def rules(cls: type) -> dict[str, str]:
                 allowed = _options(test.comparators[0], scope) if isinstance(test, ast.Compare) and \
                     isinstance(test.ops[0], ast.In) else None
                 if allowed is None and _text(reason).startswith("must be ") and _text(key) not in found:
-                    allowed = re.sub(r" \([^()]*\)$", "", re.sub(r",? got …$", "", _text(reason).removeprefix("must be ")))
+                    stated = re.sub(r",? got …$", "", _text(reason).removeprefix("must be "))
+                    allowed = re.sub(r" \([^()]*\)$", "", stated)
             if allowed:
                 found[_text(key)] = allowed
     return found
@@ -107,14 +108,16 @@ def default(f: dataclasses.Field) -> Any:
 
 
 def table(cls: type, section: str, fields: list[dataclasses.Field]) -> Iterator[str]:
-    docs = {k: v for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass) for k, v in field_docs(klass).items()}
+    docs = {k: v for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass)
+            for k, v in field_docs(klass).items()}
     allowed = rules(cls)
     yield "| key | type | default | allowed | meaning |"
     yield "| --- | --- | --- | --- | --- |"
     for f in fields:
         key = f"{section}.{f.name}".lstrip(".")
         registry = REGISTRIES.get(key)
-        values = f"{', '.join(f'`{n}`' for n in registry)}, or `package.module:attr`" if registry else allowed.get(key, "")
+        values = f"{', '.join(f'`{n}`' for n in registry)}, or `package.module:attr`" if registry else \
+            allowed.get(key, "")
         value = registry.default if registry else default(f)
         yield f"| `{key}` | {type_text(f.type)} | `{yaml_value(value)}` | {values} | {docs.get(f.name) or MISSING} |"
 

@@ -19,7 +19,8 @@ def test_shards(n: int, comm: Comm) -> list[slice]:
     return [slice(int(bounds[d]), int(bounds[d + 1])) for d in range(comm.first, comm.first + comm.local)]
 
 
-def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: str, average_stats: bool) -> list[Overlay]:
+def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: str,
+                    average_stats: bool) -> list[Overlay]:
     """What each device's row is overwritten with before it is scored.
 
     Where all devices hold one model (no ``policy.models_differ``), nothing: each scores its own.

@@ -236,8 +236,8 @@ def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_r
                 overrides = tuple(f"{k}={yaml_value(v)}" for k, v in chosen.items())
                 pid = point_id(overrides, ranks, fixed)
                 if pid in seen:
-                    raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same ({', '.join(overrides)}); "
-                                     "remove the repeated value")
+                    raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same "
+                                     f"({', '.join(overrides)}); remove the repeated value")
                 seen[pid] = len(points)
                 points.append(Point(len(points), pid, overrides, ranks))
     return points

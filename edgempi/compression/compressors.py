@@ -75,7 +75,8 @@ class TopKSettings(RatioSettings):
         super().check()
         require(self.warmup_epochs >= 0, "compression.warmup_epochs",
                 f"must be a whole number of epochs >= 0 (0 turns warm-up off), got {self.warmup_epochs}")
-        require(0.0 < self.sample_ratio <= 1.0, "compression.sample_ratio", f"must be in (0, 1], got {self.sample_ratio}")
+        require(0.0 < self.sample_ratio <= 1.0, "compression.sample_ratio",
+                f"must be in (0, 1], got {self.sample_ratio}")
 
 
 @COMPRESSORS.register("topk")
@@ -218,7 +219,8 @@ class QSGDSettings(CompressionSettings):
         super().check()
         require(1 <= self.levels <= 127, "compression.levels",
                 f"must be a whole number in [1, 127] (a level fits in one byte), got {self.levels}")
-        require(self.bucket_size >= 1, "compression.bucket_size", f"must be a whole number >= 1, got {self.bucket_size}")
+        require(self.bucket_size >= 1, "compression.bucket_size",
+                f"must be a whole number >= 1, got {self.bucket_size}")
 
 
 @COMPRESSORS.register("qsgd")

@@ -73,7 +73,8 @@ class GradientExchange:
 
     @staticmethod
     def check_options(clip_norm: float) -> None:
-        require(clip_norm >= 0.0, "compression.clip_norm", f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
+        require(clip_norm >= 0.0, "compression.clip_norm",
+                f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | CompressionSettings, comm: Comm,

@@ -166,7 +166,8 @@ def _checked_idx(folder: Path, num_classes: int = 10) -> list[np.ndarray]:
     arrays = [_read_idx(p) for p in paths]
     for images, labels, xp, yp in ((*arrays[:2], *paths[:2]), (*arrays[2:], *paths[2:])):
         if images.ndim != 3 or labels.ndim != 1:
-            raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] (found {images.shape}, {labels.shape})")
+            raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] "
+                            f"(found {images.shape}, {labels.shape})")
         if len(images) != len(labels):
             raise DataError(f"{xp} holds {len(images)} images but {yp} {len(labels)} labels")
         if labels.size and labels.max() >= num_classes:
@@ -216,9 +217,10 @@ class IdxDataset:
                        torch.from_numpy(test_y.astype(np.int64)), 10, self.mean, self.std)
 
 
-DATASETS.add("fashion-mnist", IdxDataset("fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."),
-                                         "FashionMNIST", (0.2860,), (0.3530,), "apt-get install dataset-fashion-mnist, or ",
-                                         doc="Fashion-MNIST: 28×28 grey images of clothing, 10 classes, 60,000 + 10,000."))
+DATASETS.add("fashion-mnist", IdxDataset(
+    "fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."), "FashionMNIST", (0.2860,), (0.3530,),
+    "apt-get install dataset-fashion-mnist, or ",
+    doc="Fashion-MNIST: 28×28 grey images of clothing, 10 classes, 60,000 + 10,000."))
 DATASETS.add("mnist", IdxDataset("mnist", ("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,),
                             doc="MNIST: 28×28 grey images of handwritten digits, 10 classes, 60,000 + 10,000."))
 
