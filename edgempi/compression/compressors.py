@@ -11,15 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.scratch import Scratch
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
 from .blockwise import BlockDecoder, Blockwise
-
-torch = lazy_import("torch")
 
 
 def _step_seed(seed: int, step: int) -> int:

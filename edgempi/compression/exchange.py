@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
@@ -22,8 +22,6 @@ from .registry import build, settings_of
 
 if TYPE_CHECKING:
     from ..comm import Comm  # importing comm starts MPI
-
-torch = lazy_import("torch")
 
 _SEED_STREAM = 0xC0DEC
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import MODELS
 
 if TYPE_CHECKING:
     from torch import nn
-
-torch = lazy_import("torch")
 
 Builder = Callable[..., "nn.Module"]
 NORMS = ("batch", "group", "none")
