@@ -129,7 +129,7 @@ class OutputConfig:
     """The results file's name; unset: ``<config>-<algorithm>-<hash>.h5``."""
 
     def check(self, cfg: RunConfig) -> None:
-        require(self.name is None or (self.name and "/" not in self.name),
+        require(self.name is None or (bool(self.name) and "/" not in self.name),
                 "output.name", "must be a file name without a directory")
 
 
@@ -169,7 +169,7 @@ class ParallelConfig:
             require(self.mode == "data" and cfg.algorithm.virtual_devices and cfg.compression.name == "none",
                     "parallel.devices_per_rank", "several devices per rank are for data-parallel methods "
                     "(not centralized) without compression or sync_bn")
-        one_of(self.batched, BATCHED, "parallel.batched")
+        one_of(str(self.batched), BATCHED, "parallel.batched")  # a str since __post_init__
         if self.batched == "on":  # as FedBN's check: only this setting builds the model to check it
             from edgempi import batched, models
 
@@ -195,16 +195,17 @@ class CheckpointConfig:
 class RunConfig:
     seed: int = 0
     """Seeds the partition, the initial weights and every device's random stream: same config, same numbers."""
-    # Read into the settings class of the method / compressor / data set that ``name`` picks (edgempi.registry).
-    data: DataSettings = field(default_factory=DATASETS.default_settings, metadata={"registry": DATASETS})
+    # Read into the settings class of the method / compressor / data set that ``name`` picks (edgempi.registry):
+    # a MethodSettings / CompressionSettings subclass, typed Any since config.py imports no method or compressor.
+    data: DataSettings = field(default_factory=DataSettings.default, metadata={"registry": DATASETS})
     """What is trained on, and how it is split over the devices: ``name`` picks the data set (below)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network every device trains."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Each device's local training: length, batch, optimizer, learning-rate schedule, evaluation."""
-    algorithm: Settings = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
+    algorithm: Any = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
     """The method: ``name`` picks it; the section holds the keys of that method (below)."""
-    compression: Settings = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
+    compression: Any = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
     """What a compressed exchange sends: ``name`` picks the compressor (below)."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
     """The modelled edge network behind ``sim_s``: links, devices' compute speeds, stragglers."""
@@ -283,7 +284,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         hint, registry = hints[name], fields[name].metadata.get("registry")
         if registry is not None:
             kwargs[name] = read_section(registry, value if value is not None else {}, f"{key}.")
-        elif dataclasses.is_dataclass(hint):
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value if value is not None else {}, f"{key}.")
         else:
             kwargs[name] = _coerce(key, value, hint)

@@ -52,7 +52,8 @@ def field_docs(cls: type) -> dict[str, str]:
 def _text(node: ast.expr) -> str:
     """A key's or a reason's words: a string, or an f-string with its holes as "…"."""
     if isinstance(node, ast.JoinedStr):
-        return "".join(v.value if isinstance(v, ast.Constant) else "…" for v in node.values)
+        return "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "…"
+                       for v in node.values)
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
 
 
@@ -104,7 +105,9 @@ def type_text(hint: Any) -> str:
 
 
 def default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def table(cls: type, section: str, fields: list[dataclasses.Field]) -> Iterator[str]:
@@ -153,10 +156,10 @@ def plugins(registry: SettingsRegistry[Any], section: str) -> Iterator[str]:
               for n, c in classes.items()}
     yield f"Every `{section}.name` takes these keys (`{base.__name__}`):\n"
     yield from table(base, section, flat(base))
-    for cls in dict.fromkeys(k for chain in chains.values() for k in chain if k not in owner):
-        takers = ", ".join(f"`{n}`" for n, chain in chains.items() if cls in chain)
-        yield f"\n### `{cls.__name__}`\n\n{first_sentence(cls.__doc__)} Taken by {takers}.\n"
-        yield from table(cls, section, declared(cls))
+    for shared in dict.fromkeys(k for chain in chains.values() for k in chain if k not in owner):
+        takers = ", ".join(f"`{n}`" for n, chain in chains.items() if shared in chain)
+        yield f"\n### `{shared.__name__}`\n\n{first_sentence(shared.__doc__)} Taken by {takers}.\n"
+        yield from table(shared, section, declared(shared))
     for name, cls in classes.items():
         cited = f"\nPaper: {paper(registry.get(name))}\n" if hasattr(registry.get(name), "paper") else ""
         yield f"\n### `{name}`\n\n{summary(registry, name)}\n{cited}"

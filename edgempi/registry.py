@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
 from edgempi.settings import ConfigError, Settings
@@ -25,7 +25,7 @@ class Registry(Generic[T]):
     (``algorithm.name``); ``package`` holds the built-in entries; ``default`` is the name a
     section without one takes."""
 
-    def __init__(self, key: str, package: str, default: str | None = None) -> None:
+    def __init__(self, key: str, package: str, default: str) -> None:
         self.key, self.package, self.default = key, package, default
         self._entries: dict[str, T] = {}
         self._loaded = False
@@ -57,7 +57,7 @@ class Registry(Generic[T]):
         self._load()
         return tuple(self._entries)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __contains__(self, name: object) -> bool:
@@ -116,7 +116,7 @@ class SettingsRegistry(Registry[T]):
     ``package.module:attr`` of a settings class, is what every entry's derives from and what an
     entry that declares none takes (a data set's loader function needs no keys of its own)."""
 
-    def __init__(self, key: str, package: str, default: str | None = None, base: str | None = None) -> None:
+    def __init__(self, key: str, package: str, default: str, base: str | None = None) -> None:
         super().__init__(key, package, default)
         self.base = base
 

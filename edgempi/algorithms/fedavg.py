@@ -4,7 +4,7 @@ With compression, what is sent is the update w − w_ref since the last sync (wi
 error feedback); the server replies with the dense mean update (counted as such).
 """
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from edgempi.algorithms.base import Context, Policy, participants
 from edgempi.algorithms.compressed import exchange_state, load_exchange_state, make_exchange
@@ -28,7 +28,7 @@ class FedAvgSettings(ServerSettings):
     local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
     """FedBN (Li et al., ICLR 2021): every BatchNorm parameter and statistic stays on its device."""
 
-    compresses = "updates"
+    compresses: ClassVar[str | None] = "updates"
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -45,13 +45,14 @@ class FedAvgSettings(ServerSettings):
 
     def period(self, steps_per_epoch: int) -> int:
         """Local steps per round."""
-        return self.local_steps or max(1, round(self.local_epochs * steps_per_epoch))
+        return self.local_steps or max(1, round((self.local_epochs or 0) * steps_per_epoch))  # one is set
 
 
 class PeriodicPolicy(Policy):
     """A method whose rounds end every ``period`` local steps (FedAvg and its kin)."""
 
     settings: FedAvgSettings
+    held: HeldModel
     models_differ = True
     sync_columns = ("participants",)
 
@@ -114,6 +115,7 @@ class FedAvg(PeriodicPolicy):
             reported = self.average_(round_index)
             return self.restart({"step": step + 1, "participants": reported})  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(self.settings.average_buffers)  # one device per rank, everyone reports
+        assert self.reference is not None, "kept whenever there is an exchange"
         update = state - self.reference
         self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
         state.copy_(self.reference.add_(update))

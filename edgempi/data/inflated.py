@@ -17,9 +17,7 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
-
-Buffer = bytes | bytearray | np.ndarray
+Buffer = bytes | bytearray | memoryview  # an IDX file's header and its values (ndarray.data)
 STALE_PARTIAL_S = 600  # a partial copy this old was left by a writer that died
 
 

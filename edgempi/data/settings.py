@@ -8,7 +8,7 @@ loader that declares none (a user's function) takes :class:`DataSettings` itself
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from edgempi.data.drift import DriftConfig
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
@@ -51,6 +51,11 @@ class DataSettings(Settings):
     def section(cls) -> str:
         return "data"
 
+    @classmethod
+    def default(cls) -> DataSettings:
+        """The section of a config that names no data set: the default data set's settings."""
+        return settings_class(DATASETS.default)(name=DATASETS.default)
+
     def input_shape(self) -> tuple[int, int]:
         """(channels, side) of the images, known before they are loaded: what a config check
         builds the model for (:func:`edgempi.models.probe`). MNIST's 1×28×28 unless the data
@@ -70,3 +75,9 @@ class DataSettings(Settings):
                     f"(it takes: {', '.join(takes) or 'nothing'})")
         require(self.min_samples is None or self.min_samples > 0, "data.min_samples", "must be > 0")
         self.drift.check(cfg)
+
+
+def settings_class(name: str) -> type[DataSettings]:
+    """The settings class of data set ``name`` (the registry refuses one not derived from
+    :class:`DataSettings`)."""
+    return cast("type[DataSettings]", DATASETS.settings_class(name))

@@ -18,17 +18,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from edgempi.data import inflated
-from edgempi.data.settings import DataSettings
-from edgempi.lazy import lazy_import
+from edgempi.data.settings import DataSettings, settings_class
+from edgempi.lazy import torch
 from edgempi.registry import DATASETS
 from edgempi.settings import require
-
-torch = lazy_import("torch")
 
 
 class DataError(RuntimeError):
@@ -115,17 +113,17 @@ def _read_idx(path: Path) -> np.ndarray:
     if copy is not None:
         try:
             header, values = _parse_idx(copy, open)
-            if inflated.holds(path, (header, values)):
+            if inflated.holds(path, (header, values.data)):
                 return values
         except DataError:
             pass
         inflated.discard(copy)
     header, values = _parse_idx(path, gzip.open)
-    inflated.write(path, (header, values))
+    inflated.write(path, (header, values.data))
     return values
 
 
-def _parse_idx(path: Path, opener: Callable[..., BinaryIO]) -> tuple[bytes, np.ndarray]:
+def _parse_idx(path: Path, opener: Callable[..., Any]) -> tuple[bytes, np.ndarray]:
     """The header and the (writable) values of IDX file ``path`` opened with ``opener``."""
     try:
         with opener(path, "rb") as f:
@@ -164,7 +162,7 @@ def _checked_idx(folder: Path, num_classes: int = 10) -> list[np.ndarray]:
     labels [N] of one length, test images of the training images' size, labels < classes."""
     paths = [folder / f if (folder / f).exists() else folder / f"{f}.gz" for f in _IDX_FILES]
     arrays = [_read_idx(p) for p in paths]
-    for images, labels, xp, yp in ((*arrays[:2], *paths[:2]), (*arrays[2:], *paths[2:])):
+    for images, labels, xp, yp in zip(arrays[0::2], arrays[1::2], paths[0::2], paths[1::2]):  # training, test
         if images.ndim != 3 or labels.ndim != 1:
             raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] "
                             f"(found {images.shape}, {labels.shape})")
@@ -337,7 +335,7 @@ DATASETS.add("synthetic", Synthetic())
 def load(name: str, root: str | None = None, download: bool = False, seed: int = 0, **keys: Any) -> Dataset:
     """Load a data set by name, or by ``package.module:function`` (``edgempi.data.load``);
     ``keys``: its own settings (``synthetic_train=600``)."""
-    return from_settings(DATASETS.settings_class(name)(name=name, root=root, download=download, **keys), seed)
+    return from_settings(settings_class(name)(name=name, root=root, download=download, **keys), seed)
 
 
 def from_settings(settings: DataSettings, seed: int = 0) -> Dataset:
