@@ -82,15 +82,18 @@ def main() -> None:
 
 
 def summary(run: dict, drifts: list[int], steps: int) -> str:
-    """Per segment between drifts: its syncs (and how many came in its first 100 steps), the accuracy 25/50/100 steps into it and at its
-    end (the last evaluation before the next drift); and the mean accuracy over the run."""
+    """Per segment between drifts: its syncs (and how many came in its first 100 steps), the accuracy
+    25/50/100 steps into it and at its end (the last evaluation before the next drift); and the
+    mean accuracy over the run."""
     parts = []
     for a, b in zip([0, *drifts], [*drifts, steps + 1]):
         syncs = int(((run["syncs"] > a) & (run["syncs"] <= b)).sum())
         early = int(((run["syncs"] > a) & (run["syncs"] <= a + 100)).sum())
-        into = [f"{float(run['acc'][run['step'] == a + k][0]):.4f}" for k in (25, 50, 100) if (run["step"] == a + k).any()]
+        into = [f"{float(run['acc'][run['step'] == a + k][0]):.4f}" for k in (25, 50, 100)
+                if (run["step"] == a + k).any()]
         end = float(run["acc"][run["step"] < b][-1])
-        parts.append(f"steps {a}-{min(b, steps)}: {syncs} syncs ({early} in its first 100 steps), accuracy +25/+50/+100 {'/'.join(into)}, end {end:.4f}")
+        parts.append(f"steps {a}-{min(b, steps)}: {syncs} syncs ({early} in its first 100 steps), "
+                     f"accuracy +25/+50/+100 {'/'.join(into)}, end {end:.4f}")
     return (f"{len(run['syncs'])} syncs, {run['bytes'][-1] / 1e6:.2f} MB/device, mean accuracy "
             f"{float(run['acc'].mean()):.4f}; " + "; ".join(parts))
 

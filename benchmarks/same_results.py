@@ -63,7 +63,8 @@ def run(root: pathlib.Path, out: pathlib.Path, extra: list[str]) -> int:
     failed = 0
     for name, (ranks, config, overrides) in RUNS.items():
         sets = [arg for kv in [*overrides, *extra, f"output.dir={out}", f"output.name={name}"] for arg in ("--set", kv)]
-        cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(root / config), *sets, "--quiet"]
+        cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(root / config), *sets,
+               "--quiet"]
         with open(out / f"{name}.err", "w") as err:
             # cwd: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH
             code = subprocess.run(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=err).returncode

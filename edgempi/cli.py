@@ -202,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     val.add_argument("--ranks", type=int, help="also check that the method fits this many ranks")
     val.set_defaults(func=cmd_validate)
     part = with_config("partition", "show how the training set is split across devices (samples per class)")
-    part.add_argument("--devices", type=int, required=True, help="number of devices (ranks × parallel.devices_per_rank)")
+    part.add_argument("--devices", type=int, required=True,
+                      help="number of devices (ranks × parallel.devices_per_rank)")
     part.add_argument("--plot", metavar="FILE.png", help="also draw a devices × classes heat map")
     part.set_defaults(func=cmd_partition)
 

@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 
 from edgempi import yamltext
-from edgempi.data.drift import DriftConfig
-from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
+from edgempi.data.settings import DataSettings
 from edgempi.models import NORMS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
@@ -32,63 +31,6 @@ SCHEDULES = ("constant", "step", "cosine")
 EVAL_MODELS = ("global", "average")  # what an evaluation scores where devices hold their own models
 BATCHED = ("auto", "on", "off")
 MAX_THREADS = 4096  # torch threads of one rank: beyond any node's cores, and libgomp would try to start them all
-
-
-@dataclass
-class DataConfig:
-    name: str = "fashion-mnist"
-    """The data set: a built-in one (listed below) or ``package.module:function`` of your own."""
-    root: str | None = None
-    """The folder of the data's files; unset: ``$EDGEMPI_DATA``, ``./data``, ``/usr/share/datasets`` are searched."""
-    download: bool = False
-    """Let torchvision download the data set when its files are not found."""
-    partition: str = "iid"
-    """How the training set is split over the devices (``edgempi partition`` shows the split)."""
-    alpha: float | None = None
-    """``dirichlet``: the concentration α of the label skew; smaller is more skewed."""
-    shards_per_device: int | None = None
-    """``shards``: label-sorted shards dealt to each device (McMahan et al. 2017); unset: 2."""
-    skew: float | None = None
-    """``quantity``: spread of the device sizes, σ of ``lognormal`` or exponent of ``powerlaw`` (0: equal); unset: 1."""
-    law: str | None = None
-    """``quantity``: how device sizes are drawn, ``lognormal`` or ``powerlaw``; unset: ``lognormal``."""
-    p: float | None = None
-    """``sorted_fraction``: the fraction of each device's samples dealt from a label-sorted pool."""
-    labels: list[int] | None = None
-    """``concentrated``: the labels all of whose samples sit on ``on_devices`` devices."""
-    on_devices: int | None = None
-    """``concentrated``: how many devices hold those labels; unset: 1."""
-    min_samples: int | None = None
-    """The fewest training samples a device may get; unset: one local batch."""
-    augment: bool | None = None
-    """Random crop and flip of each batch; unset: on for ``cifar10`` only."""
-    normalize: bool = True
-    """Standardise inputs by the data set's mean and std; false: x / 255 alone (as the FDA paper's code)."""
-    synthetic_train: int = 6000
-    """``synthetic``: the number of training images."""
-    synthetic_test: int = 1000
-    """``synthetic``: the number of test images."""
-    synthetic_side: int = 28
-    """``synthetic``: the side of its square images, in pixels."""
-    drift: DriftConfig = field(default_factory=DriftConfig)
-    """Concept drift: at the given steps the data the devices draw from changes (as in Kamp et al. 2018)."""
-
-    def partition_args(self) -> dict[str, object]:
-        """The partition parameters that were set (each scheme refuses those it does not take)."""
-        return {k: getattr(self, k) for k in PARAMETERS if getattr(self, k) is not None}
-
-    def check(self, cfg: RunConfig) -> None:
-        DATASETS.get(self.name)
-        one_of(self.partition, SCHEMES, "data.partition")
-        takes = scheme_parameters(self.partition)
-        for key in self.partition_args():
-            require(key in takes, f"data.{key}", f"not used by partition {self.partition!r} "
-                    f"(it takes: {', '.join(takes) or 'nothing'})")
-        require(self.min_samples is None or self.min_samples > 0, "data.min_samples", "must be > 0")
-        require(self.synthetic_train > 0, "data.synthetic_train", "must be > 0")
-        require(self.synthetic_test > 0, "data.synthetic_test", "must be > 0")
-        require(self.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
-        self.drift.check(cfg)
 
 
 @dataclass
@@ -186,7 +128,7 @@ class OutputConfig:
     """The results file's name; unset: ``<config>-<algorithm>-<hash>.h5``."""
 
     def check(self, cfg: RunConfig) -> None:
-        require(self.name is None or (self.name and "/" not in self.name),
+        require(self.name is None or (bool(self.name) and "/" not in self.name),
                 "output.name", "must be a file name without a directory")
 
 
@@ -226,7 +168,7 @@ class ParallelConfig:
             require(self.mode == "data" and cfg.algorithm.capabilities.virtual_devices
                     and cfg.compression.name == "none", "parallel.devices_per_rank",
                     "several devices per rank are for data-parallel methods (not centralized) without compression")
-        one_of(self.batched, BATCHED, "parallel.batched")
+        one_of(str(self.batched), BATCHED, "parallel.batched")  # a str since __post_init__
         if self.batched == "on":  # as FedBN's check: only this setting builds the model to check it
             from edgempi import batched, models
 
@@ -252,16 +194,17 @@ class CheckpointConfig:
 class RunConfig:
     seed: int = 0
     """Seeds the partition, the initial weights and every device's random stream: same config, same numbers."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """What is trained on, and how it is split over the devices."""
+    # Read into the settings class of the method / compressor / data set that ``name`` picks (edgempi.registry):
+    # a MethodSettings / CompressionSettings subclass, typed Any since config.py imports no method or compressor.
+    data: DataSettings = field(default_factory=DataSettings.default, metadata={"registry": DATASETS})
+    """What is trained on, and how it is split over the devices: ``name`` picks the data set (below)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The network every device trains."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Each device's local training: length, batch, optimizer, learning-rate schedule, evaluation."""
-    # Read into the settings class of the method / compressor that ``name`` picks (edgempi.registry).
-    algorithm: Settings = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
+    algorithm: Any = field(default_factory=METHODS.default_settings, metadata={"registry": METHODS})
     """The method: ``name`` picks it; the section holds the keys of that method (below)."""
-    compression: Settings = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
+    compression: Any = field(default_factory=COMPRESSORS.default_settings, metadata={"registry": COMPRESSORS})
     """What a compressed exchange sends: ``name`` picks the compressor (below)."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
     """The modelled edge network behind ``sim_s``: links, devices' compute speeds, stragglers."""
@@ -340,7 +283,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         hint, registry = hints[name], fields[name].metadata.get("registry")
         if registry is not None:
             kwargs[name] = read_section(registry, value if value is not None else {}, f"{key}.")
-        elif dataclasses.is_dataclass(hint):
+        elif isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value if value is not None else {}, f"{key}.")
         else:
             kwargs[name] = _coerce(key, value, hint)

@@ -52,7 +52,8 @@ def field_docs(cls: type) -> dict[str, str]:
 def _text(node: ast.expr) -> str:
     """A key's or a reason's words: a string, or an f-string with its holes as "…"."""
     if isinstance(node, ast.JoinedStr):
-        return "".join(v.value if isinstance(v, ast.Constant) else "…" for v in node.values)
+        return "".join(v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "…"
+                       for v in node.values)
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
 
 
@@ -84,7 +85,8 @@ def rules(cls: type) -> dict[str, str]:
                 allowed = _options(test.comparators[0], scope) if isinstance(test, ast.Compare) and \
                     isinstance(test.ops[0], ast.In) else None
                 if allowed is None and _text(reason).startswith("must be ") and _text(key) not in found:
-                    allowed = re.sub(r" \([^()]*\)$", "", re.sub(r",? got …$", "", _text(reason).removeprefix("must be ")))
+                    stated = re.sub(r",? got …$", "", _text(reason).removeprefix("must be "))
+                    allowed = re.sub(r" \([^()]*\)$", "", stated)
             if allowed:
                 found[_text(key)] = allowed
     return found
@@ -103,18 +105,22 @@ def type_text(hint: Any) -> str:
 
 
 def default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def table(cls: type, section: str, fields: list[dataclasses.Field]) -> Iterator[str]:
-    docs = {k: v for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass) for k, v in field_docs(klass).items()}
+    docs = {k: v for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass)
+            for k, v in field_docs(klass).items()}
     allowed = rules(cls)
     yield "| key | type | default | allowed | meaning |"
     yield "| --- | --- | --- | --- | --- |"
     for f in fields:
         key = f"{section}.{f.name}".lstrip(".")
         registry = REGISTRIES.get(key)
-        values = f"{', '.join(f'`{n}`' for n in registry)}, or `package.module:attr`" if registry else allowed.get(key, "")
+        values = f"{', '.join(f'`{n}`' for n in registry)}, or `package.module:attr`" if registry else \
+            allowed.get(key, "")
         value = registry.default if registry else default(f)
         yield f"| `{key}` | {type_text(f.type)} | `{yaml_value(value)}` | {values} | {docs.get(f.name) or MISSING} |"
 
@@ -149,32 +155,45 @@ def plugins(registry: SettingsRegistry[Any], section: str) -> Iterator[str]:
     chains = {n: [k for k in reversed(c.__mro__) if issubclass(k, base) and k is not base and declared(k)]
               for n, c in classes.items()}
     yield f"Every `{section}.name` takes these keys (`{base.__name__}`):\n"
-    yield from table(base, section, dataclasses.fields(base))
-    for cls in dict.fromkeys(k for chain in chains.values() for k in chain if k not in owner):
-        takers = ", ".join(f"`{n}`" for n, chain in chains.items() if cls in chain)
-        yield f"\n### `{cls.__name__}`\n\n{first_sentence(cls.__doc__)} Taken by {takers}.\n"
-        yield from table(cls, section, declared(cls))
+    yield from table(base, section, flat(base))
+    for shared in dict.fromkeys(k for chain in chains.values() for k in chain if k not in owner):
+        takers = ", ".join(f"`{n}`" for n, chain in chains.items() if shared in chain)
+        yield f"\n### `{shared.__name__}`\n\n{first_sentence(shared.__doc__)} Taken by {takers}.\n"
+        yield from table(shared, section, declared(shared))
     for name, cls in classes.items():
-        yield f"\n### `{name}`\n\n{summary(registry, name)}\n\nPaper: {paper(registry.get(name))}\n"
+        cited = f"\nPaper: {paper(registry.get(name))}\n" if hasattr(registry.get(name), "paper") else ""
+        yield f"\n### `{name}`\n\n{summary(registry, name)}\n{cited}"
         others = [owner.get(k, k.__name__) for k in chains[name] if owner.get(k) != name]
         if others:
             yield f"Also takes the keys of {', '.join(f'[`{o}`](#{anchor(o)})' for o in others)}.\n"
         yield from table(cls, section, declared(cls)) if owner[cls] == name and cls in chains[name] else \
             ["No keys of its own."]
+    yield from subsections(base, section, "###")
+
+
+def flat(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are keys, not sections of their own (``data.drift``)."""
+    return [f for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(default(f))]
 
 
 def section(cls: type, name: str, level: str = "##") -> Iterator[str]:
     """A fixed section's table, then its subsections (``data.drift``)."""
-    fields = dataclasses.fields(cls)
-    nested = [f for f in fields if dataclasses.is_dataclass(default(f))]
-    yield from table(cls, name, [f for f in fields if f not in nested])
-    for f in nested:
+    yield from table(cls, name, flat(cls))
+    yield from subsections(cls, name, level)
+
+
+def subsections(cls: type, name: str, level: str) -> Iterator[str]:
+    """The sections nested in ``cls``: a plug-in's (``algorithm``: its entries and their keys) or
+    a fixed one; a registry named by a key of a fixed one (``model.name``) lists its entries."""
+    for f in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(default(f)):
+            continue
         key = f"{name}.{f.name}".lstrip(".")
         yield f"\n{level} `{key}`\n\n{field_docs(cls).get(f.name) or MISSING}\n"
         if f.metadata.get("registry"):
             yield from plugins(f.metadata["registry"], key)
-        else:
-            yield from section(type(default(f)), key, level + "#")
+            continue
+        yield from section(type(default(f)), key, level + "#")
         for registry in (DATASETS, MODELS):
             if registry.key.startswith(f"{key}."):
                 yield f"\n`{registry.key}`:\n"

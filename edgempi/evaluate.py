@@ -35,6 +35,7 @@ def scored_overlays(bank: DeviceBank, comm: Comm, policy: Policy, eval_model: st
     numel = bank.flat.numel
     if eval_model == "global":
         held = policy.held
+        assert held is not None, "the config refuses eval_model global for a method that holds no model"
         if held.covers_buffers and not average_stats:
             return [(slice(0, numel), held.values[:numel])]
         overlays = [(held.positions, held.values)]

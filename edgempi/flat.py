@@ -5,17 +5,16 @@ collective, and the optimizer steps one tensor instead of looping over parameter
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn
 
-torch = lazy_import("torch")
 
-
-def _flatten_into(tensors: list[torch.Tensor], buf: torch.Tensor) -> list[torch.Tensor]:
+def _flatten_into(tensors: Sequence[torch.Tensor], buf: torch.Tensor) -> list[torch.Tensor]:
     views, offset = [], 0
     for t in tensors:
         n = t.numel()

@@ -72,7 +72,7 @@ def estimate(cfg: RunConfig) -> Footprint | None:
     model = models.probe(cfg)
     if model is None:
         return None
-    shape = models.probe_shape(cfg)
+    shape = cfg.data.input_shape()
     try:
         per_sample = activations_per_sample(model, *shape)
     except (RuntimeError, ValueError, TypeError):  # a plug-in model that wants other inputs

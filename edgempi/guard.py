@@ -93,8 +93,9 @@ def _spawned(target: str, args: tuple[Any, ...], timeout: float) -> tuple[str, A
     for var in [v for v in env if v.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))]:
         del env[var]  # the child is no MPI process
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgempi.guard", repr(timeout)], input=pickle.dumps((target, args)),
-                              capture_output=True, timeout=timeout + STARTUP_S, env=env)
+        proc = subprocess.run([sys.executable, "-m", "edgempi.guard", repr(timeout)],
+                              input=pickle.dumps((target, args)), capture_output=True,
+                              timeout=timeout + STARTUP_S, env=env)
     except subprocess.TimeoutExpired as exc:
         raise Timeout(f"no answer within {timeout + STARTUP_S:g} s") from exc
     if proc.returncode == -signal.SIGALRM:  # the child's own deadline, counted after its imports

@@ -3,8 +3,9 @@
 ``edgempi validate`` and every config error of ``edgempi run`` import the settings of every
 method and compressor (they live in the method's module, beside its policy), but train nothing;
 importing torch and torchvision takes seconds. A module whose torch use is all inside functions
-binds ``torch = lazy_import("torch")``; the first attribute it reads (``torch.zeros``) loads the
-real module in place, after which it is the ordinary module object, as fast as a plain import.
+(and in annotations) imports ``torch`` from here; the first attribute it reads (``torch.zeros``)
+loads the real module in place, after which it is the ordinary module object, as fast as a plain
+import. A type checker sees the plain import, so ``torch.Tensor`` in an annotation is the class.
 A module that needs torch while it is imported (a ``torch.nn.Module`` subclass, a module-level
 tensor) imports it plainly and must stay off that path: models are registered by dotted path.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from typing import TYPE_CHECKING
 
 
 def lazy_import(name: str) -> types.ModuleType:
@@ -29,3 +31,9 @@ def lazy_import(name: str) -> types.ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")

@@ -57,7 +57,7 @@ def describe(exc: BaseException) -> str:
     if not isinstance(code, int):
         found = re.search(r"errno = (\d+)", str(exc))
         code = int(found.group(1)) if found else None
-    if code in errno_mod.errorcode:
+    if code is not None and code in errno_mod.errorcode:
         return f"{os.strerror(code)} [{errno_mod.errorcode[code]}]"
     text = str(exc).strip().splitlines()
     return (text[0][:300] if text else type(exc).__name__)
@@ -92,7 +92,7 @@ def refuse_link(path: Path) -> None:
         raise PlantedLink(f"{path} is a symbolic link; refusing to write through it (remove it if it is not yours)")
 
 
-def write_new(path: Path, data: bytes) -> None:
+def write_new(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to a new file at ``path`` (a temporary file, renamed over its target
     after): a leftover file of a killed save is removed first (its name only, never what a
     hard link shares), a symbolic link is refused, and the file is created with O_EXCL and
@@ -218,7 +218,9 @@ class Recorder:
 
     def __init__(self, path: Path, attrs: Mapping[str, Any], tables: Mapping[str, Sequence[str]],
                  arrays: Mapping[str, np.ndarray] = {}, overwrite: bool = False) -> None:
-        self.path, self.error, self.reserved, self.status = Path(path), None, 0, None
+        self.path, self.reserved = Path(path), 0
+        self.error: str | None = None
+        self.status: str | None = None
         self.run_id = uuid.uuid4().hex
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

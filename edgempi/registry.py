@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, cast
 
 from edgempi.settings import ConfigError, Settings
 
@@ -25,7 +25,7 @@ class Registry(Generic[T]):
     (``algorithm.name``); ``package`` holds the built-in entries; ``default`` is the name a
     section without one takes."""
 
-    def __init__(self, key: str, package: str, default: str | None = None) -> None:
+    def __init__(self, key: str, package: str, default: str) -> None:
         self.key, self.package, self.default = key, package, default
         self._entries: dict[str, T] = {}
         self._loaded = False
@@ -57,7 +57,7 @@ class Registry(Generic[T]):
         self._load()
         return tuple(self._entries)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __contains__(self, name: object) -> bool:
@@ -111,13 +111,23 @@ class _Deferred:
 
 
 class SettingsRegistry(Registry[T]):
-    """A registry whose entries bring a ``Settings`` dataclass (methods, compressors): a config
-    section is read into the settings class its ``name`` picks."""
+    """A registry whose entries bring a ``Settings`` dataclass (methods, compressors, data sets):
+    a config section is read into the settings class its ``name`` picks. ``base``, the
+    ``package.module:attr`` of a settings class, is what every entry's derives from and what an
+    entry that declares none takes (a data set's loader function needs no keys of its own)."""
+
+    def __init__(self, key: str, package: str, default: str, base: str | None = None) -> None:
+        super().__init__(key, package, default)
+        self.base = base
 
     def settings_class(self, name: str) -> type[Settings]:
         cls = getattr(self.get(name), "Settings", None)
-        if not (isinstance(cls, type) and issubclass(cls, Settings)):
-            raise ConfigError(self.key, f"{name!r} declares no Settings dataclass derived from edgempi.settings.Settings")
+        base = Settings if self.base is None else cast(type[Settings], self._import(self.base))
+        if cls is None and self.base is not None:
+            return base
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(self.key, f"{name!r} declares no Settings dataclass derived from "
+                                        f"{base.__module__}.{base.__name__}")
         return cls
 
     def default_settings(self) -> Settings:
@@ -137,5 +147,6 @@ class SettingsRegistry(Registry[T]):
 
 METHODS: SettingsRegistry[Any] = SettingsRegistry("algorithm.name", "edgempi.algorithms", default="large_batch")
 COMPRESSORS: SettingsRegistry[Any] = SettingsRegistry("compression.name", "edgempi.compression", default="none")
-DATASETS: Registry[Any] = Registry("data.name", "edgempi.data", default="fashion-mnist")
+DATASETS: SettingsRegistry[Any] = SettingsRegistry("data.name", "edgempi.data", default="fashion-mnist",
+                                                   base="edgempi.data.settings:DataSettings")
 MODELS: Registry[Any] = Registry("model.name", "edgempi.models", default="lenet5")

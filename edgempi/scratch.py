@@ -5,9 +5,7 @@ A fresh 45 MB tensor per step costs more in page faults than the arithmetic done
 """
 from __future__ import annotations
 
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 class Scratch:

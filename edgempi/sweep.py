@@ -236,8 +236,8 @@ def _points(grid: dict[str, list], zipped: dict[str, list], seeds: list, fixed_r
                 overrides = tuple(f"{k}={yaml_value(v)}" for k, v in chosen.items())
                 pid = point_id(overrides, ranks, fixed)
                 if pid in seen:
-                    raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same ({', '.join(overrides)}); "
-                                     "remove the repeated value")
+                    raise SweepError(f"grid: points {seen[pid]} and {len(points)} are the same "
+                                     f"({', '.join(overrides)}); remove the repeated value")
                 seen[pid] = len(points)
                 points.append(Point(len(points), pid, overrides, ranks))
     return points
@@ -389,7 +389,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="with --task: no progress output")
 
 
-def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[], CommLike]) -> int:
+def command(args: argparse.Namespace, run_config: RunFn | None, start_comm: Callable[[], CommLike] | None) -> int:
     """``edgempi sweep``; raises SweepError for bad input (print it, exit 2). MPI starts only for --task."""
     sweep = load(args.sweep, getattr(args, "extra", ()))
     if args.count:
@@ -403,6 +403,7 @@ def command(args: argparse.Namespace, run_config: RunFn, start_comm: Callable[[]
         for p in sweep.points:
             print(f"{p.index}\t{point_status(results, p)}\t{p.ranks or '-'}\t{p.id}\t{' '.join(p.overrides)}")
     else:
+        assert run_config is not None and start_comm is not None, "--task runs a point: the CLI passes both"
         comm = start_comm()
         log = None if getattr(args, "quiet", False) else write_line
         decision = run_task(sweep, args.task, run_config, comm, args.retry, args.out, log=log)

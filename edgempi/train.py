@@ -135,9 +135,7 @@ def device_count(cfg: RunConfig, ranks: int) -> int:
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
-    return data.load(cfg.data.name, cfg.data.root, cfg.data.download, seed=cfg.seed,
-                     synthetic_sizes=(cfg.data.synthetic_train, cfg.data.synthetic_test),
-                     synthetic_side=cfg.data.synthetic_side)
+    return data.from_settings(cfg.data, seed=cfg.seed)
 
 
 def make_partition(cfg: RunConfig, dataset: data.Dataset, seeds: Seeds) -> list[np.ndarray]:

@@ -171,7 +171,8 @@ class Watchdog:
 
     def __init__(self, comm: Comm) -> None:
         self.comm, self.rank = comm, comm.rank
-        self.grace_s, self.stall_s, self.leave = 10.0, 0.0, None  # until a run's config says
+        self.grace_s, self.stall_s = 10.0, 0.0  # until a run's config says
+        self.leave: Leave | None = None
         self.step_of: Callable[[], int] | None = None
         self.phase, self.since = SETUP, time.monotonic()
         self.beats: dict[int, Beat] = {}
@@ -213,7 +214,7 @@ class Watchdog:
     def _beat(self, now: float) -> None:
         """Tell rank 0 how far this rank got; rank 0 takes in what the others told it."""
         step = self.step_of() if self.step_of is not None and self.phase == TRAINING else -1
-        frame = sys._current_frames().get(self.main)
+        frame = sys._current_frames().get(self.main) if self.main is not None else None
         waiting = frame is not None and frame.f_code.co_filename == self.comm_file
         if self.channel is not None and self.rank != 0:
             self.channel.send([step, waiting, pending()])
@@ -280,12 +281,13 @@ class Watchdog:
     def _leave(self, status: str, reason: str) -> str:
         """Rank 0's file and lock, left within CLEANUP_S (a main thread stuck inside HDF5 would
         hold its lock for ever)."""
-        if self.leave is None:
+        leave = self.leave
+        if leave is None:
             return "nothing was written"
         said = ["the results file could not be marked in time"]
 
         def work() -> None:
-            said[0] = self.leave(status, reason)
+            said[0] = leave(status, reason)
 
         helper = threading.Thread(target=work, daemon=True)
         helper.start()

@@ -100,8 +100,8 @@ def launch(config: Path, out: Path, name: str, *extra: str, ranks: int = 2,
     """Start ``mpiexec -n ranks edgempi run`` in the background, to be watched, signalled or killed."""
     return subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, "-m", "edgempi", "run", str(config),
                              "--out", str(out), "--set", f"output.name={name}", *extra],
-                            env=env or child_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            env=env or child_env(), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_rows(path: Path, table: str, rows: int, proc: subprocess.Popen, timeout: float = 120) -> int:

@@ -76,6 +76,7 @@ def test_bad_keys_name_themselves(overrides, message):
 
 def test_exponent_without_a_dot_is_a_number():
     """YAML 1.1 reads 3e-5 as a string; the keys of small thresholds need it as a number."""
-    assert from_dict(small_config(), ["algorithm.name=fda", "algorithm.theta_per_param=3e-5"]).algorithm.theta_per_param == 3e-5
+    cfg = from_dict(small_config(), ["algorithm.name=fda", "algorithm.theta_per_param=3e-5"])
+    assert cfg.algorithm.theta_per_param == 3e-5
     with pytest.raises(ConfigError, match="train.lr: expected a number"):
         from_dict(small_config(), ["train.lr=e5"])

@@ -20,14 +20,16 @@ def test_help_keeps_the_continued_example_on_two_lines() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     continued = next(i for i, line in enumerate(lines) if "mnist-grid.yaml" in line)
-    assert lines[continued].rstrip().endswith("\\") and lines[continued + 1].lstrip().startswith("--out results/fda-mnist")
+    assert lines[continued].rstrip().endswith("\\")
+    assert lines[continued + 1].lstrip().startswith("--out results/fda-mnist")
 
 
 def test_table_only_without_results_says_so_and_fails(tmp_path) -> None:
     proc = repro("--devices", "4", "--table-only", "--out", str(tmp_path))
     assert proc.returncode == 1 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("fda_repro: none of the ") and line.endswith(f"in {tmp_path}: run without --table-only first")
+    assert line.startswith("fda_repro: none of the ")
+    assert line.endswith(f"in {tmp_path}: run without --table-only first")
 
 
 PAPER = ROOT / "benchmarks" / "configs" / "fda" / "paper"

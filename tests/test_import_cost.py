@@ -120,8 +120,8 @@ else:
 def test_only_torchvisions_models_import_torchvision(model, torchvision):
     """A LeNet-5 run need not pay torchvision's import (~1–2 s of start-up: its ops load
     torch._dynamo); models built on torchvision's classes do."""
-    code = ("import sys; from edgempi import models; models.create(%r, in_channels=1, input_size=28); "
-            "print('torchvision' in sys.modules)" % model)
+    code = (f"import sys; from edgempi import models; models.create({model!r}, in_channels=1, input_size=28); "
+            "print('torchvision' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=child_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, child_env, mpiexec, small_config, write_config
 
+from edgempi import data, models
 from edgempi.config import ConfigError, from_dict
 from edgempi.record import open_for_reading
 
@@ -55,6 +56,17 @@ def test_a_method_without_a_held_model_is_scored_only_on_the_average(tmp_path):
     assert averaged.returncode == 0, averaged.stderr
     with open_for_reading(tmp_path / "mine.h5") as f:
         assert f.attrs["eval_model"] == "average" and f.attrs["sync_bytes"] > 0
+
+
+def test_own_data_set_declares_its_keys_and_the_input_shape_the_model_is_checked_for():
+    cfg = from_dict({"data": {"name": "my_plugins:sized", "side": 12}, "model": {"name": "my_plugins:tiny_net"}})
+    assert cfg.data.input_shape() == (1, 12) and cfg.to_dict()["data"]["side"] == 12
+    assert models.probe(cfg)[1].in_features == 12 * 12
+    assert data.from_settings(cfg.data, seed=1).train_x.shape[1:] == (1, 12, 12)
+    with pytest.raises(ConfigError, match=r"^data\.side: must be >= 4$"):
+        from_dict({"data": {"name": "my_plugins:sized", "side": 2}})
+    with pytest.raises(ConfigError, match=r"^data\.side: unknown key"):
+        from_dict({"data": {"name": "my_plugins:stripes", "side": 12}})
 
 
 def test_own_compressor_sends_its_payload(tmp_path):

@@ -47,7 +47,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, algorithm, ex
     cfg = small_config(train={"steps": 120, "log_every": 5, "eval_every": 20, "optimizer": "sgd", "momentum": 0.9,
                               **extra.get("train", {})},
                        algorithm={"name": algorithm, "local_steps": 3, **extra.get("algorithm", {})},
-                       checkpoint={"every_steps": 10}, **{k: v for k, v in extra.items() if k not in ("algorithm", "train")})
+                       checkpoint={"every_steps": 10},
+                       **{k: v for k, v in extra.items() if k not in ("algorithm", "train")})
     config = write_config(tmp_path / "c.yaml", cfg)
     full = edgempi("run", str(config), "--out", str(tmp_path), "--set", "output.name=full", ranks=2)
     assert full.returncode == 0, full.stderr

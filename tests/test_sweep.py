@@ -57,8 +57,8 @@ def test_ids_are_readable_and_stable(tmp_path: Path) -> None:
     one = sw.expand(write_sweep(tmp_path, grid={"algorithm.name": ["fedavg"], "train.lr": [0.1]}, seeds=[1]))
     assert one[0].id.startswith("fedavg_seed-1_lr-0.1-")
     # Same values with keys in another order, more grid values, and another base: same id.
-    other = sw.expand(write_sweep(tmp_path, base={"seed": 5}, grid={"train.lr": [0.2, 0.1], "algorithm.name": ["fedavg"]},
-                                  seeds=[1, 2]))
+    other = sw.expand(write_sweep(tmp_path, base={"seed": 5},
+                                  grid={"train.lr": [0.2, 0.1], "algorithm.name": ["fedavg"]}, seeds=[1, 2]))
     assert one[0].id in {p.id for p in other}
     assert sw.point_id(["train.lr=0.1"], 4) != sw.point_id(["train.lr=0.1"], 8)
     assert "/" not in sw.point_id(["data.root=/tmp/x y"], None)
@@ -67,7 +67,8 @@ def test_ids_are_readable_and_stable(tmp_path: Path) -> None:
 def test_ids_read_method_seed_and_ranks_first_without_nulls() -> None:
     """The documented order, whatever the order of the keys; a null (a key this point's method does
     not take, in a zip of methods) is left out of the readable part but not of the hash."""
-    overrides = ["algorithm.delta=null", "algorithm.name=large_batch", "algorithm.theta=null", "train.epochs=1", "seed=0"]
+    overrides = ["algorithm.delta=null", "algorithm.name=large_batch", "algorithm.theta=null", "train.epochs=1",
+                 "seed=0"]
     pid = sw.point_id(overrides, 2)
     assert pid.startswith("large_batch_seed-0_ranks-2_epochs-1-") and "null" not in pid
     assert sw.point_id(list(reversed(overrides)), 2) == pid

@@ -109,7 +109,8 @@ def test_busy_cpus_is_the_busy_share_of_the_given_cpus_over_the_window(tmp_path:
                          "fs/memory/job/memory.usage_in_bytes": "5", "fs/memory/memory.limit_in_bytes": "1500",
                          "fs/memory/memory.usage_in_bytes": "500"}, (1000, "the memory limit of cgroup fs/memory")),
     ("4:memory:/job\n", {"fs/memory/job/memory.limit_in_bytes": "9223372036854771712",
-                         "fs/memory/job/memory.usage_in_bytes": "5"}, (8000000 * 1024, "MemAvailable in /proc/meminfo")),
+                         "fs/memory/job/memory.usage_in_bytes": "5"},
+     (8000000 * 1024, "MemAvailable in /proc/meminfo")),
 ])
 def test_available_memory_is_the_tightest_of_meminfo_and_the_cgroups(tmp_path: Path, proc: str, files: dict,
                                                                      expected) -> None:

@@ -79,11 +79,13 @@ def bench_model(label: str, shapes: list[tuple[int, ...]], repeats: int, devices
         comp = create(name, **kw, **({"shapes": shapes} if name == "powersgd" else {}))
         payloads = [tuple(t.clone() for t in comp.compress(v)) for v in xs]  # a payload lives until the next compress
         payload, out, residual = payloads[0], torch.empty(numel), torch.empty(numel)
-        c_ms = median_ms(lambda: comp.compress(x), repeats)
-        d_ms = median_ms(lambda: comp.decompress_into(payload, out), repeats)
+        c_ms = median_ms(lambda comp=comp: comp.compress(x), repeats)
+        d_ms = median_ms(lambda comp=comp, payload=payload, out=out: comp.decompress_into(payload, out), repeats)
         mean = gathered_mean(comp, payloads, out)
         m_ms = f"{median_ms(mean, repeats):.3g}" if mean else "–"
-        r_ms = f"{median_ms(lambda: comp.residual_into(residual, x, payload), repeats):.3g}"
+        residual_ms = median_ms(lambda comp=comp, residual=residual, payload=payload:
+                                comp.residual_into(residual, x, payload), repeats)
+        r_ms = f"{residual_ms:.3g}"
         ratio = 4 * numel / payload_bytes(payload)
         rows.append(f"| {label} | {name} | {describe(kw)} | {c_ms:.3g} | {d_ms:.3g} | {m_ms} | {r_ms} | {ratio:.1f}× |")
     k = round(0.001 * numel)

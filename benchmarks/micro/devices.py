@@ -60,7 +60,8 @@ def child(devices: int, batched: str, rounds: int, local_steps: int, out: Path) 
 
 def measure(ranks: int, devices: int, batched: str, args: argparse.Namespace, out: Path) -> dict[str, float]:
     cmd = [mpiexec() or "mpiexec", "-n", str(ranks), sys.executable, __file__, "--child",
-           str(devices), batched, "--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--out", str(out)]
+           str(devices), batched, "--rounds", str(args.rounds), "--local-steps", str(args.local_steps),
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])

@@ -81,7 +81,8 @@ def kernel_floor(batch: int, group: int, repeats: int = 15) -> dict[str, float]:
                 return F.max_pool2d(x, layer.kernel_size, layer.stride)
         elif isinstance(layer, nn.Linear):
             kind = "linear layers"
-            params = [torch.randn(group, layer.out_features, layer.in_features), torch.randn(group, layer.out_features, 1)]
+            params = [torch.randn(group, layer.out_features, layer.in_features),
+                      torch.randn(group, layer.out_features, 1)]
             def forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                 return torch.baddbmm(b, w, x)
         elif isinstance(layer, nn.Flatten):
@@ -94,7 +95,8 @@ def kernel_floor(batch: int, group: int, repeats: int = 15) -> dict[str, float]:
         out = forward(*leaves)
         wanted = [t for t in leaves if t.requires_grad]
         grad = torch.ones_like(out)
-        spent[kind] += timed(lambda: torch.autograd.grad(forward(*leaves), wanted, grad), repeats) / group * 1e3
+        spent[kind] += timed(lambda leaves=leaves, wanted=wanted, grad=grad:
+                             torch.autograd.grad(forward(*leaves), wanted, grad), repeats) / group * 1e3
         x = out.detach()
     return spent
 
@@ -103,7 +105,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=16, help="local batch (benchmarks/micro/devices.py uses 16)")
     p.add_argument("--loop-ms", type=float, default=None, help="the loop's measured time per device-step")
-    p.add_argument("--groups", type=int, nargs="+", default=[8, 16, 32], help="devices per batched computation, each measured")
+    p.add_argument("--groups", type=int, nargs="+", default=[8, 16, 32],
+                   help="devices per batched computation, each measured")
     p.add_argument("--repeats", type=int, default=3, help="times the kernel floor is measured (median)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -123,7 +126,8 @@ def main() -> None:
         parts = {kind: statistics.median(run[kind] for run in runs) for kind in runs[0]}
         total = sum(parts.values())
         print(f"torch's kernels alone, {group} devices a group (median of {args.repeats}): "
-              + ", ".join(f"{kind} {ms:.3f}" for kind, ms in parts.items()) + f", together {total:.3f} ms a device-step")
+              + ", ".join(f"{kind} {ms:.3f}" for kind, ms in parts.items())
+              + f", together {total:.3f} ms a device-step")
         best = min(best or (total, group), (total, group))
     line = f"with torch's kernels a batched device-step takes at least {best[0]:.2f} ms (groups of {best[1]})"
     if args.loop_ms:

@@ -43,7 +43,8 @@ def cifar_resnet18() -> nn.Module:
 def drawer(x: torch.Tensor, dataset: str, batch: int, augment: bool) -> Callable[[], torch.Tensor]:
     """One batch as the loader makes it: gather random rows, augment, scale to normalised floats."""
     gen = torch.Generator().manual_seed(0)
-    stats = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else (DATASETS.get(dataset).mean, DATASETS.get(dataset).std)
+    stats = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else \
+        (DATASETS.get(dataset).mean, DATASETS.get(dataset).std)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in stats)
     scale, shift = (1 / 255) / std, -mean / std
 

@@ -73,7 +73,8 @@ def summary(marks: np.ndarray, exchanges: bool) -> str:
     else:  # what waiting for the slowest rank every step would add to these unsynchronised steps
         ranks = (f" | spread {np.median(steps.std(1)) * 1e3:.2f} (std of a rank's steps), "
                  f"slowest-rank wait {(steps.max(0).mean() - steps.mean()) * 1e3:.2f}")
-    return " ".join(f"{name} {ms:.1f}" for name, ms in zip(PHASES, phases)) + f"{ranks} | step (slowest rank) {step:.1f}"
+    return (" ".join(f"{name} {ms:.1f}" for name, ms in zip(PHASES, phases))
+            + f"{ranks} | step (slowest rank) {step:.1f}")
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[list[Run], dict[int, 
                 print(json.dumps({**run.summary(), "repeat": repeat}), flush=True)
                 runs.append(run)
             imports.setdefault(devices, []).append(torch_import_s(env))
-            print(json.dumps({"import_torch_s": imports[devices][-1], "devices": devices, "repeat": repeat}), flush=True)
+            print(json.dumps({"import_torch_s": imports[devices][-1], "devices": devices, "repeat": repeat}),
+                  flush=True)
     return runs, imports
 
 

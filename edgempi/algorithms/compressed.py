@@ -7,9 +7,7 @@ import numpy as np
 
 from edgempi.algorithms.base import Context
 from edgempi.compression import GradientExchange
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool = False) -> GradientExchange | None:
@@ -21,7 +19,7 @@ def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool
     momentum = cfg.train.momentum if ctx.optimizer is not None and cfg.train.optimizer == "sgd" else 0.0
     exchange = GradientExchange.from_config(cfg.compression, ctx.comm, shapes, seed=cfg.seed,
                                             momentum=momentum, dense_downlink=dense_downlink)
-    if exchange.owns_momentum:  # DGC's momentum correction replaces the optimizer's momentum
+    if exchange.owns_momentum and ctx.optimizer is not None:  # DGC's momentum correction replaces the optimizer's
         for group in ctx.optimizer.param_groups:
             group["momentum"] = 0.0
     return exchange
@@ -43,7 +41,7 @@ def _stateful() -> tuple[type, ...]:
     return (torch.Tensor, torch.Generator, np.random.Generator)
 
 
-def _snapshot(value: torch.Tensor | torch.Generator | np.random.Generator) -> Any:
+def _snapshot(value: Any) -> Any:  # one of _stateful()
     if isinstance(value, torch.Tensor):
         return value.clone()
     if isinstance(value, torch.Generator):

@@ -11,13 +11,12 @@ from typing import Any
 from edgempi.algorithms.base import Capabilities, Context, Policy, participants
 from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 class DriftPolicy(Policy):
     settings: ServerSettings
+    held: HeldModel
     capabilities = Capabilities(models_differ=True)
 
     def __init__(self, ctx: Context) -> None:

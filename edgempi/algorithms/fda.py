@@ -19,11 +19,9 @@ from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.algorithms.sketch import AmsSketch
 from edgempi.config import RunConfig
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import one_of, require
-
-torch = lazy_import("torch")
 
 
 @dataclass
@@ -151,7 +149,7 @@ class FDA(DriftPolicy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if state["xi"] is not None:
+        if isinstance(self.state, LinearState) and state["xi"] is not None:
             self.state.xi.copy_(state["xi"])
 
     def estimate(self) -> float:

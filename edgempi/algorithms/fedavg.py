@@ -43,13 +43,14 @@ class FedAvgSettings(ServerSettings):
 
     def period(self, steps_per_epoch: int) -> int:
         """Local steps per round."""
-        return self.local_steps or max(1, round(self.local_epochs * steps_per_epoch))
+        return self.local_steps or max(1, round((self.local_epochs or 0) * steps_per_epoch))  # one is set
 
 
 class PeriodicPolicy(Policy):
     """A method whose rounds end every ``period`` local steps (FedAvg and its kin)."""
 
     settings: FedAvgSettings
+    held: HeldModel
     capabilities = Capabilities(models_differ=True, compresses="updates", sync_columns=("participants",))
 
     def __init__(self, ctx: Context) -> None:
@@ -111,6 +112,7 @@ class FedAvg(PeriodicPolicy):
             reported = self.average_(round_index)
             return self.restart({"step": step + 1, "participants": reported})  # 0: every device keeps its model
         state = self.ctx.flat.exchanged(self.settings.average_buffers)  # one device per rank, everyone reports
+        assert self.reference is not None, "kept whenever there is an exchange"
         update = state - self.reference
         self.exchange.exchange_mean_(update, step, step / self.ctx.steps_per_epoch)
         state.copy_(self.reference.add_(update))

@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn
 
     from edgempi.devices import DeviceBank
-
-torch = lazy_import("torch")
 
 
 def is_batchnorm(module: nn.Module) -> bool:

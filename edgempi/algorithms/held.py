@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 
 if TYPE_CHECKING:
     from edgempi.devices import DeviceBank
-
-torch = lazy_import("torch")
 
 
 def take(row: torch.Tensor, positions: slice | torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,8 @@ class LargeBatch(Policy):
                 and no_deadline and ctx.group_reduce is None and not self.settings.sync_bn)
 
     @classmethod
-    def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module, comm: Comm) -> torch.nn.Module:
+    def prepare_model(cls, settings: LargeBatchSettings, model: torch.nn.Module,  # type: ignore[override]
+                      comm: Comm) -> torch.nn.Module:
         if settings.sync_bn:
             from edgempi.models.syncbn import convert_sync_bn  # defines a torch.nn.Module: needs torch
 

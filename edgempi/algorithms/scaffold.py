@@ -15,11 +15,9 @@ import numpy as np
 from edgempi.algorithms.base import Capabilities, Context, participants
 from edgempi.algorithms.fedavg import FedAvgSettings, PeriodicPolicy
 from edgempi.config import RunConfig
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import require
-
-torch = lazy_import("torch")
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Scaffold(PeriodicPolicy):
             return None
         ctx, width = self.ctx, self.width
         rows = ctx.bank.exchanged(self.settings.average_buffers)
+        assert ctx.optimizer is not None, "every device of a SCAFFOLD run steps its own optimizer"
         lr = ctx.optimizer.param_groups[0]["lr"]
         fresh = self.c_local - self.c + (self.anchor - ctx.bank.params) / (self.period * lr)  # cᵢ⁺
         self.outbox[:, :width] = rows

@@ -24,10 +24,8 @@ from typing import Any
 
 from edgempi.algorithms.base import FederatedSettings
 from edgempi.devices import DeviceBank
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.settings import exclusive, one_of, require
-
-torch = lazy_import("torch")
 
 SERVER_OPTIMIZERS = ("none", "sgd", "adam", "yogi", "adagrad")
 ADAPTIVE = ("adam", "yogi", "adagrad")
@@ -141,5 +139,5 @@ def server_state(server: ServerOptimizer | None) -> dict[str, Any] | None:
 
 
 def load_server_state(server: ServerOptimizer | None, state: dict[str, Any] | None) -> None:
-    if server is not None:
+    if server is not None and state is not None:  # saved by the same method: a state whenever a server
         server.load_state_dict(state)

@@ -17,9 +17,7 @@ import math
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 class AmsSketch:

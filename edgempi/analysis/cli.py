@@ -93,7 +93,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             failures.append(exc)
     if failures and not texts:
         raise failures[0]
-    for exc in failures:
-        print(printable(f"edgempi: skipping {exc}"), file=sys.stderr)
+    for failure in failures:
+        print(printable(f"edgempi: skipping {failure}"), file=sys.stderr)
     print("\n".join(texts), end="")
     return 0

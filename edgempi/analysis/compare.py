@@ -24,11 +24,14 @@ from edgempi.settings import printable
 
 # Keys that differ between runs without changing what was measured.
 IGNORED = ("output.dir", "output.name")
-METHODS = {"centralized": "Centralized", "large_batch": "Large Batch", "fedavg": "FedAvg", "fedprox": "FedProx",
-           "scaffold": "SCAFFOLD", "dynamic": "Dynamic averaging", "fda": "FDA"}
+# Keyed by a run's algorithm.name, which a file may lack (None).
+METHODS: dict[str | None, str] = {
+    "centralized": "Centralized", "large_batch": "Large Batch", "fedavg": "FedAvg", "fedprox": "FedProx",
+    "scaffold": "SCAFFOLD", "dynamic": "Dynamic averaging", "fda": "FDA"}
 # Settings that belong in a method's display name: (key, how it is written), for that method only.
-METHOD_KEYS = {"fedprox": (("algorithm.mu", "μ = {}"),), "dynamic": (("algorithm.delta", "Δ = {}"),),
-               "fda": (("algorithm.variant", "{}"), ("algorithm.theta", "Θ = {}"))}
+METHOD_KEYS: dict[str | None, tuple[tuple[str, str], ...]] = {
+    "fedprox": (("algorithm.mu", "μ = {}"),), "dynamic": (("algorithm.delta", "Δ = {}"),),
+    "fda": (("algorithm.variant", "{}"), ("algorithm.theta", "Θ = {}"))}
 ALL_METHOD_KEYS = {"algorithm.name", *(k for keys in METHOD_KEYS.values() for k, _ in keys)}
 
 

@@ -12,7 +12,7 @@ from edgempi.units import KINDS, human_bytes
 
 # Last-row fields shown per table: (column or axis, label, format); "bytes": up, down, control, total.
 LAST = {"steps": (("step", "step", "{:.0f}"), ("epoch", "epoch", "{:.2f}"), ("train_loss", "train_loss", "{:.4f}"),
-                  ("round", "rounds", "{:.0f}"), ("bytes", "bytes", None), ("time", "wall", "{:.1f} s"),
+                  ("round", "rounds", "{:.0f}"), ("bytes", "bytes", ""), ("time", "wall", "{:.1f} s"),
                   ("simtime", "sim", "{:.1f} s")),
         "evals": (("step", "step", "{:.0f}"), ("test_acc", "test_acc", "{:.2%}"), ("test_loss", "test_loss", "{:.4f}"))}
 

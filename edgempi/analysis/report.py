@@ -209,7 +209,8 @@ def _markdown(table: list[Row], shown: list[str], target: Target, baseline: str 
     text = [f"Target test accuracy {pct}: costs at the first evaluation reaching it"
             + (" (mean over the runs of a group that reached it)" if grouped else "")
             + "; bytes per device, total = up + down + control."]
-    text += [f"Scored {kind}: {DESCRIBED[kind]}." for kind in sorted({eval_model(r) for row in table for r in row.runs})]
+    scored = sorted({eval_model(r) for row in table for r in row.runs})
+    text += [f"Scored {kind}: {DESCRIBED[kind]}." for kind in scored]
     if baseline:
         text.append(f"Baseline {baseline}: " + (f"{human_bytes(base)} total to {pct}." if base is not None
                                                  else f"never reached {pct}, so no byte ratio."))

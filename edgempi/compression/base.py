@@ -9,12 +9,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.settings import Settings, require
-
-torch = lazy_import("torch")
 
 if TYPE_CHECKING:
     from edgempi.config import RunConfig
@@ -85,10 +83,11 @@ class Compressor(ABC):
     paper: ClassVar[str] = ""  # where the scheme comes from: authors, title, venue, arXiv id (docs/config.md)
 
     @classmethod
-    def from_settings(cls, settings: CompressionSettings, shapes: Sequence[Sequence[int]], seed: int,
+    def from_settings(cls, settings: Any, shapes: Sequence[Sequence[int]], seed: int,
                       unbiased: bool) -> Compressor:
-        """Build from the checked ``compression`` section; the run supplies the model layout
-        (``shapes``), a seed, and whether the payload must be unbiased (no error feedback)."""
+        """Build from the checked ``compression`` section (an instance of ``cls.Settings``, which a
+        subclass names in its signature); the run supplies the model layout (``shapes``), a seed,
+        and whether the payload must be unbiased (no error feedback)."""
         return cls()
 
     @abstractmethod

@@ -12,12 +12,10 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.scratch import Scratch
 
 from .base import Compressor, Payload
-
-torch = lazy_import("torch")
 
 #: fills ``work`` (devices, stop − start) with every device's decoded elements start:stop.
 BlockDecoder = Callable[[int, int, "torch.Tensor"], None]

@@ -11,15 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.scratch import Scratch
 from edgempi.settings import require
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
 from .blockwise import BlockDecoder, Blockwise
-
-torch = lazy_import("torch")
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -75,7 +73,8 @@ class TopKSettings(RatioSettings):
         super().check()
         require(self.warmup_epochs >= 0, "compression.warmup_epochs",
                 f"must be a whole number of epochs >= 0 (0 turns warm-up off), got {self.warmup_epochs}")
-        require(0.0 < self.sample_ratio <= 1.0, "compression.sample_ratio", f"must be in (0, 1], got {self.sample_ratio}")
+        require(0.0 < self.sample_ratio <= 1.0, "compression.sample_ratio",
+                f"must be in (0, 1], got {self.sample_ratio}")
 
 
 @COMPRESSORS.register("topk")
@@ -218,7 +217,8 @@ class QSGDSettings(CompressionSettings):
         super().check()
         require(1 <= self.levels <= 127, "compression.levels",
                 f"must be a whole number in [1, 127] (a level fits in one byte), got {self.levels}")
-        require(self.bucket_size >= 1, "compression.bucket_size", f"must be a whole number >= 1, got {self.bucket_size}")
+        require(self.bucket_size >= 1, "compression.bucket_size",
+                f"must be a whole number >= 1, got {self.bucket_size}")
 
 
 @COMPRESSORS.register("qsgd")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
@@ -22,8 +22,6 @@ from .registry import build, settings_of
 
 if TYPE_CHECKING:
     from ..comm import Comm  # importing comm starts MPI
-
-torch = lazy_import("torch")
 
 _SEED_STREAM = 0xC0DEC
 
@@ -62,7 +60,8 @@ class GradientExchange:
 
     @staticmethod
     def check_options(clip_norm: float) -> None:
-        require(clip_norm >= 0.0, "compression.clip_norm", f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
+        require(clip_norm >= 0.0, "compression.clip_norm",
+                f"must be >= 0 (0 turns local clipping off), got {clip_norm}")
 
     @classmethod
     def from_config(cls, section: CompressionSettings, comm: Comm,

@@ -6,11 +6,9 @@ keeps: what was sent + the new residual = the accumulated vector.
 """
 from __future__ import annotations
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 
 from .base import Compressor, Payload
-
-torch = lazy_import("torch")
 
 
 class NoMemory:

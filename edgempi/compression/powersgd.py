@@ -16,13 +16,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
 
 from .base import AllreduceSum, CompressionSettings, Compressor, Payload
-
-torch = lazy_import("torch")
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ class PowerSGD(Compressor):
         self.rank = int(rank)
         self.matrices: list[_Matrix] = []
         plain, start = [], 0
-        for shape in shapes:
+        for shape in shapes or ():  # not empty: required above
             numel = math.prod(shape)
             if len(shape) >= 2 and numel > 0:
                 n, m = shape[0], numel // shape[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from edgempi.config import read_section
 from edgempi.registry import COMPRESSORS
@@ -19,10 +19,10 @@ GIVEN = {"shapes": None, "seed": 0, "unbiased": True}
 def settings_of(section: Mapping[str, Any] | CompressionSettings) -> CompressionSettings:
     """The checked settings of a ``compression`` section given as a mapping (or already read).
     Keys of other compressors are left out; keys no compressor takes are an error."""
-    if isinstance(section, Mapping):
-        section = read_section(COMPRESSORS, dict(section), "compression.")
-    section.check()
-    return section
+    settings = cast(CompressionSettings, read_section(COMPRESSORS, dict(section), "compression.")) \
+        if isinstance(section, Mapping) else section
+    settings.check()
+    return settings
 
 
 def build(section: Mapping[str, Any] | CompressionSettings, shapes: Sequence[Sequence[int]], seed: int) -> Compressor:

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 KINDS = ("permute_labels", "swap_classes", "switch_shards")
 
@@ -93,7 +91,8 @@ class DriftSchedule:
         if settings.kind == "permute_labels":
             change = rng.permutation(num_classes)
         elif settings.kind == "swap_classes":
-            a, b = np.array(settings.classes[0::2]), np.array(settings.classes[1::2])
+            classes = settings.classes or []  # set: the config refuses swap_classes without them
+            a, b = np.array(classes[0::2]), np.array(classes[1::2])
             change[a], change[b] = b, a
         shards = np.roll(chosen, -1) if settings.kind == "switch_shards" else chosen
         return change, shards

@@ -16,11 +16,8 @@ import struct
 import time
 import zlib
 from pathlib import Path
-from typing import Union
 
-import numpy as np
-
-Buffer = Union[bytes, bytearray, np.ndarray]
+Buffer = bytes | bytearray | memoryview  # an IDX file's header and its values (ndarray.data)
 STALE_PARTIAL_S = 600  # a partial copy this old was left by a writer that died
 
 

@@ -11,9 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from edgempi.data.augment import crop_flip
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 def stream_seed(*keys: int) -> int:

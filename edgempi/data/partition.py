@@ -90,6 +90,7 @@ def _quantity(labels: np.ndarray, devices: int, rng: np.random.Generator, min_sa
     """
     if not (isinstance(skew, (int, float)) and skew >= 0):
         raise ValueError(f"{KEY}.skew: must be a number >= 0 (got {skew!r})")
+    weights: np.ndarray
     if law == "lognormal":
         weights = rng.lognormal(0.0, skew, devices)
     elif law == "powerlaw":

@@ -4,7 +4,9 @@ Images stay uint8 [N, C, H, W] until a batch is drawn; labels are int64. Files a
 in a fixed order so a user can tell from the error exactly where to put them.
 
 A data set is one registered loader, ``LoadOptions → Dataset``, and the :class:`Dataset` it
-returns carries everything else about it: classes, normalisation, default augmentation. A
+returns carries everything else about it: classes, normalisation, default augmentation. Its
+keys of its own and the shape of its images are its ``Settings`` (derived from
+:class:`~edgempi.data.settings.DataSettings`, which a loader that declares none takes). A
 user's own is ``data.name: package.module:function`` with the same signature.
 """
 from __future__ import annotations
@@ -16,15 +18,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from edgempi.data import inflated
-from edgempi.lazy import lazy_import
+from edgempi.data.settings import DataSettings, settings_class
+from edgempi.lazy import torch
 from edgempi.registry import DATASETS
-
-torch = lazy_import("torch")
+from edgempi.settings import require
 
 
 class DataError(RuntimeError):
@@ -59,18 +61,27 @@ class Dataset:
         return self.train_x.shape[-1]
 
 
+S = TypeVar("S", bound=DataSettings)
+
+
 @dataclass(frozen=True)
-class LoadOptions:
-    """What a loader may use of the ``data`` section."""
+class LoadOptions(Generic[S]):
+    """What a loader is given: the ``data`` section, read into its data set's settings, and
+    the run's seed."""
 
-    root: str | None = None
-    download: bool = False
+    settings: S
     seed: int = 0
-    synthetic_sizes: tuple[int, int] = (6000, 1000)
-    synthetic_side: int = 28
+
+    @property
+    def root(self) -> str | None:
+        return self.settings.root
+
+    @property
+    def download(self) -> bool:
+        return self.settings.download
 
 
-Loader = Callable[[LoadOptions], Dataset]
+Loader = Callable[[LoadOptions[Any]], Dataset]
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -102,17 +113,17 @@ def _read_idx(path: Path) -> np.ndarray:
     if copy is not None:
         try:
             header, values = _parse_idx(copy, open)
-            if inflated.holds(path, (header, values)):
+            if inflated.holds(path, (header, values.data)):
                 return values
         except DataError:
             pass
         inflated.discard(copy)
     header, values = _parse_idx(path, gzip.open)
-    inflated.write(path, (header, values))
+    inflated.write(path, (header, values.data))
     return values
 
 
-def _parse_idx(path: Path, opener: Callable[..., BinaryIO]) -> tuple[bytes, np.ndarray]:
+def _parse_idx(path: Path, opener: Callable[..., Any]) -> tuple[bytes, np.ndarray]:
     """The header and the (writable) values of IDX file ``path`` opened with ``opener``."""
     try:
         with opener(path, "rb") as f:
@@ -151,9 +162,10 @@ def _checked_idx(folder: Path, num_classes: int = 10) -> list[np.ndarray]:
     labels [N] of one length, test images of the training images' size, labels < classes."""
     paths = [folder / f if (folder / f).exists() else folder / f"{f}.gz" for f in _IDX_FILES]
     arrays = [_read_idx(p) for p in paths]
-    for images, labels, xp, yp in ((*arrays[:2], *paths[:2]), (*arrays[2:], *paths[2:])):
+    for images, labels, xp, yp in zip(arrays[0::2], arrays[1::2], paths[0::2], paths[1::2]):  # training, test
         if images.ndim != 3 or labels.ndim != 1:
-            raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] (found {images.shape}, {labels.shape})")
+            raise DataError(f"{xp} must hold images [N, H, W] and {yp} labels [N] "
+                            f"(found {images.shape}, {labels.shape})")
         if len(images) != len(labels):
             raise DataError(f"{xp} holds {len(images)} images but {yp} {len(labels)} labels")
         if labels.size and labels.max() >= num_classes:
@@ -175,7 +187,7 @@ class IdxDataset:
     hint: str = ""  # how to install it, for the not-found message
     doc: str = ""  # what it is, for docs/config.md
 
-    def __call__(self, opts: LoadOptions) -> Dataset:
+    def __call__(self, opts: LoadOptions[DataSettings]) -> Dataset:
         roots = search_roots(opts.root)
         # Files lying loose in a root count only in the data.root a user named: in a shared
         # folder ($EDGEMPI_DATA, ./data) they could be another data set's.
@@ -203,9 +215,10 @@ class IdxDataset:
                        torch.from_numpy(test_y.astype(np.int64)), 10, self.mean, self.std)
 
 
-DATASETS.add("fashion-mnist", IdxDataset("fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."),
-                                         "FashionMNIST", (0.2860,), (0.3530,), "apt-get install dataset-fashion-mnist, or ",
-                                         doc="Fashion-MNIST: 28×28 grey images of clothing, 10 classes, 60,000 + 10,000."))
+DATASETS.add("fashion-mnist", IdxDataset(
+    "fashion-mnist", ("fashion-mnist", "FashionMNIST/raw", "FashionMNIST", "."), "FashionMNIST", (0.2860,), (0.3530,),
+    "apt-get install dataset-fashion-mnist, or ",
+    doc="Fashion-MNIST: 28×28 grey images of clothing, 10 classes, 60,000 + 10,000."))
 DATASETS.add("mnist", IdxDataset("mnist", ("mnist", "MNIST/raw", "MNIST", "."), "MNIST", (0.1307,), (0.3081,),
                             doc="MNIST: 28×28 grey images of handwritten digits, 10 classes, 60,000 + 10,000."))
 
@@ -228,59 +241,107 @@ def _cifar_problem(folder: Path) -> str | None:
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-@DATASETS.register("cifar10")
-def cifar10(opts: LoadOptions) -> Dataset:
+@dataclass
+class CifarSettings(DataSettings):
+    """CIFAR-10's section: no keys of its own; its images are 3×32×32."""
+
+    def input_shape(self) -> tuple[int, int]:
+        return 3, 32
+
+
+class Cifar10:
     """CIFAR-10 from torchvision's ``cifar-10-batches-py``; augmented (crop + flip) by default."""
-    import torchvision
 
-    roots = search_roots(opts.root)
-    found = next((r for r in roots if (r / "cifar-10-batches-py").is_dir()), None)
-    if found is None and not opts.download:
-        looked = ", ".join(str(r) for r in roots)
-        raise DataError(f"cifar10 not found (looked for cifar-10-batches-py in {looked}); download it "
-                        "and set data.root or $EDGEMPI_DATA, or set data.download=true")
-    problem = _cifar_problem(found / "cifar-10-batches-py") if found is not None else None
-    if problem:
-        raise DataError(f"cifar10: {problem}")
-    target = found if found is not None else roots[0]
-    try:
-        train = torchvision.datasets.CIFAR10(str(target), train=True, download=found is None)
-        test = torchvision.datasets.CIFAR10(str(target), train=False, download=False)
-    except Exception as exc:  # network errors come in many types
-        raise DataError(f"cifar10 in {target}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    Settings = CifarSettings
 
-    def tensors(ds: torchvision.datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
-        if ds.data.shape[1:] != (32, 32, 3) or len(ds.data) != len(ds.targets) or max(ds.targets, default=0) >= 10:
-            raise DataError(f"cifar10 in {target}: {'training' if ds.train else 'test'} batches hold "
-                            f"{ds.data.shape} images for {len(ds.targets)} labels (expected [N, 32, 32, 3], labels < 10)")
-        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+    def __call__(self, opts: LoadOptions[CifarSettings]) -> Dataset:
+        import torchvision
 
-    return Dataset("cifar10", *tensors(train), *tensors(test), 10, CIFAR10_MEAN, CIFAR10_STD, augment=True)
+        roots = search_roots(opts.root)
+        found = next((r for r in roots if (r / "cifar-10-batches-py").is_dir()), None)
+        if found is None and not opts.download:
+            looked = ", ".join(str(r) for r in roots)
+            raise DataError(f"cifar10 not found (looked for cifar-10-batches-py in {looked}); download it "
+                            "and set data.root or $EDGEMPI_DATA, or set data.download=true")
+        problem = _cifar_problem(found / "cifar-10-batches-py") if found is not None else None
+        if problem:
+            raise DataError(f"cifar10: {problem}")
+        target = found if found is not None else roots[0]
+        try:
+            train = torchvision.datasets.CIFAR10(str(target), train=True, download=found is None)
+            test = torchvision.datasets.CIFAR10(str(target), train=False, download=False)
+        except Exception as exc:  # network errors come in many types
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"cifar10 in {target}: {reason}") from exc
+
+        def tensors(ds: torchvision.datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+            if ds.data.shape[1:] != (32, 32, 3) or len(ds.data) != len(ds.targets) or max(ds.targets, default=0) >= 10:
+                raise DataError(f"cifar10 in {target}: {'training' if ds.train else 'test'} batches hold "
+                                f"{ds.data.shape} images for {len(ds.targets)} labels "
+                                "(expected [N, 32, 32, 3], labels < 10)")
+            x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+            return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+        return Dataset("cifar10", *tensors(train), *tensors(test), 10, CIFAR10_MEAN, CIFAR10_STD, augment=True)
 
 
-@DATASETS.register("synthetic")
-def synthetic(opts: LoadOptions, num_classes: int = 10) -> Dataset:
+DATASETS.add("cifar10", Cifar10())
+
+
+@dataclass
+class SyntheticSettings(DataSettings):
+    """The synthetic images' section: how many, and how large."""
+
+    synthetic_train: int = 6000
+    """``synthetic``: the number of training images."""
+    synthetic_test: int = 1000
+    """``synthetic``: the number of test images."""
+    synthetic_side: int = 28
+    """``synthetic``: the side of its square images, in pixels."""
+
+    def input_shape(self) -> tuple[int, int]:
+        return 1, self.synthetic_side
+
+    def check(self, cfg: Any) -> None:
+        super().check(cfg)
+        require(self.synthetic_train > 0, "data.synthetic_train", "must be > 0")
+        require(self.synthetic_test > 0, "data.synthetic_test", "must be > 0")
+        require(self.synthetic_side >= 8, "data.synthetic_side", "must be >= 8")
+
+
+class Synthetic:
     """Learnable, seeded images: a fixed random template per class plus noise
     (``data.synthetic_train`` / ``synthetic_test`` of them, of side ``synthetic_side``)."""
-    side = opts.synthetic_side
-    gen = torch.Generator().manual_seed(opts.seed)
-    templates = torch.rand(num_classes, 1, side, side, generator=gen) * 255
 
-    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(num_classes, (n,), generator=gen)
-        noise = torch.randn(n, 1, side, side, generator=gen) * 60
-        return (templates[y] + noise).clamp(0, 255).to(torch.uint8), y
+    Settings = SyntheticSettings
 
-    n_train, n_test = opts.synthetic_sizes
-    return Dataset("synthetic", *draw(n_train), *draw(n_test), num_classes, (0.5,), (0.3,))
+    def __call__(self, opts: LoadOptions[SyntheticSettings], num_classes: int = 10) -> Dataset:
+        side = opts.settings.synthetic_side
+        gen = torch.Generator().manual_seed(opts.seed)
+        templates = torch.rand(num_classes, 1, side, side, generator=gen) * 255
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            y = torch.randint(num_classes, (n,), generator=gen)
+            noise = torch.randn(n, 1, side, side, generator=gen) * 60
+            return (templates[y] + noise).clamp(0, 255).to(torch.uint8), y
+
+        return Dataset("synthetic", *draw(opts.settings.synthetic_train), *draw(opts.settings.synthetic_test),
+                       num_classes, (0.5,), (0.3,))
 
 
-def load(name: str, root: str | None = None, download: bool = False, seed: int = 0,
-         synthetic_sizes: tuple[int, int] = (6000, 1000), synthetic_side: int = 28) -> Dataset:
-    """Load a data set by name, or by ``package.module:function`` (``edgempi.data.load``)."""
-    loader: Loader = DATASETS.get(name)
-    dataset = loader(LoadOptions(root, download, seed, tuple(synthetic_sizes), synthetic_side))
+DATASETS.add("synthetic", Synthetic())
+
+
+def load(name: str, root: str | None = None, download: bool = False, seed: int = 0, **keys: Any) -> Dataset:
+    """Load a data set by name, or by ``package.module:function`` (``edgempi.data.load``);
+    ``keys``: its own settings (``synthetic_train=600``)."""
+    return from_settings(settings_class(name)(name=name, root=root, download=download, **keys), seed)
+
+
+def from_settings(settings: DataSettings, seed: int = 0) -> Dataset:
+    """Load the data set a (checked) ``data`` section names."""
+    loader: Loader = DATASETS.get(settings.name)
+    dataset = loader(LoadOptions(settings, seed))
     if not isinstance(dataset, Dataset):
-        raise DataError(f"data.name: {name!r} returned {type(dataset).__name__}, not an edgempi.data.Dataset")
+        raise DataError(f"data.name: {settings.name!r} returned {type(dataset).__name__}, not an edgempi.data.Dataset")
     return dataset

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import MODELS
 
 if TYPE_CHECKING:
     from torch import nn
-
-torch = lazy_import("torch")
 
 Builder = Callable[..., "nn.Module"]
 NORMS = ("batch", "group", "none")
@@ -42,15 +40,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: i
     return model
 
 
-def probe_shape(cfg: Any) -> tuple[int, int]:
-    """(channels, side) of the configured data set's images."""
-    return {"cifar10": (3, 32)}.get(cfg.data.name, (1, 28 if cfg.data.name != "synthetic" else cfg.data.synthetic_side))
-
-
 def probe(cfg: Any) -> nn.Module | None:
-    """The configured model built on CPU with the data set's usual input shape, for a config
-    check before any MPI work; None if it cannot be built here."""
-    shape = probe_shape(cfg)
+    """The configured model built on CPU for the input shape the data set declares, for a
+    config check before any MPI work; None if it cannot be built here."""
+    shape = cfg.data.input_shape()
     try:
         return create(cfg.model.name, in_channels=shape[0], input_size=shape[1], norm=cfg.model.norm)
     except (ValueError, RuntimeError):
@@ -61,4 +54,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["NORMS", "create", "names", "probe", "probe_shape", "num_parameters"]
+__all__ = ["NORMS", "create", "names", "probe", "num_parameters"]

@@ -42,5 +42,6 @@ def lenet5_keras(num_classes: int = 10, in_channels: int = 1, input_size: int = 
     for layer in model:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return model

@@ -60,6 +60,12 @@ class _SyncBatchNorm(torch.autograd.Function):
 class SyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d with statistics over every device's batch in training; plain in eval."""
 
+    # Always kept here (running statistics tracked, a momentum), where BatchNorm2d may have none.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+    momentum: float
+
     def __init__(self, num_features: int, comm: Comm, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.comm = comm

@@ -93,7 +93,8 @@ def mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, norm:
     _require("mlp", input_size, 1, "a non-empty image")
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(in_channels * input_size * input_size, hidden), norm_layer(norm, hidden, dim=1), nn.ReLU(inplace=True),
+        nn.Linear(in_channels * input_size * input_size, hidden), norm_layer(norm, hidden, dim=1),
+        nn.ReLU(inplace=True),
         nn.Linear(hidden, hidden), norm_layer(norm, hidden, dim=1), nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes),
     )

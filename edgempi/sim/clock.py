@@ -109,7 +109,7 @@ class Clock:
         return 1.0 if self.jitter is None else self.jitter.factors(self.exchanges)
 
     def _my_slowdown(self) -> np.ndarray:
-        return np.ones(len(self.links)) if self.jitter is None else self._mine(self.slowdown())
+        return np.ones(len(self.links)) if self.jitter is None else self._mine(self.jitter.factors(self.exchanges))
 
     def on_time(self, up_bytes: int) -> np.ndarray | None:
         """Which devices deliver an upload of ``up_bytes`` before the deadline (None: no deadline)."""
@@ -141,14 +141,15 @@ class Clock:
         slowest = 0.0
         for i, (link, pending, u, d, f) in enumerate(zip(self.links, self.pending_compute_s, up.tolist(),
                                                          down.tolist(), self._my_slowdown().tolist())):
-            if late is not None and late[i]:  # the server waited until the deadline, then went on
+            if late is not None and late[i] and self.deadline is not None:
+                # the server waited until the deadline, then went on
                 arrives = self.deadline.seconds
             elif link is None or u == d == 0:
                 slowest = max(slowest, pending)
                 continue
             else:
                 arrives = pending + (link.upload_s(u) * f if u else 0.0)
-            slowest = max(slowest, arrives + (link.download_s(d) * f if d else 0.0))
+            slowest = max(slowest, arrives + (link.download_s(d) * f if d and link is not None else 0.0))
         self.segments.append(slowest)
         self.pending_compute_s = [0.0] * len(self.links)
         self.pending_steps = 0

@@ -8,6 +8,7 @@ result equals the unpartitioned layer; in eval mode BatchNorm is pointwise and n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class _OwnedNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, comm: Comm, own: tuple[slice, slice], dims: tuple[int, ...],
-                count: int, eps: float):  # type: ignore[override]
+                count: int, eps: float):
         mean, var, invstd = _owned_stats(x[..., own[0], own[1]], dims, count, eps, comm)
         shape = _stat_shape(x, dims)
         xhat = (x - mean.view(shape)) * invstd.view(shape)
@@ -83,7 +84,7 @@ class _OwnedNorm(torch.autograd.Function):
         return xhat, mean, var
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor):
         xhat, invstd = ctx.saved_tensors
         comm, own, dims, count = ctx.args
         sums = torch.cat([grad.sum(dims), (grad * xhat).sum(dims)])
@@ -142,7 +143,7 @@ class Step:
 
     def _norm(self, x: torch.Tensor, comm: Comm) -> torch.Tensor:
         """Batch/group statistics over owned positions, one reduction each way."""
-        m = self.module
+        m = cast("nn.BatchNorm2d | nn.GroupNorm", self.module)  # what Step.at_borders makes a norm of
         b, c, h, w = x.shape
         if isinstance(m, nn.BatchNorm2d):
             if not (m.training or m.running_mean is None):
@@ -160,8 +161,11 @@ class Step:
 
 def _update_running(m: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
     """The running-statistics update of ``nn.BatchNorm2d`` in training mode."""
+    tracked, running_mean, running_var = m.num_batches_tracked, m.running_mean, m.running_var
+    if tracked is None or running_mean is None or running_var is None:  # track_running_stats=False: none kept
+        return
     with torch.no_grad():
-        m.num_batches_tracked.add_(1)
-        factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
-        m.running_mean.lerp_(mean, factor)
-        m.running_var.lerp_(unbiased_var, factor)
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if m.momentum is None else m.momentum
+        running_mean.lerp_(mean, factor)
+        running_var.lerp_(unbiased_var, factor)

@@ -58,12 +58,12 @@ class _Exchange(torch.autograd.Function):
     """Tiles of one group's output → the regions the next group needs; backward adds halos."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm, tiles: list[Box], regions: list[Box]) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, comm: Comm, tiles: list[Box], regions: list[Box]) -> torch.Tensor:
         ctx.args = comm, tiles, regions
         return route(comm, x.detach(), tiles, regions)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         comm, tiles, regions = ctx.args
         return route(comm, grad.contiguous(), regions, tiles), None, None, None
 
@@ -72,7 +72,7 @@ class _Gather(torch.autograd.Function):
     """All tiles → the full map on every rank; backward keeps the gradient of the owned tile."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm, tiles: list[Box]) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, comm: Comm, tiles: list[Box]) -> torch.Tensor:
         ctx.args = comm, tiles
         b, c = x.shape[:2]
         numel = [b * c * width(r) * width(col) for r, col in tiles]
@@ -84,7 +84,7 @@ class _Gather(torch.autograd.Function):
         return full
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         comm, tiles = ctx.args
         return grad[(...,) + _local(tiles[comm.rank], ORIGIN)], None, None
 
@@ -93,12 +93,12 @@ class _SumGrad(torch.autograd.Function):
     """Identity whose gradient is summed over the group: overlap-adds input-gradient halos."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, comm: Comm) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, comm: Comm) -> torch.Tensor:
         ctx.comm = comm
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         out = grad.contiguous().clone()
         ctx.comm.allreduce_sum_(out, rounds=0)
         return out, None
@@ -136,9 +136,9 @@ class SpatialModel(nn.Module):
                              f"the group has {comm.size}")
         self.front, self.tail, self.comm, self.grid = front, tail, comm, grid
         self.windows: list[tuple[Window, Window]] = [windows(m, i) for i, m in enumerate(front)]
-        self.groups = [tuple(g) for g in groups]
+        self.groups = [(first, last) for first, last in groups]
         self._plans: dict[tuple[int, int], tuple[list[GroupPlan], list[list[Step]]]] = {}
-        self.plan(tuple(input_size))
+        self.plan((input_size[0], input_size[1]))
 
     @property
     def front_numel(self) -> int:
@@ -166,8 +166,9 @@ class SpatialModel(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plans = self.plan(tuple(x.shape[-2:]))
-        steps = self._plans[tuple(x.shape[-2:])][1]
+        size = (x.shape[-2], x.shape[-1])
+        plans = self.plan(size)
+        steps = self._plans[size][1]
         me = self.comm.rank
         if x.requires_grad and torch.is_grad_enabled() and self.comm.size > 1:
             x = _SumGrad.apply(x, self.comm)
@@ -188,8 +189,9 @@ class SpatialModel(nn.Module):
         if flat_grads is not None:
             self.comm.allreduce_sum_(flat_grads[:self.front_numel])
             return
-        grads = [p.grad for p in self.front.parameters() if p.requires_grad]
-        if any(g is None for g in grads):
+        trainable = [p for p in self.front.parameters() if p.requires_grad]
+        grads = [p.grad for p in trainable if p.grad is not None]
+        if len(grads) < len(trainable):
             raise ValueError("allreduce_grads_: run backward before reducing the front's gradients")
         flat = torch.cat([g.reshape(-1) for g in grads])
         self.comm.allreduce_sum_(flat)

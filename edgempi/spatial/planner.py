@@ -98,8 +98,7 @@ def _group_cost(profile: Profile, link: Link, grid: tuple[int, int], first: int,
         busiest = 0.0
         for r in range(ranks):
             need = plan.box("need", r, 0)
-            pieces = [intersect(tiles[q], need) for q in range(ranks) if q != r]
-            pieces = [p for p in pieces if p]
+            pieces = [p for p in (intersect(tiles[q], need) for q in range(ranks) if q != r) if p]
             bytes_in = sum(_area(p) for p in pieces) * channels * profile.batch * profile.itemsize
             busiest = max(busiest, link.latency_s * len(pieces) + bytes_in / link.up_bytes_per_s)
         exchange = 2 * busiest
@@ -128,7 +127,7 @@ def predict(profile: Profile, link: Link, grid: tuple[int, int], groups: list[tu
         "tail": profile.tail_s,
     }
     one = sum(t * a * b for t, (a, b) in zip(profile.seconds_per_pixel, sizes[1:])) + profile.tail_s
-    return Plan([tuple(g) for g in groups], grid, link, sum(parts.values()), one, parts, lines)
+    return Plan([(first, last) for first, last in groups], grid, link, sum(parts.values()), one, parts, lines)
 
 
 def plan_groups(profile: Profile, link: Link, grid: tuple[int, int]) -> Plan:
@@ -188,7 +187,7 @@ def measure_profile(front: nn.Sequential, tail: nn.Module, batch: int, in_channe
         times = comm.reduce_metrics(times) / comm.size
     return Profile(tuple(float(t) for t in times[:-1]), tuple(wins), tuple(channels),
                    tuple(isinstance(m, NORMS) for m in front), tuple(is_windowed(m) for m in front),
-                   tuple(input_size), batch, param.element_size(),
+                   (input_size[0], input_size[1]), batch, param.element_size(),
                    sum(p.numel() for p in front.parameters() if p.requires_grad), float(times[-1]))
 
 

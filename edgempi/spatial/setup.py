@@ -27,12 +27,12 @@ def spatial_model(cfg: RunConfig, model: nn.Module, group: Comm, in_channels: in
     par = cfg.parallel
     grid = (par.grid[0], par.grid[1])
     front, tail = split_front(model, par.layers)
-    if par.groups == "auto":
+    if isinstance(par.groups, list):
+        groups = [(first, last) for first, last in par.groups]
+    else:  # auto, the one string the config allows
         profile = measure_profile(front, tail, cfg.train.batch_size, in_channels, (input_size, input_size), comm=group)
         plan = plan_groups(profile, link, grid)
         if group.rank == 0:
             print(f"edgempi: spatial plan: {plan}", file=sys.stderr, flush=True)
         groups = plan.groups
-    else:
-        groups = [tuple(g) for g in par.groups]
     return SpatialModel(front, tail, group, grid, groups, (input_size, input_size))

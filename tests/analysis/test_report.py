@@ -64,7 +64,8 @@ def test_large_batch_against_fedavg_shows_only_what_tells_them_apart(tmp_path: P
                                     "wall s", "sim s")]
     assert header == ["run", "method", "local_steps", "scored", "status", "final acc", "best acc", "reached 80%",
                       *costs, "× fewer bytes than baseline"]
-    assert [row[:3] + row[-1:] for row in cells] == [["fedavg", "fedavg", "10", "10×"], ["lb", "large_batch", "-", "1×"]]
+    assert [row[:3] + row[-1:] for row in cells] == [["fedavg", "fedavg", "10", "10×"],
+                                                     ["lb", "large_batch", "-", "1×"]]
     columns = next(csv.reader(io.StringIO(report(runs, 0.8, baseline="algorithm.name=large_batch", fmt="csv"))))
     assert columns[:4] == ["run", "method", "algorithm.local_steps", "eval_model"]
     assert columns[-1] == "times_fewer_bytes_than_baseline"

@@ -1,6 +1,7 @@
 """The decoders and encoders of qsgd and signsgd as they were before the blockwise rewrite
-(one device at a time, whole-vector passes), kept verbatim (apart from the shared bucketing) as the reference that the tests
-compare the new path with. Not registered: the tests build them directly."""
+(one device at a time, whole-vector passes), kept verbatim (apart from the shared bucketing) as
+the reference that the tests compare the new path with. Not registered: the tests build them
+directly."""
 from __future__ import annotations
 
 import math

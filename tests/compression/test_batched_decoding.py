@@ -49,7 +49,8 @@ def random_qsgd_payload(numel: int, levels: int, bucket: int, seed: int) -> Payl
 
 def random_signsgd_payload(numel: int, seed: int) -> Payload:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (math.ceil(numel / 8),), dtype=torch.uint8, generator=gen), torch.rand(1, generator=gen)
+    return (torch.randint(0, 256, (math.ceil(numel / 8),), dtype=torch.uint8, generator=gen),
+            torch.rand(1, generator=gen))
 
 
 def stacked(payloads: list[Payload]) -> Payload:

@@ -15,9 +15,12 @@ from edgempi.compression import Compressor, GradientExchange, create
 NUMEL = 70_001  # two blocks, a short last bucket and a short last byte
 CASES = {
     "topk": (lambda seed: create("topk", ratio=0.05, seed=seed), lambda seed: OldTopK(0.05, seed=seed)),
-    "qsgd-8bit": (lambda seed: create("qsgd", levels=127, bucket_size=64, seed=seed), lambda seed: OldQSGD(127, 64, seed)),
-    "qsgd-4bit": (lambda seed: create("qsgd", levels=5, bucket_size=100, seed=seed), lambda seed: OldQSGD(5, 100, seed)),
-    "qsgd-2bit": (lambda seed: create("qsgd", levels=1, bucket_size=512, seed=seed), lambda seed: OldQSGD(1, 512, seed)),
+    "qsgd-8bit": (lambda seed: create("qsgd", levels=127, bucket_size=64, seed=seed),
+                  lambda seed: OldQSGD(127, 64, seed)),
+    "qsgd-4bit": (lambda seed: create("qsgd", levels=5, bucket_size=100, seed=seed),
+                  lambda seed: OldQSGD(5, 100, seed)),
+    "qsgd-2bit": (lambda seed: create("qsgd", levels=1, bucket_size=512, seed=seed),
+                  lambda seed: OldQSGD(1, 512, seed)),
     "signsgd": (lambda seed: create("signsgd"), lambda seed: OldSignSGD()),
 }
 

@@ -83,5 +83,5 @@ def test_the_results_file_records_the_drift(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with open_for_reading(tmp_path / "d.h5") as f:
         assert f["partition/drift_steps"][()].tolist() == [10]
-        assert f["partition/drift_devices"][()].tolist() == [[1, 0]] or f["partition/drift_devices"][()].tolist() == [[0, 1]]
+        assert f["partition/drift_devices"][()].tolist() in ([[1, 0]], [[0, 1]])
         assert "drift" in f.attrs["config"]

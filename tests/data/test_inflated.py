@@ -159,7 +159,8 @@ def test_a_file_in_two_folders_shares_one_copy_and_one_of_several_members_gets_n
     path = tmp_path / "a" / "mnist" / IMAGES
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))  # two gzip members
-    assert data.load("mnist", root=str(tmp_path / "a")).train_x.equal(data.load("mnist", root=str(tmp_path / "b")).train_x)
+    expected = data.load("mnist", root=str(tmp_path / "a")).train_x
+    assert expected.equal(data.load("mnist", root=str(tmp_path / "b")).train_x)
     assert inflated.copy_of(path) is None  # its trailer covers its last member only: never kept
 
 
@@ -179,7 +180,8 @@ def test_ranks_starting_together_read_the_same_data_and_leave_one_whole_copy(tmp
     assert len(digests) == 1 and all(proc.returncode == 0 for proc in ranks)
     assert len(copies(cache)) == 4 and not list(cache.glob("*.partial"))
     assert all(kept_whole(tmp_path / "mnist" / f"{name}.gz") for name in
-               ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+               ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
 
 
 PEAK = """

@@ -37,7 +37,8 @@ METHODS = {
                           "algorithm.balancing=true"],
     "fda_linear": ["algorithm.name=fda", "algorithm.variant=linear", "algorithm.theta_per_param=1e-6"],
     "fda_sketch": ["algorithm.name=fda", "algorithm.variant=sketch", "algorithm.theta_per_param=1e-6"],
-    "fedprox": ["algorithm.name=fedprox", "algorithm.local_steps=3", "algorithm.mu=0.1", "algorithm.participation=0.75"],
+    "fedprox": ["algorithm.name=fedprox", "algorithm.local_steps=3", "algorithm.mu=0.1",
+                "algorithm.participation=0.75"],
     "scaffold": ["algorithm.name=scaffold", "algorithm.local_steps=3", "algorithm.participation=0.75",
                  "algorithm.dropout=0.2"],
     "fedavg_deadline": ["algorithm.name=fedavg", "algorithm.local_steps=2", "network.deadline_s=0.3"],
@@ -139,7 +140,8 @@ def test_large_batch_averages_the_gradients_of_the_devices_that_reported():
 
 
 @pytest.mark.parametrize("method", [["algorithm.name=large_batch", "train.momentum=0.9"],
-                                    ["algorithm.name=fedavg", "algorithm.local_steps=2"]], ids=["large_batch", "fedavg"])
+                                    ["algorithm.name=fedavg", "algorithm.local_steps=2"]],
+                         ids=["large_batch", "fedavg"])
 def test_a_round_nobody_makes_changes_nothing_but_the_clock(method):
     """A deadline below the link latency: no device reports and no byte moves; Large Batch
     never steps, FedAvg's devices keep their local models; every round costs exactly the

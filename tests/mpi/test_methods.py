@@ -119,8 +119,7 @@ def test_same_config_and_seed_give_identical_metrics():
     for _ in range(2):
         _, outcome, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5"])
         metrics.append(([r["train_loss"] for r in outcome.steps],
-                        [(r["test_loss"], r["test_acc"]) for r in outcome.evals],
-                        outcome.storage.clone()))
+                        [(r["test_loss"], r["test_acc"]) for r in outcome.evals], outcome.storage.clone()))
     assert metrics[0][0] == metrics[1][0] and metrics[0][1] == metrics[1][1]
     assert torch.equal(metrics[0][2], metrics[1][2])
     _, other, _ = run(["train.steps=15", "algorithm.name=fedavg", "algorithm.local_steps=5", "seed=4"])

@@ -12,7 +12,7 @@ from torch import nn
 
 from edgempi.algorithms import Capabilities, Context, HeldModel, MethodSettings, Policy
 from edgempi.compression import CompressionSettings, Compressor
-from edgempi.data import Dataset, LoadOptions
+from edgempi.data import Dataset, DataSettings, LoadOptions
 from edgempi.settings import require
 
 
@@ -97,3 +97,32 @@ class FormerStyle(Periodic):
     """A mistake: a capability as an attribute of its own, as plug-ins declared them before Capabilities."""
 
     exchanges_gradients = True
+
+
+@dataclass
+class SizedSettings(DataSettings):
+    side: int = 16
+    """The side of the stripes' square images."""
+
+    def input_shape(self) -> tuple[int, int]:
+        return 1, self.side
+
+    def check(self, cfg: Any) -> None:
+        super().check(cfg)
+        require(self.side >= 4, "data.side", "must be >= 4")
+
+
+class Sized:
+    """Stripes of a size the config chooses: a data set with keys of its own (``data.side``)."""
+
+    Settings = SizedSettings
+
+    def __call__(self, opts: LoadOptions[SizedSettings]) -> Dataset:
+        ds = stripes(opts)
+        side = opts.settings.side
+        resize = torch.nn.functional.interpolate
+        ds.train_x, ds.test_x = (resize(x.float(), size=(side, side)).to(torch.uint8) for x in (ds.train_x, ds.test_x))
+        return ds
+
+
+sized = Sized()

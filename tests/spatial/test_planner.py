@@ -27,7 +27,8 @@ def _groupings(profile: Profile):
             yield [(a, b - 1) for a, b in zip(edges, edges[1:])]
 
 
-@pytest.mark.parametrize("link", [Link.symmetric(1e9, 1e-5), Link.symmetric(1e7, 1e-3), Link.symmetric(1e11, 0.0)], ids=str)
+@pytest.mark.parametrize("link", [Link.symmetric(1e9, 1e-5), Link.symmetric(1e7, 1e-3), Link.symmetric(1e11, 0.0)],
+                         ids=str)
 @pytest.mark.parametrize("grid", [(1, 2), (2, 2)])
 def test_dynamic_programming_finds_the_best_grouping(link: Link, grid: tuple[int, int]) -> None:
     profile = _profile()
