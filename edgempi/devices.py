@@ -17,9 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgempi.flat import FlatModel
-from edgempi.lazy import lazy_import
-
-torch = lazy_import("torch")
+from edgempi.lazy import torch
 
 
 class WorkObserver(Protocol):

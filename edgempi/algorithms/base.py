@@ -18,7 +18,7 @@ from edgempi.algorithms.held import HeldModel
 from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import ConfigError, Settings, exclusive, one_of, require
 from edgempi.sim import Clock
@@ -26,7 +26,6 @@ from edgempi.sim import Clock
 if TYPE_CHECKING:
     from edgempi.comm import Comm  # importing comm starts MPI
 
-torch = lazy_import("torch")
 
 
 @dataclass(frozen=True)

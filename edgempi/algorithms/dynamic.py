@@ -25,14 +25,13 @@ from edgempi.algorithms.base import Capabilities, Context
 from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
-from edgempi.lazy import lazy_import
+from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive, require
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
 
-torch = lazy_import("torch")
 
 
 @dataclass
