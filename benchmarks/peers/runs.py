@@ -40,7 +40,8 @@ class Run:
         steady = statistics.median(rounds)
         return {"engine": self.engine, "devices": self.devices, "rounds": len(self.round_ends),
                 "ready_s": self.ready - self.launched,
-                "startup_s": self.round_ends[0] - self.launched - steady, "first_round_s": self.round_ends[0] - self.launched,
+                "startup_s": self.round_ends[0] - self.launched - steady,
+                "first_round_s": self.round_ends[0] - self.launched,
                 "s_per_round": steady, "total_s": self.ended - self.launched, "accuracy": self.accuracy,
                 "peak_rss_gb": self.peak_rss / 1e9, "peak_pss_gb": self.peak_pss / 1e9, "load": self.load}
 
@@ -119,7 +120,10 @@ def end_session(sid: int) -> None:
         time.sleep(1.0)
 
 
-def launch(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, list[tuple[float, str]], tuple[int, int, float]]:
+Measured = tuple[float, float, list[tuple[float, str]], tuple[int, int, float]]
+
+
+def launch(argv: list[str], env: dict[str, str], log: Path) -> Measured:
     """Run ``argv`` to its end: (launched, ended, timestamped output lines, (peak RSS, peak PSS, load)).
 
     ``ended`` is when the command itself exited, before its leftovers are waited for. A
