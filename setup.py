@@ -23,6 +23,8 @@ setup(
         "plot": ["matplotlib>=3.6"],
         # benchmarks/peers: the same workload on Flower's simulation engine (Ray); big, and never needed by edgempi
         "peers": ["flwr[simulation]>=1.42,<2"],
+        # benchmarks/peers: the same workload on Apple's pfl-research (it pins packaging<26; edgempi does not care)
+        "pfl": ["pfl[pytorch]>=0.6,<0.7"],
         "test": ["pytest>=7", "pytest-mpi>=0.6", "matplotlib>=3.6", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["edgempi=edgempi.cli:main"]},
