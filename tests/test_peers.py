@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -149,6 +150,9 @@ def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp
     assert row[1:5] == ["Flower", "3.0 / 9.0 (3.0×)", "4.0 / -30.0 (–)", "6 / 150 (25.0×)"]
     assert row[5:7] == ["2.00 / 4.00 (2.0×)", "1.00 / 3.00 (3.0×)"]
     assert row[8] == "1.9"  # the import of torch on two ranks, median of the repeats
+    measured.append(runs.Run("pfl", 8, 300.0, 301.0, [302.0, 302.1, 302.2], 303.0, 0.5, 10**9, 10**9, 1.0))
+    row = flower.table(measured, [8], {8: [1.9]}).splitlines()[3].split(" | ")
+    assert row[1] == "pfl" and row[4] == "6 / 0.1 (0.02×)"  # a peer faster than edgempi: two decimals
 
 
 @needs_fashion
@@ -193,16 +197,21 @@ def test_the_cohorts_and_round_batches_are_edgempis():
         assert torch.equal(x[k * b:(k + 1) * b], bx) and torch.equal(y[k * b:(k + 1) * b], by)
 
 
+@pytest.fixture
 def pfl_app():
-    return load_script(PEERS / "pfl_app.py")
+    """``pfl_app.py`` imported; importing pfl's torch ops makes forkserver the default start
+    method of this whole process, which is put back afterwards for the other tests."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    yield load_script(PEERS / "pfl_app.py")
+    multiprocessing.set_start_method(before, force=True)
 
 
 @needs_fashion
 @needs_pfl
-def test_pfl_users_are_edgempis_devices_model_and_cohorts():
+def test_pfl_users_are_edgempis_devices_model_and_cohorts(pfl_app):
     """pfl's federated dataset hands out, round by round, edgempi's cohort with the batches each
     device trains on, and its model is edgempi's LeNet-5 from edgempi's start."""
-    app, work = pfl_app(), Workload(100, 2, cohort=10)
+    app, work = pfl_app, Workload(100, 2, cohort=10)
     module = app.pfl_module(work)
     start = work.initial_model()
     assert type(module) is type(start) and sum(p.numel() for p in module.parameters()) == 61_706
@@ -220,11 +229,11 @@ def test_pfl_users_are_edgempis_devices_model_and_cohorts():
 
 @needs_fashion
 @needs_pfl
-def test_pfl_fedavg_on_a_cohort_ends_at_edgempis_accuracy(one_thread, tmp_path):
+def test_pfl_fedavg_on_a_cohort_ends_at_edgempis_accuracy(one_thread, pfl_app, tmp_path):
     """Four devices, a cohort of two, two rounds: pfl (one process) reaches edgempi's accuracy."""
     cfg = config.load(CONFIG, overrides(4, 2, ranks=1, cohort=2))
     outcome = train(build(cfg, self_comm(), load_dataset(cfg)), self_comm())
-    pfl_app().run(4, 2, 2, tmp_path / "pfl.json")
+    pfl_app.run(4, 2, 2, tmp_path / "pfl.json")
     result = json.loads((tmp_path / "pfl.json").read_text())
     assert len(result["round_ends"]) == 2 and result["ready"] <= result["round_ends"][0]
     assert result["accuracy"] == pytest.approx(outcome.evals[-1]["test_acc"], abs=1e-4)

@@ -141,7 +141,9 @@ def cell(m: dict[tuple[str, str], float], peer: str, key: str, fmt: str, ratio: 
     text = f"{ours:{fmt}} / {theirs:{fmt}}"
     if not ratio:
         return text
-    return f"{text} ({theirs / ours:.1f}×)" if ours > 0 and theirs > 0 else f"{text} (–)"
+    if ours <= 0 or theirs <= 0:
+        return f"{text} (–)"
+    return f"{text} ({theirs / ours:.1f}×)" if theirs >= ours else f"{text} ({theirs / ours:.2f}×)"
 
 
 def table(runs: list[Run], devices: list[int], imports: dict[int, list[float]]) -> str:
