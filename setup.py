@@ -23,6 +23,8 @@ setup(
         "plot": ["matplotlib>=3.6"],
         # benchmarks/peers: the same workload on Flower's simulation engine (Ray); big, and never needed by edgempi
         "peers": ["flwr[simulation]>=1.42,<2"],
+        # benchmarks/peers: the same workload on Apple's pfl-research (it pins packaging<26; edgempi does not care)
+        "pfl": ["pfl[pytorch]>=0.6,<0.7"],
         # ruff and mypy: tests/test_lint.py runs them (pinned: a new release may add rules or inferences)
         "test": ["pytest>=7", "pytest-mpi>=0.6", "matplotlib>=3.6", "hypothesis>=6", "ruff>=0.17.6,<0.18",
                  "mypy>=2.4,<2.5", "types-PyYAML", "types-tqdm"],

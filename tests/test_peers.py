@@ -1,11 +1,14 @@
-"""benchmarks/peers: edgempi and Flower run one workload. Without Flower: the edgempi command
-is that workload, and the Flower client's training (edgempi's shards, batches, model and start,
-averaged as Flower's FedAvg does) ends where edgempi's FedAvg ends. With Flower (the ``peers``
-extra): a whole small comparison agrees on the accuracy."""
+"""benchmarks/peers: edgempi, Flower and pfl-research run one workload. Without the peers: the
+edgempi command is that workload, its cohorts are edgempi's draw, and the Flower client's training
+(edgempi's shards, batches, model and start, averaged as Flower's FedAvg does) ends where edgempi's
+FedAvg ends. With Flower (the ``peers`` extra): a whole small comparison agrees on the accuracy.
+With pfl (the ``pfl`` extra): pfl's users are edgempi's devices, batches, model and cohorts, and
+pfl's FedAvg on them ends at edgempi's accuracy."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ import torch
 from helpers import FASHION, ROOT, load_script, self_comm
 
 from edgempi import config
+from edgempi.algorithms.base import participants
 from edgempi.train import Trainer, build, load_dataset
 
 PEERS = ROOT / "benchmarks" / "peers"
@@ -26,6 +30,8 @@ from workload import CONFIG, RANKS, Workload, edgempi_command, overrides, worklo
 
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
                                    reason="Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+needs_pfl = pytest.mark.skipif(importlib.util.find_spec("pfl") is None,
+                               reason="pfl-research is not installed (extra: pfl; see benchmarks/docs/vs-pfl.md)")
 
 
 def command_config(argv: list[str]) -> config.RunConfig:
@@ -119,11 +125,16 @@ def peers_main(*args: str) -> int:
         return exc.code
 
 
-def test_dry_run_prints_both_commands_and_bad_input_is_one_line(capsys):
+def test_dry_run_prints_every_command_and_bad_input_is_one_line(capsys):
     assert peers_main("--devices", "10", "1000", "--rounds", "3", "--dry-run") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and "parallel.devices_per_rank=500" in lines[2] and "flower_app.py" in lines[3]
-    for bad in (["--devices", "7"], ["--rounds", "1"], ["--devices", "x"]):
+    assert len(lines) == 6 and "parallel.devices_per_rank=500" in lines[3] and "flower_app.py" in lines[4]
+    assert "torch.distributed.run" in lines[5] and "--nproc_per_node=2" in lines[5] and "pfl_app.py" in lines[5]
+    assert peers_main("--devices", "100", "--cohort", "10", "--engines", "edgempi", "pfl", "--dry-run") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "algorithm.participation=0.1" in lines[0] and "--cohort 10" in lines[1]
+    for bad in (["--devices", "7"], ["--rounds", "1"], ["--devices", "x"], ["--devices", "10", "--cohort", "11"],
+                ["--devices", "10", "--cohort", "3"]):
         assert peers_main(*bad) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "error" in err, err
@@ -135,16 +146,20 @@ def test_the_table_gives_ready_directly_and_no_ratio_for_a_start_up_rounds_swamp
     measured = [runs.Run("edgempi", 8, 100.0, 103.0, [110.0, 116.0, 122.0], 123.0, 0.5, 2 * 10**9, 10**9, 1.0),
                 runs.Run("flower", 8, 200.0, 209.0, [320.0, 470.0, 620.0], 621.0, 0.5, 4 * 10**9, 3 * 10**9, 1.5)]
     row = flower.table(measured, [8], {8: [1.9, 1.7, 2.4]}).splitlines()[2].split(" | ")
-    assert row[1:4] == ["3.0 / 9.0 (3.0×)", "4.0 / -30.0 (–)", "6 / 150 (25.0×)"]
-    assert row[4:6] == ["2.00 / 4.00", "1.00 / 3.00"]
-    assert row[7] == "1.9"  # the import of torch on two ranks, median of the repeats
+    assert row[1:5] == ["Flower", "3.0 / 9.0 (3.0×)", "4.0 / -30.0 (–)", "6 / 150 (25.0×)"]
+    assert row[5:7] == ["2.00 / 4.00 (2.0×)", "1.00 / 3.00 (3.0×)"]
+    assert row[8] == "1.9"  # the import of torch on two ranks, median of the repeats
+    measured.append(runs.Run("pfl", 8, 300.0, 301.0, [302.0, 302.1, 302.2], 303.0, 0.5, 10**9, 10**9, 1.0))
+    row = flower.table(measured, [8], {8: [1.9]}).splitlines()[3].split(" | ")
+    assert row[1] == "pfl" and row[4] == "6 / 0.1 (0.02×)"  # a peer faster than edgempi: two decimals
 
 
 @needs_fashion
 @pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="Flower is not installed (extra: peers)")
 def test_flower_and_edgempi_reach_the_same_accuracy():
-    proc = subprocess.run([sys.executable, str(PEERS / "flower.py"), "--devices", "2", "--rounds", "2",
-                           "--repeats", "1"], capture_output=True, text=True, timeout=900)
+    argv = [sys.executable, str(PEERS / "flower.py"), "--devices", "2", "--rounds", "2", "--repeats", "1",
+            "--engines", "edgempi", "flower"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "| 2 |" in proc.stdout
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -153,3 +168,71 @@ def test_flower_and_edgempi_reach_the_same_accuracy():
     imports = [m["import_torch_s"] for m in lines if "import_torch_s" in m]
     assert len(imports) == 1 and 0 < imports[0] < 120, lines
     assert all(0 < m["ready_s"] < m["first_round_s"] for m in measured), measured
+
+
+def test_a_cohort_is_edgempi_participation_and_its_draw():
+    argv = edgempi_command(100, 3, Path("OUT"), cohort=10)
+    cfg = command_config(argv)
+    assert cfg.algorithm.participation == 0.1 and cfg.parallel.devices_per_rank == 50
+    assert "algorithm.participation=0.1" not in edgempi_command(100, 3, Path("OUT"))  # no cohort: everyone
+    with pytest.raises(config.ConfigError, match="cohort"):
+        overrides(100, 3, cohort=101)
+
+
+@needs_fashion
+def test_the_cohorts_and_round_batches_are_edgempis():
+    """The peers are told edgempi's draw and given the batches edgempi's devices train on."""
+    work = Workload(100, 3, cohort=10)
+    for round_index in (1, 2, 3):
+        mask = participants(work.cfg.algorithm, work.cfg.seed, 100, round_index)
+        assert work.cohort(round_index) == list(mask.nonzero()[0]) and len(work.cohort(round_index)) == 10
+    assert work.cohort(1) != work.cohort(2)
+    assert Workload(4, 2).cohort(1) == [0, 1, 2, 3]
+    x, y = work.round_batches(7, 2)
+    loader, b = work.loader(7), work.cfg.train.batch_size
+    assert len(y) == work.local_steps * b
+    for k, step in enumerate(range(work.local_steps, 2 * work.local_steps)):
+        bx, by = loader.batch(step)
+        assert torch.equal(x[k * b:(k + 1) * b], bx) and torch.equal(y[k * b:(k + 1) * b], by)
+
+
+@pytest.fixture
+def pfl_app():
+    """``pfl_app.py`` imported; importing pfl's torch ops makes forkserver the default start
+    method of this whole process, which is put back afterwards for the other tests."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    yield load_script(PEERS / "pfl_app.py")
+    multiprocessing.set_start_method(before, force=True)
+
+
+@needs_fashion
+@needs_pfl
+def test_pfl_users_are_edgempis_devices_model_and_cohorts(pfl_app):
+    """pfl's federated dataset hands out, round by round, edgempi's cohort with the batches each
+    device trains on, and its model is edgempi's LeNet-5 from edgempi's start."""
+    app, work = pfl_app, Workload(100, 2, cohort=10)
+    module = app.pfl_module(work)
+    start = work.initial_model()
+    assert type(module) is type(start) and sum(p.numel() for p in module.parameters()) == 61_706
+    for ours, theirs in zip(module.state_dict().values(), start.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
+    x, y = next(iter(work.round_batches(0, 1)[0].split(32))), work.round_batches(0, 1)[1][:32]
+    assert module.loss(x, y).item() == pytest.approx(torch.nn.functional.cross_entropy(start(x), y).item(), abs=1e-6)
+    dataset = app.federated_dataset(work, 2)
+    for round_index in (1, 2):
+        users = [next(dataset) for _ in work.cohort(round_index)]
+        assert [u.user_id for u, _ in users] == [(d, round_index) for d in work.cohort(round_index)]
+        rx, ry = work.round_batches(*users[3][0].user_id)
+        assert torch.equal(users[3][0].raw_data[0], rx) and torch.equal(users[3][0].raw_data[1], ry)
+
+
+@needs_fashion
+@needs_pfl
+def test_pfl_fedavg_on_a_cohort_ends_at_edgempis_accuracy(one_thread, pfl_app, tmp_path):
+    """Four devices, a cohort of two, two rounds: pfl (one process) reaches edgempi's accuracy."""
+    cfg = config.load(CONFIG, overrides(4, 2, ranks=1, cohort=2))
+    outcome = Trainer(build(cfg, self_comm(), load_dataset(cfg)), self_comm()).run()
+    pfl_app.run(4, 2, 2, tmp_path / "pfl.json")
+    result = json.loads((tmp_path / "pfl.json").read_text())
+    assert len(result["round_ends"]) == 2 and result["ready"] <= result["round_ends"][0]
+    assert result["accuracy"] == pytest.approx(outcome.evals[-1]["test_acc"], abs=1e-4)

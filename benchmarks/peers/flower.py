@@ -1,11 +1,15 @@
-"""edgempi beside Flower: the same FedAvg workload on both, alternating, measured alike.
+"""edgempi beside Flower and pfl-research: the same FedAvg workload on each, alternating, measured alike.
 
     python benchmarks/peers/flower.py --devices 10 100 1000 --rounds 3 --repeats 3
+    python benchmarks/peers/flower.py --devices 100 1000 --cohort 10 --engines edgempi flower pfl
 
 Each run is a fresh command in its own session: edgempi's public CLI under ``mpiexec -n 2``
-(``parallel.devices_per_rank`` = devices / 2), and Flower's ``run_simulation`` (Ray, one actor
-per core) through ``flower_app.py``. The two alternate, the first engine changing with each
-repeat. For each run:
+(``parallel.devices_per_rank`` = devices / 2), Flower's ``run_simulation`` (Ray, one actor
+per core) through ``flower_app.py``, and pfl's simulated FedAvg under ``torchrun
+--nproc_per_node=2`` through ``pfl_app.py``. They alternate, the order reversing with each
+repeat. ``--cohort C`` trains C of the devices a round (edgempi's draw, which the peers are told):
+Flower and pfl train only those; edgempi, until its cohort sampling lands, trains all and
+averages those C (``algorithm.participation`` = C / devices), which gives the same models. For each run:
 
 - ready: from launching the command to the end of the evaluation before round 1 (interpreter,
   imports, MPI or Ray, data, partition, model and that evaluation), read off a clock, nothing
@@ -16,14 +20,15 @@ repeat. For each run:
   seconds (1,000 devices), so does this difference;
 - seconds per round: the median over rounds 2 … R of the time between round ends;
 - peak memory: the largest sum over all processes of the run's session (mpiexec, its proxy
-  and ranks; Flower's driver, Ray's daemons and actors), as resident set (RSS, counting shared
+  and ranks; Flower's driver, Ray's daemons and actors; torchrun and its workers), as resident set (RSS, counting shared
   libraries once per process) and as proportional set (PSS, shared pages split), sampled every
   0.25 s from /proc;
 - the final test accuracy, which must agree between the engines;
 - and, beside each repeat, ``mpiexec -n 2 python -c "import torch"``: what any engine running
   torch on two ranks pays before its first line of its own, the floor of edgempi's start-up.
 
-Prints one JSON line per run as it ends, then a Markdown table of medians over the repeats.
+Prints one JSON line per run as it ends, then a Markdown table of medians over the repeats,
+one row per peer, with the peer's figure over edgempi's.
 """
 from __future__ import annotations
 
@@ -50,19 +55,27 @@ from workload import RANKS, edgempi_command, overrides  # noqa: E402
 from edgempi.config import ConfigError  # noqa: E402
 from edgempi.record import open_for_reading  # noqa: E402
 
-ENGINES = ("edgempi", "flower")
+ENGINES = ("edgempi", "flower", "pfl")
+NAMES = {"flower": "Flower", "pfl": "pfl"}
 SAME_ACCURACY = 0.005  # 50 test images of 10,000: float sums in another order, nothing more
 
 
-def flower_command(devices: int, rounds: int, out: Path) -> list[str]:
-    return [sys.executable, str(HERE / "flower_app.py"), "--devices", str(devices), "--rounds", str(rounds),
-            "--out", str(out)]
+def flower_command(devices: int, cohort: int | None, rounds: int, out: Path) -> list[str]:
+    return [sys.executable, str(HERE / "flower_app.py"), "--devices", str(devices), "--cohort", str(cohort or devices),
+            "--rounds", str(rounds), "--out", str(out)]
 
 
-def run_edgempi(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Run:
+def pfl_command(devices: int, cohort: int | None, rounds: int, out: Path) -> list[str]:
+    """torchrun, as pfl's simulation guide starts a PyTorch simulation on one machine's processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={RANKS}",
+            str(HERE / "pfl_app.py"), "--devices", str(devices), "--cohort", str(cohort or devices),
+            "--rounds", str(rounds), "--out", str(out)]
+
+
+def run_edgempi(devices: int, cohort: int | None, rounds: int, work: Path, env: dict[str, str]) -> Run:
     """edgempi's round ends in wall-clock time: its progress line after the evaluation before
     round 1 fixes when that evaluation ended; the /steps rows (one per round) follow from there."""
-    argv = edgempi_command(devices, rounds, work, mpiexec=mpiexec() or "mpiexec")
+    argv = edgempi_command(devices, rounds, work, mpiexec=mpiexec() or "mpiexec", cohort=cohort)
     launched, ended, lines, memory = launch(argv, env, work / f"edgempi-{devices}.log")
     first = next((t for t, text in lines if "edgempi: step 0/" in text), None)
     if first is None:
@@ -74,17 +87,18 @@ def run_edgempi(devices: int, rounds: int, work: Path, env: dict[str, str]) -> R
     return Run("edgempi", devices, launched, first, round_ends, ended, accuracy, *memory)
 
 
-def run_flower(devices: int, rounds: int, work: Path, env: dict[str, str]) -> Run:
-    out = work / f"flower-{devices}.json"
+def run_peer(engine: str, devices: int, cohort: int | None, rounds: int, work: Path, env: dict[str, str]) -> Run:
+    """A peer's app writes when its evaluation before round 1 and each round ended, and its accuracy."""
+    out, log = work / f"{engine}-{devices}.json", work / f"{engine}-{devices}.log"
     out.unlink(missing_ok=True)
-    launched, ended, _, memory = launch(flower_command(devices, rounds, out), env, work / f"flower-{devices}.log")
+    launched, ended, _, memory = launch(COMMANDS[engine](devices, cohort, rounds, out), env, log)
     if not out.exists():
-        raise RuntimeError(f"Flower wrote no result; see {work / f'flower-{devices}.log'}")
+        raise RuntimeError(f"{NAMES[engine]} wrote no result; see {log}")
     result = json.loads(out.read_text())
-    return Run("flower", devices, launched, result["ready"], result["round_ends"], ended, result["accuracy"], *memory)
+    return Run(engine, devices, launched, result["ready"], result["round_ends"], ended, result["accuracy"], *memory)
 
 
-RUNNERS = {"edgempi": run_edgempi, "flower": run_flower}
+COMMANDS = {"flower": flower_command, "pfl": pfl_command}
 
 
 def torch_import_s(env: dict[str, str]) -> float:
@@ -106,12 +120,13 @@ def measure(args: argparse.Namespace, work: Path) -> tuple[list[Run], dict[int, 
         for repeat in range(args.repeats):
             order = args.engines if repeat % 2 == 0 else args.engines[::-1]
             for engine in order:
-                run = RUNNERS[engine](devices, args.rounds, work, env)
+                run = (run_edgempi(devices, args.cohort, args.rounds, work, env) if engine == "edgempi"
+                       else run_peer(engine, devices, args.cohort, args.rounds, work, env))
                 print(json.dumps({**run.summary(), "repeat": repeat}), flush=True)
                 runs.append(run)
             imports.setdefault(devices, []).append(torch_import_s(env))
-            print(json.dumps({"import_torch_s": imports[devices][-1], "devices": devices, "repeat": repeat}),
-                  flush=True)
+            imported = {"import_torch_s": imports[devices][-1], "devices": devices, "repeat": repeat}
+            print(json.dumps(imported), flush=True)
     return runs, imports
 
 
@@ -119,32 +134,37 @@ def median_of(runs: list[Run], engine: str, devices: int, key: str) -> float:
     return statistics.median(r.summary()[key] for r in runs if r.engine == engine and r.devices == devices)
 
 
-def cell(m: dict[tuple[str, str], float], key: str, fmt: str, ratio: bool = True) -> str:
-    """``edgempi / Flower`` for ``key``, with Flower's over edgempi's when both are positive (a
+def cell(m: dict[tuple[str, str], float], peer: str, key: str, fmt: str, ratio: bool = True) -> str:
+    """``edgempi / peer`` for ``key``, with the peer's over edgempi's when both are positive (a
     start-up by subtraction is not where rounds vary by more than the warm-up)."""
-    ours, theirs = m["edgempi", key], m["flower", key]
+    ours, theirs = m["edgempi", key], m[peer, key]
     text = f"{ours:{fmt}} / {theirs:{fmt}}"
     if not ratio:
         return text
-    return f"{text} ({theirs / ours:.1f}×)" if ours > 0 and theirs > 0 else f"{text} (–)"
+    if ours <= 0 or theirs <= 0:
+        return f"{text} (–)"
+    return f"{text} ({theirs / ours:.1f}×)" if theirs >= ours else f"{text} ({theirs / ours:.2f}×)"
 
 
 def table(runs: list[Run], devices: list[int], imports: dict[int, list[float]]) -> str:
-    """Medians over the repeats; ratios are Flower's figure over edgempi's."""
-    lines = ["| devices | ready s: edgempi / Flower (ratio) | start-up s: edgempi / Flower (ratio) "
-             "| s per round: edgempi / Flower (ratio) | peak RSS GB: edgempi / Flower "
-             "| peak PSS GB: edgempi / Flower | accuracy: edgempi / Flower | `import torch` on 2 ranks s "
+    """Medians over the repeats, one row per device count and peer measured beside edgempi;
+    ratios are the peer's figure over edgempi's."""
+    lines = ["| devices | peer | ready s: edgempi / peer (ratio) | start-up s: edgempi / peer (ratio) "
+             "| s per round: edgempi / peer (ratio) | peak RSS GB: edgempi / peer (ratio) "
+             "| peak PSS GB: edgempi / peer (ratio) | accuracy: edgempi / peer | `import torch` on 2 ranks s "
              "| load (1 min) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    measured = {r.engine for r in runs}
     for k in devices:
-        m = {(e, key): median_of(runs, e, k, key) for e in ENGINES
+        m = {(e, key): median_of(runs, e, k, key) for e in measured
              for key in ("ready_s", "startup_s", "s_per_round", "peak_rss_gb", "peak_pss_gb", "accuracy")}
         loads = [r.load for r in runs if r.devices == k]
-        lines.append(
-            f"| {k:,} | {cell(m, 'ready_s', '.1f')} | {cell(m, 'startup_s', '.1f')} | {cell(m, 's_per_round', '.3g')} "
-            f"| {cell(m, 'peak_rss_gb', '.2f', False)} | {cell(m, 'peak_pss_gb', '.2f', False)} "
-            f"| {cell(m, 'accuracy', '.2%', False)} | {statistics.median(imports[k]):.1f} "
-            f"| {min(loads):.1f}–{max(loads):.1f} |")
+        lines += [
+            f"| {k:,} | {NAMES[peer]} | {cell(m, peer, 'ready_s', '.1f')} | {cell(m, peer, 'startup_s', '.1f')} "
+            f"| {cell(m, peer, 's_per_round', '.3g')} | {cell(m, peer, 'peak_rss_gb', '.2f')} "
+            f"| {cell(m, peer, 'peak_pss_gb', '.2f')} | {cell(m, peer, 'accuracy', '.2%', False)} "
+            f"| {statistics.median(imports[k]):.1f} | {min(loads):.1f}–{max(loads):.1f} |"
+            for peer in NAMES if peer in measured]
     return "\n".join(lines)
 
 
@@ -168,6 +188,7 @@ class Parser(argparse.ArgumentParser):
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--cohort", type=int, help="devices trained a round, drawn by edgempi's seed (default: all)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 2: round 1 holds the warm-up)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
@@ -175,13 +196,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         for devices in args.devices:
-            overrides(devices, args.rounds)
+            overrides(devices, args.rounds, cohort=args.cohort)
     except ConfigError as exc:
         p.error(str(exc))
     if args.rounds < 2 or args.repeats < 1:
         p.error("--rounds must be >= 2 and --repeats >= 1")
-    if "flower" in args.engines and not args.dry_run and importlib.util.find_spec("flwr") is None:
-        p.error("Flower is not installed: pip install -e '.[peers]' (or measure edgempi alone: --engines edgempi)")
+    if "pfl" in args.engines and args.cohort and args.cohort % RANKS:
+        p.error(f"pfl splits a cohort evenly over its {RANKS} processes: make --cohort a multiple of {RANKS}")
+    for engine, module, extra in (("flower", "flwr", "peers"), ("pfl", "pfl", "pfl")):
+        if engine in args.engines and not args.dry_run and importlib.util.find_spec(module) is None:
+            p.error(f"{NAMES[engine]} is not installed: pip install -e '.[{extra}]' (or leave it out of --engines)")
     return args
 
 
@@ -189,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.dry_run:
         for devices in args.devices:
-            print(" ".join(edgempi_command(devices, args.rounds, Path("OUT"), "mpiexec")))
-            print(" ".join(flower_command(devices, args.rounds, Path("OUT") / f"flower-{devices}.json")))
+            print(" ".join(edgempi_command(devices, args.rounds, Path("OUT"), "mpiexec", cohort=args.cohort)))
+            for peer in (e for e in args.engines if e in COMMANDS):
+                out = Path("OUT") / f"{peer}-{devices}.json"
+                print(" ".join(COMMANDS[peer](devices, args.cohort, args.rounds, out)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     try:
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"flower.py: {exc}", file=sys.stderr)  # the logs stay for reading
         return 1
-    if set(args.engines) == set(ENGINES):
+    if "edgempi" in args.engines and len(set(args.engines)) > 1:
         print(table(runs, args.devices, imports))
     problems = disagreements(runs)
     for line in problems:

@@ -15,19 +15,19 @@ client = ClientApp()
 
 
 @lru_cache(maxsize=1)
-def actor_workload(devices: int, rounds: int) -> Workload:
+def actor_workload(devices: int, rounds: int, cohort: int) -> Workload:
     """Each Ray actor loads the data and partition once and keeps them for every client it plays."""
     torch.set_num_threads(1)
-    return Workload(devices, rounds)
+    return Workload(devices, rounds, cohort=cohort)
 
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    """Device ``partition-id`` trains one round from the global weights and sends its own back."""
+    """The device the server names trains one round from the global weights and sends its own back."""
     settings = msg.content["config"]
-    work = actor_workload(int(context.node_config["num-partitions"]), int(settings["rounds"]))
+    work = actor_workload(int(context.node_config["num-partitions"]), int(settings["rounds"]), int(settings["cohort"]))
     model = work.initial_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    loss = work.fit(model, int(context.node_config["partition-id"]), int(settings["server-round"]))
+    loss = work.fit(model, int(settings["device"]), int(settings["server-round"]))
     metrics = MetricRecord({"train_loss": loss, "num-examples": work.local_steps * work.cfg.train.batch_size})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)

@@ -120,8 +120,10 @@ def end_session(sid: int) -> None:
         time.sleep(1.0)
 
 
-def launch(argv: list[str], env: dict[str, str],
-           log: Path) -> tuple[float, float, list[tuple[float, str]], tuple[int, int, float]]:
+Measured = tuple[float, float, list[tuple[float, str]], tuple[int, int, float]]
+
+
+def launch(argv: list[str], env: dict[str, str], log: Path) -> Measured:
     """Run ``argv`` to its end: (launched, ended, timestamped output lines, (peak RSS, peak PSS, load)).
 
     ``ended`` is when the command itself exited, before its leftovers are waited for. A

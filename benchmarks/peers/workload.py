@@ -1,22 +1,30 @@
-"""The one FedAvg workload that edgempi and Flower both run, built from one config.
+"""The one FedAvg workload that edgempi, Flower and pfl-research all run, built from one config.
 
 edgempi gets it as a command line (``edgempi run fedavg.yaml --set ...``, the public CLI, so
-whatever makes edgempi faster is measured as it lands). Flower's client and server get it as a
-:class:`Workload`: the same config object, read with the same overrides, and edgempi's own
-partition, per-device batch order, model constructor and initial weights, so both engines train
-the same devices on the same batches from the same start and must reach the same accuracy.
-This module does not import Flower: a test checks the workload without it.
+whatever makes edgempi faster is measured as it lands). Flower's client and server and pfl's
+users get it as a :class:`Workload`: the same config object, read with the same overrides, and
+edgempi's own partition, per-device batch order, model constructor, initial weights and cohorts,
+so every engine trains the same devices on the same batches from the same start and must reach
+the same accuracy. This module imports neither Flower nor pfl: a test checks the workload without them.
+
+A cohort of C of the P devices per round is, in edgempi today, ``algorithm.participation = C/P``:
+every device trains every round and only the drawn C report, after which all adopt their average
+(edgempi/algorithms/base.py ``participants``). The global model is then exactly the average of the
+C drawn devices' rounds, which Flower and pfl compute by training only those C, so the accuracy
+agrees while edgempi does P/C times their work, until its cohort sampling (issue 28) lands.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgempi import config, models, optim
+from edgempi.algorithms.base import participants
 from edgempi.config import ConfigError, RunConfig
 from edgempi.data import Dataset, DeviceLoader
 from edgempi.train import Seeds, device_loader, load_dataset, make_partition
@@ -25,39 +33,47 @@ CONFIG = Path(__file__).resolve().with_name("fedavg.yaml")
 RANKS = 2  # edgempi's MPI ranks: one per core of the project's machines, as Flower gets one actor per core
 
 
-def overrides(devices: int, rounds: int, ranks: int = RANKS) -> list[str]:
+def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None = None) -> list[str]:
     """The ``--set`` values that size the workload: ``devices`` as ``ranks`` × devices per rank,
-    ``rounds`` rounds, one /steps row per round and one evaluation, at the end."""
+    ``rounds`` rounds, one /steps row per round and one evaluation, at the end; a ``cohort``
+    below ``devices`` as the participation that draws exactly that many each round."""
     if devices < ranks or devices % ranks:
         raise ConfigError("devices", f"{devices} devices cannot be split evenly over {ranks} ranks")
     if rounds < 1:
         raise ConfigError("rounds", f"must be >= 1, got {rounds}")
+    cohort = devices if cohort is None else cohort
+    if not 1 <= cohort <= devices:
+        raise ConfigError("cohort", f"must be in [1, {devices}] (the devices), got {cohort}")
     local = config.load(CONFIG).algorithm.local_steps
-    return [f"parallel.devices_per_rank={devices // ranks}", f"train.steps={rounds * local}",
+    sets = [f"parallel.devices_per_rank={devices // ranks}", f"train.steps={rounds * local}",
             f"train.log_every={local}", f"train.eval_every={rounds * local}"]
+    return sets + ([f"algorithm.participation={cohort / devices!r}"] if cohort < devices else [])
 
 
-def workload_config(devices: int, rounds: int) -> RunConfig:
-    """The config both engines run, as edgempi reads it from :func:`edgempi_command`."""
-    return config.load(CONFIG, overrides(devices, rounds))
+def workload_config(devices: int, rounds: int, cohort: int | None = None) -> RunConfig:
+    """The config every engine runs, as edgempi reads it from :func:`edgempi_command`."""
+    return config.load(CONFIG, overrides(devices, rounds, cohort=cohort))
 
 
-def edgempi_command(devices: int, rounds: int, out: Path, mpiexec: str = "mpiexec") -> list[str]:
+def edgempi_command(devices: int, rounds: int, out: Path, mpiexec: str = "mpiexec",
+                    cohort: int | None = None) -> list[str]:
     """The command line of edgempi's side: ``mpiexec -n 2 python -m edgempi run ...``."""
-    sets = [arg for value in overrides(devices, rounds) for arg in ("--set", value)]
+    sets = [arg for value in overrides(devices, rounds, cohort=cohort) for arg in ("--set", value)]
     return [mpiexec, "-n", str(RANKS), sys.executable, "-m", "edgempi", "run", str(CONFIG), "--out", str(out),
             "--overwrite", "--set", f"output.name=peers-{devices}", *sets]
 
 
 class Workload:
-    """What a Flower client and server need: edgempi's data, shards, batches and model.
+    """What a Flower client and server and pfl's users need: edgempi's data, shards, batches,
+    model and cohorts.
 
     Device ``d`` in round ``r`` (from 1) trains on the batches edgempi's device ``d`` draws at
     steps (r − 1)·L … r·L − 1, with a fresh SGD optimizer (plain SGD keeps no state between rounds).
     """
 
-    def __init__(self, devices: int, rounds: int, dataset: Dataset | None = None) -> None:
-        self.cfg = workload_config(devices, rounds)
+    def __init__(self, devices: int, rounds: int, dataset: Dataset | None = None, cohort: int | None = None) -> None:
+        self.cfg = workload_config(devices, rounds, cohort)
+        self.devices = devices
         self.dataset = dataset or load_dataset(self.cfg)
         self.seeds = Seeds.from_seed(self.cfg.seed, devices)
         self.parts = make_partition(self.cfg, self.dataset, self.seeds)
@@ -71,6 +87,19 @@ class Workload:
         return models.create(self.cfg.model.name, num_classes=d.num_classes, in_channels=d.in_channels,
                              input_size=d.input_size, norm=self.cfg.model.norm)
 
+    def cohort(self, round_index: int) -> list[int]:
+        """The devices whose models round ``round_index`` (from 1) averages: edgempi's draw."""
+        mask = participants(self.cfg.algorithm, self.cfg.seed, self.devices, round_index)
+        return list(range(self.devices)) if mask is None else np.flatnonzero(mask).tolist()
+
+    def round_batches(self, device: int, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every batch :meth:`fit` trains ``device`` on in round ``round_index``, concatenated in
+        order: one pass over them in batches of the workload's size is that round."""
+        loader = self.loader(device)
+        batches = [loader.batch(step) for step in range((round_index - 1) * self.local_steps,
+                                                         round_index * self.local_steps)]
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
     def loader(self, device: int) -> DeviceLoader:
         if device not in self.loaders:
             self.loaders[device] = device_loader(self.cfg, self.dataset, self.parts, self.seeds, device)
@@ -80,12 +109,12 @@ class Workload:
         """One round of device ``device`` on ``model`` in place; returns its mean training loss.
         The optimizer is edgempi's (torch's SGD without the seconds of ``torch._dynamo`` import),
         so that neither engine's start-up is charged for it."""
-        t, loader = self.cfg.train, self.loader(device)
+        t = self.cfg.train
         optimizer = optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         model.train()
         losses = []
-        for step in range((round_index - 1) * self.local_steps, round_index * self.local_steps):
-            x, y = loader.batch(step)
+        xs, ys = self.round_batches(device, round_index)
+        for x, y in zip(xs.split(t.batch_size), ys.split(t.batch_size)):
             optimizer.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
