@@ -128,6 +128,14 @@ class Clock:
         self._late = (self.exchanges, self._mine(asked & ~on_time))
         return asked & on_time
 
+    def bind(self, links: Sequence[Link]) -> None:
+        """``algorithm.cohort``: the group's devices (all of them, in order) now stand for
+        population members with these ``links``; this rank's take theirs, and a deadline judges
+        each by its own. The open segment and the counts stay as they are."""
+        self.links = list(links[self.first:self.first + len(self.links)])
+        if self.deadline is not None:
+            self.deadline = Deadline(self.deadline.seconds, list(links))
+
     # -- what the comm layer and the loop report -------------------------------------------
     def exchanged(self, up: np.ndarray, down: np.ndarray, seconds: float) -> None:
         """An exchange ended (the comm layer's observer call): each device of this rank sent

@@ -50,14 +50,18 @@ def device_links(cfg: NetworkConfig, seed: int, devices: int) -> list[Link]:
     ``spread`` and ``compute_spread`` are the sigmas of log-normal factors drawn per device,
     from a stream that depends only on the seed, so every rank knows every device's link.
     """
+    return [device_link(cfg, seed, device) for device in range(devices)]
+
+
+def device_link(cfg: NetworkConfig, seed: int, device: int) -> Link:
+    """Device ``device``'s link alone (:func:`device_links`' entry, from the same stream, child
+    ``device`` of ``SeedSequence(seed)``): a cohort's members' links without the population's."""
     up, down, latency = PRESETS[cfg.preset]
     up = cfg.up_mbps if cfg.up_mbps is not None else up
     down = cfg.down_mbps if cfg.down_mbps is not None else down
     latency = cfg.latency_ms if cfg.latency_ms is not None else latency
-    links = []
-    for stream in np.random.SeedSequence(seed).spawn(devices):
-        bandwidth, compute = np.exp(np.random.default_rng(stream).normal(0.0, [cfg.spread, cfg.compute_spread]))
-        factor = cfg.compute_factor * compute
-        step_s = cfg.step_ms / 1e3 * factor if cfg.step_ms is not None else None
-        links.append(Link(up * bandwidth * 1e6 / 8, down * bandwidth * 1e6 / 8, latency / 1e3, factor, step_s))
-    return links
+    stream = np.random.SeedSequence(seed, spawn_key=(device,))
+    bandwidth, compute = np.exp(np.random.default_rng(stream).normal(0.0, [cfg.spread, cfg.compute_spread]))
+    factor = cfg.compute_factor * compute
+    step_s = cfg.step_ms / 1e3 * factor if cfg.step_ms is not None else None
+    return Link(up * bandwidth * 1e6 / 8, down * bandwidth * 1e6 / 8, latency / 1e3, factor, step_s)
