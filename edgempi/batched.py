@@ -122,6 +122,13 @@ class Stacked:
         return F.cross_entropy(self.features(rows, images), labels, reduction="none").mean(1)
 
 
+def equal_runs(sizes: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each run of neighbours with equal batch ``sizes``: what one stacked
+    computation can take. Sizes differ only where a cohort's member holds less than a batch."""
+    cuts = [0, *(i for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]), len(sizes)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 class BatchedSteps:
     """A rank's devices' local steps in equal groups of at most ``GROUP``: what
     :class:`edgempi.train.EachDevice` does device by device, with the same batches, optimizer
@@ -143,17 +150,19 @@ class BatchedSteps:
         groups = -(-count // self.group)  # of equal sizes, so no group of a few devices pays a group's overheads
         for group in range(groups):
             devices = range(group * count // groups, (group + 1) * count // groups)
-            rows_of = slice(devices.start, devices.stop)
             with self.observer.local_steps(devices):
-                images, labels = map(torch.stack, zip(*(self.loaders[d].batch(step) for d in devices)))
-                rows = self.bank.params[rows_of].detach().requires_grad_()
-                losses = self.stacked.losses(rows, images, labels)
-                (grads,) = torch.autograd.grad(losses.sum(), rows)
-                if self.exchanges_gradients:
-                    self.bank.grads[rows_of].copy_(grads)
-                else:
-                    self.optimize(rows_of, grads)
-                loss_sum = sum(losses.tolist(), loss_sum)  # in device order, as the loop adds them
+                batches = [self.loaders[d].batch(step) for d in devices]
+                for start, end in equal_runs([len(y) for _, y in batches]):
+                    rows_of = slice(devices.start + start, devices.start + end)
+                    images, labels = map(torch.stack, zip(*batches[start:end]))
+                    rows = self.bank.params[rows_of].detach().requires_grad_()
+                    losses = self.stacked.losses(rows, images, labels)
+                    (grads,) = torch.autograd.grad(losses.sum(), rows)
+                    if self.exchanges_gradients:
+                        self.bank.grads[rows_of].copy_(grads)
+                    else:
+                        self.optimize(rows_of, grads)
+                    loss_sum = sum(losses.tolist(), loss_sum)  # in device order, as the loop adds them
         return loss_sum
 
     def step_all(self) -> None:

@@ -385,3 +385,6 @@ def validate_world(cfg: RunConfig, world_size: int) -> None:
         require(world_size % tiles == 0, "parallel.grid",
                 f"{cfg.parallel.grid} needs a multiple of {tiles} ranks, the job has {world_size}")
     cfg.algorithm.check_world(world_size)
+    from edgempi import cohort  # a cohort deals out over the ranks
+
+    cohort.check_world(cfg, world_size)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgempi import algorithms, batched, data, models, optim
+from edgempi import algorithms, batched, cohort, data, models, optim
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
@@ -28,7 +28,7 @@ from edgempi.flat import FlatModel
 from edgempi.progress import Progress
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 from edgempi.settings import ConfigError
-from edgempi.sim import Clock
+from edgempi.sim import Clock, device_link
 from edgempi.spatial.model import spatial_groups
 from edgempi.spatial.setup import spatial_model
 
@@ -78,6 +78,7 @@ class Setup:
     clock: Clock  # the simulated edge clock of this rank's devices, told of every exchange
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
     drift: DriftSchedule | None = None  # data.drift: when and where the devices' data change
+    cohort: cohort.Cohort | None = None  # algorithm.cohort: which population members the devices stand for
 
     @property
     def partition_counts(self) -> np.ndarray:
@@ -90,10 +91,11 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     Data-parallel runs need no communication here. A rank stands for ``devices_per_rank``
     devices (numbered rank·M … rank·M + M − 1, so M × ranks devices are the devices of as many
     ranks). In spatial mode the ranks of a tile group are one device: they are split into
-    groups, draw the same batches, and share one model.
+    groups, draw the same batches, and share one model. With ``algorithm.cohort`` those devices
+    are the population, and a rank holds cohort / ranks of them at a time (:mod:`edgempi.cohort`).
     """
     dataset = dataset or load_dataset(cfg)
-    local = cfg.parallel.devices_per_rank
+    local = cohort.slots(cfg, comm.size)  # devices_per_rank, or this rank's share of a cohort
     grid = (cfg.parallel.grid[0], cfg.parallel.grid[1])
     seeds = Seeds.from_seed(cfg.seed, device_count(cfg, comm.size))
     # Every rank's modelled edge link (before any split, so sub-groups report to the same clock).
@@ -103,14 +105,18 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     if cfg.parallel.mode == "spatial":
         group, peers = spatial_groups(comm, grid, share_ledger=True)
     parts = make_partition(cfg, dataset, seeds)
-    loaders = [device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
+    # Every rank knows every shard's size, so all agree on the epoch length without talking.
+    steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
+    sampler = cohort.create(cfg, comm.size, comm.rank, len(parts), steps_per_epoch,
+                            partial(device_loader, cfg, dataset, parts, seeds),
+                            partial(device_link, cfg.network, seeds.network))
+    loaders = sampler.loaders if sampler else [device_loader(cfg, dataset, parts, seeds, peers.first + d)
+                                               for d in range(local)]
     drift = None
     if cfg.data.drift.steps:
         drift = DriftSchedule(cfg.data.drift, cfg.seed, peers.devices, dataset.num_classes)
         loaders = [DriftingLoader(drift, peers.first + d, partial(device_loader, cfg, dataset, parts, seeds,
                                                                   peers.first + d)) for d in range(local)]
-    # Every rank knows every shard's size, so all agree on the epoch length without talking.
-    steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
     total = cfg.train.steps or math.ceil((cfg.train.epochs or 1.0) * steps_per_epoch)
 
     torch.manual_seed(seeds.init)
@@ -123,7 +129,7 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
         group_reduce = model.allreduce_grads_
     flat = FlatModel(model)
     return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
-                 clock, group_reduce, drift)
+                 clock, group_reduce, drift, sampler)
 
 
 def device_count(cfg: RunConfig, ranks: int) -> int:
@@ -142,16 +148,19 @@ def make_partition(cfg: RunConfig, dataset: data.Dataset, seeds: Seeds) -> list[
     """Every device's training indices: a function of the config and the device count only
     (one device per stream of ``seeds``)."""
     return data.partition(dataset.train_y.numpy(), len(seeds.devices), cfg.data.partition, seeds.partition,
-                          min_samples=cfg.data.min_samples or cfg.train.batch_size, **cfg.data.partition_args())
+                          min_samples=cfg.data.min_samples or (1 if cohort.size(cfg) else cfg.train.batch_size),
+                          **cfg.data.partition_args())
 
 
 def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray], seeds: Seeds,
                   device: int, shard_of: int | None = None) -> data.DeviceLoader:
     """The batches device ``device`` draws: its shard (or device ``shard_of``'s, after a drift),
-    in the order of its own seed."""
+    in the order of its own seed. A cohort's member may hold less than a batch: it trains on
+    its whole shard at each step."""
     shard = torch.from_numpy(parts[device if shard_of is None else shard_of])
     augment = cfg.data.augment if cfg.data.augment is not None else dataset.augment
-    return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], cfg.train.batch_size,
+    batch = cfg.train.batch_size if cohort.size(cfg) is None else min(cfg.train.batch_size, len(shard))
+    return data.DeviceLoader(dataset.train_x[shard], dataset.train_y[shard], batch,
                              seeds.devices[device], *dataset.scaling(cfg.data.normalize), augment)
 
 
@@ -318,6 +327,8 @@ class Trainer:
         The observer (the simulated clock) is told whose work each part is: each device's
         local step joins the clock before the step's exchanges, the method's part after them.
         """
+        if self.setup.cohort is not None:
+            self.setup.cohort.begin(step, self)
         for group in self.setup.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step, self.setup.steps_per_epoch, self.setup.total_steps)
         loss_sum = self.local.steps(step)

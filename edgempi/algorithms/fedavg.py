@@ -27,6 +27,10 @@ class FedAvgSettings(ServerSettings):
     """Passes over a device's shard per round (set this or ``local_steps``)."""
     local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
     """FedBN (Li et al., ICLR 2021): every BatchNorm parameter and statistic stays on its device."""
+    cohort: int | None = exclusive(None, "cohort sampling is for the methods whose sampled devices start each round "
+                                         "from the global model (fedavg, fedprox, FedOpt); dynamic and fda watch "
+                                         "every device every step")
+    """Devices drawn each round from the population (ranks × devices_per_rank); only they train (unset: all)."""
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -40,6 +44,17 @@ class FedAvgSettings(ServerSettings):
                 f"{self.name} needs exactly one of algorithm.local_steps and algorithm.local_epochs")
         require(self.local_steps is None or self.local_steps > 0, "algorithm.local_steps", "must be > 0")
         require(self.local_epochs is None or self.local_epochs > 0, "algorithm.local_epochs", "must be > 0")
+        if self.cohort is not None:
+            self.check_cohort(cfg, self.cohort)
+
+    def check_cohort(self, cfg: RunConfig, cohort: int) -> None:
+        """A cohort's member keeps no state between its rounds but its shard and its seed."""
+        require(cohort > 0, "algorithm.cohort", "must be > 0")
+        require(cfg.compression.name == "none", "algorithm.cohort", "cohort sampling is not combined with compression "
+                "(its error feedback is state every device keeps)")
+        require(not self.local_bn and self.average_buffers, "algorithm.cohort", "cohort sampling needs "
+                "algorithm.average_buffers=true and local_bn=false: a device's own BatchNorm would be state it keeps")
+        require(not cfg.data.drift.steps, "algorithm.cohort", "cohort sampling is not combined with data.drift")
 
     def period(self, steps_per_epoch: int) -> int:
         """Local steps per round."""

@@ -30,6 +30,8 @@ class ScaffoldSettings(FedAvgSettings):
         require(self.server_optimizer == "none", "algorithm.server_optimizer",
                 "scaffold has its own server step (the averaged yᵢ); no server optimizer")
         require(not self.local_bn, "algorithm.local_bn", "FedBN is not combined with scaffold's control variates")
+        require(self.cohort is None, "algorithm.cohort", "scaffold keeps a control variate per device, which "
+                "cohort sampling does not store yet")
 
 
 @METHODS.register("scaffold")
