@@ -40,6 +40,8 @@ def assert_same_history(a, b):
     ("fedprox", {"algorithm": {"mu": 0.1}}),  # the round's anchor
     ("scaffold", {"algorithm": {"participation": 0.5}, "parallel": {"devices_per_rank": 2},  # control variates
                   "train": {"momentum": 0.0}}),
+    ("fedavg", {"algorithm": {"cohort": 4, "server_optimizer": "adam"},  # a cohort of 4 of 8 resumed mid-round:
+                "parallel": {"devices_per_rank": 4}}),  # the draw, the members' loaders, server state
     ("large_batch", {"parallel": {"devices_per_rank": 2},  # stragglers: the deadline's step count is saved
                      "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2, "jitter": 0.5}}),
 ])
