@@ -356,7 +356,8 @@ class Trainer:
             self.step += 1
             done, reached = self.step, False
             evaluate_now = done % eval_every == 0 or done == total
-            if done % cfg.train.log_every == 0 or done == total:
+            logged = done % cfg.train.log_every == 0 or done == total
+            if logged:
                 self.record_steps(done)
                 reached = evaluate_now and self.record_eval(done)
                 if checkpoint is not None and done < total and not reached:
@@ -365,7 +366,7 @@ class Trainer:
                 reached = self.record_eval(done)
             self.bar.step(loss)
             if reached:  # train.stop_at_acc: the last /steps row is the step the run ended at
-                if done % cfg.train.log_every:
+                if not logged:
                     self.record_steps(done)
                 break
         self.bar.close()

@@ -88,3 +88,16 @@ def test_run_stops_at_the_first_evaluation_that_reaches_stop_at_acc(tmp_path) ->
         rows = f["steps/step"][()]
     assert rows[-1] == steps[first]
     np.testing.assert_array_equal(rows[:-1], full_rows[full_rows < steps[first]])
+
+
+def test_a_target_first_reached_at_the_last_step_ends_the_run_completed(tmp_path) -> None:
+    """The last step is logged (it ends the run) though not a multiple of log_every; reaching
+    train.stop_at_acc there must not log it a second time, over no steps (a NaN loss, "failed")."""
+    config = write_config(tmp_path / "c.yaml", small_config(train={"steps": 12, "eval_every": 12, "log_every": 5,
+                                                                    "stop_at_acc": 0.01}))
+    run = edgempi("run", str(config), "--quiet", "--out", str(tmp_path), "--set", "output.name=last.h5", ranks=2)
+    assert run.returncode == 0, run.stderr
+    with open_for_reading(tmp_path / "last.h5") as f:
+        assert f.attrs["status"] == "completed"
+        np.testing.assert_array_equal(f["steps/step"][()], [5, 10, 12])
+        assert np.isfinite(f["steps/train_loss"][()]).all()
