@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgempi.data.loader import Batches
 from edgempi.devices import DeviceBank, WorkObserver
 from edgempi.flat import FlatModel
 
@@ -136,8 +137,9 @@ class BatchedSteps:
     (each device of a group has an equal share of the group's time). ``exchanges_gradients``:
     a device's gradient is left in ``bank.grads`` for the exchange, and :meth:`step_all` steps."""
 
-    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer, loaders: Sequence[Any],
-                 observer: WorkObserver, exchanges_gradients: bool, group: int = GROUP) -> None:
+    def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer,
+                 loaders: Sequence[Batches], observer: WorkObserver, exchanges_gradients: bool,
+                 group: int = GROUP) -> None:
         self.stacked = Stacked(flat.model)  # type: ignore[arg-type]
         self.bank, self.optimizer, self.loaders, self.observer = bank, optimizer, loaders, observer
         self.exchanges_gradients, self.group = exchanges_gradients, group
@@ -186,10 +188,10 @@ class BatchedSteps:
             optimizer.state[param] = state
         optimizer.step()
         param.grad = None
-        state = optimizer.state.get(param)
-        if not state:  # plain SGD keeps no state: the devices stay "not stepped", as in the loop
+        stepped_state = optimizer.state.get(param)
+        if not stepped_state:  # plain SGD keeps no state: the devices stay "not stepped", as in the loop
             return
-        for key, value in state.items():
+        for key, value in stepped_state.items():
             rows = bank.optimizer_rows.get(key)
             if rows is None:
                 shape = value.shape if value.dim() == 0 else value.shape[1:]

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ try:  # mpi4py initialises MPI on import; the CLI imports this module only to ru
     from mpi4py import MPI
 except ImportError as exc:  # pragma: no cover - exercised only without mpi4py installed
     raise SystemExit(f"edgempi: mpi4py is not installed ({exc}); pip install mpi4py") from exc
+
+Rows = TypeVar("Rows", torch.Tensor, np.ndarray)  # a rank's devices' rows: model-sized tensors or control arrays
 
 
 @dataclass
@@ -434,7 +436,7 @@ def _reduce(mpi: Any, arr: np.ndarray, op: str) -> np.ndarray:
     return out
 
 
-def _share(rows: torch.Tensor | np.ndarray, op: str, mine: np.ndarray | None = None) -> torch.Tensor | np.ndarray:
+def _share(rows: Rows, op: str, mine: np.ndarray | None = None) -> Rows:
     """What a rank adds to a reduction over devices: its devices' rows (those of ``mine``; None:
     all) reduced by ``op`` (torch rows: sum only). The one place where a rank's several devices
     meet before a collective. A rank of one device adds its row itself, without a copy (zeroed

@@ -39,18 +39,28 @@ class DeviceBank:
     """Row ``d`` of ``storage`` (and of ``grads``, when the method exchanges gradients) is
     this rank's device ``d``; policies read and average the rows, the loop trains one at a time."""
 
-    def __init__(self, flat: FlatModel, optimizer: torch.optim.Optimizer | None, count: int, keep_grads: bool) -> None:
+    def __init__(self, flat: FlatModel, optimizer: torch.optim.Optimizer, count: int, keep_grads: bool) -> None:
         self.flat, self.optimizer, self.count = flat, optimizer, count
+        self._grads: torch.Tensor | None = None  # several devices keep their gradients only where they are exchanged
         if count == 1:
             self.storage = flat.storage.view(1, -1)
-            self.grads = flat.grads.view(1, -1)
+            self._grads = flat.grads.view(1, -1)
         else:  # every device starts from the model as it is now (the shared initial model)
             self.storage = flat.storage.repeat(count, 1)
-            self.grads = torch.zeros(count, flat.numel) if keep_grads else None
+            if keep_grads:
+                self._grads = torch.zeros(count, flat.numel)
         self.optimizer_rows: dict[str, torch.Tensor] = {}
         self.stepped = np.zeros(count, dtype=bool)  # has the device's optimizer state been created?
         # Each device draws from the stream a rank of its own would have had: all start alike.
         self.rng_states = [torch.get_rng_state()] * count if count > 1 else []
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """Row ``d``: device ``d``'s gradient, for a method that exchanges gradients."""
+        if self._grads is None:
+            raise ValueError("the devices' gradients are kept only for a method that exchanges them "
+                             "(DeviceBank(keep_grads=True))")
+        return self._grads
 
     @property
     def params(self) -> torch.Tensor:

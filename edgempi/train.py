@@ -69,7 +69,7 @@ class Setup:
     cfg: RunConfig
     dataset: data.Dataset
     parts: list[np.ndarray]
-    loaders: list[data.DeviceLoader]  # one per device of this rank
+    loaders: Sequence[data.Batches]  # one per device of this rank
     steps_per_epoch: int
     total_steps: int
     flat: FlatModel
@@ -110,8 +110,8 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     sampler = cohort.create(cfg, comm.size, comm.rank, len(parts), steps_per_epoch,
                             partial(device_loader, cfg, dataset, parts, seeds),
                             partial(device_link, cfg.network, seeds.network))
-    loaders = sampler.loaders if sampler else [device_loader(cfg, dataset, parts, seeds, peers.first + d)
-                                               for d in range(local)]
+    loaders: Sequence[data.Batches] = sampler.loaders if sampler else [
+        device_loader(cfg, dataset, parts, seeds, peers.first + d) for d in range(local)]
     drift = None
     if cfg.data.drift.steps:
         drift = DriftSchedule(cfg.data.drift, cfg.seed, peers.devices, dataset.num_classes)
@@ -214,7 +214,7 @@ class EachDevice:
     """The devices one after another, each made the model's in turn (:meth:`DeviceBank.each`)."""
 
     def __init__(self, flat: FlatModel, bank: DeviceBank, optimizer: torch.optim.Optimizer,
-                 loaders: Sequence[data.DeviceLoader], policy: algorithms.Policy, observer: WorkObserver,
+                 loaders: Sequence[data.Batches], policy: algorithms.Policy, observer: WorkObserver,
                  exchanges_gradients: bool) -> None:
         self.flat, self.bank, self.optimizer, self.loaders = flat, bank, optimizer, loaders
         self.policy, self.observer, self.exchanges_gradients = policy, observer, exchanges_gradients

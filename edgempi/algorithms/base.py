@@ -139,7 +139,7 @@ class Context:
     comm: Comm
     flat: FlatModel
     steps_per_epoch: int
-    optimizer: torch.optim.Optimizer | None = None
+    optimizer: torch.optim.Optimizer
     bank: DeviceBank = None  # type: ignore[assignment]  # default: the one device of ``flat``
     group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
     clock: Clock | None = None  # None: no deadline, nobody is late

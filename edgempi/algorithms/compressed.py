@@ -16,10 +16,10 @@ def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool
     if cfg.compression.name == "none":
         return None
     shapes = ctx.flat.shapes + (ctx.flat.buffer_shapes if with_buffers else [])
-    momentum = cfg.train.momentum if ctx.optimizer is not None and cfg.train.optimizer == "sgd" else 0.0
+    momentum = cfg.train.momentum if cfg.train.optimizer == "sgd" else 0.0
     exchange = GradientExchange.from_config(cfg.compression, ctx.comm, shapes, seed=cfg.seed,
                                             momentum=momentum, dense_downlink=dense_downlink)
-    if exchange.owns_momentum and ctx.optimizer is not None:  # DGC's momentum correction replaces the optimizer's
+    if exchange.owns_momentum:  # DGC's momentum correction replaces the optimizer's
         for group in ctx.optimizer.param_groups:
             group["momentum"] = 0.0
     return exchange

@@ -69,7 +69,8 @@ class Dynamic(DriftPolicy):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.check_every = self.settings.check_every
-        self.delta = self.settings.delta
+        assert self.settings.delta is not None, "the config requires algorithm.delta of dynamic"
+        self.delta: float = self.settings.delta
         self.balancing = self.settings.balancing
 
     def after_step(self, step: int) -> dict[str, Any] | None:

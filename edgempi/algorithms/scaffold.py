@@ -61,7 +61,6 @@ class Scaffold(PeriodicPolicy):
             return None
         ctx, width = self.ctx, self.width
         rows = ctx.bank.exchanged(self.settings.average_buffers)
-        assert ctx.optimizer is not None, "every device of a SCAFFOLD run steps its own optimizer"
         lr = ctx.optimizer.param_groups[0]["lr"]
         fresh = self.c_local - self.c + (self.anchor - ctx.bank.params) / (self.period * lr)  # cᵢ⁺
         self.outbox[:, :width] = rows

@@ -7,6 +7,7 @@ the batches an uninterrupted one would, with no loader state to save.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 
@@ -17,6 +18,20 @@ from edgempi.lazy import torch
 def stream_seed(*keys: int) -> int:
     """A 63-bit seed for a torch.Generator from a tuple of integers (device seed, epoch, ...)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Batches(Protocol):
+    """What the loop asks of a device's data: a :class:`DeviceLoader`, or one whose shard and
+    labels change under a drift schedule (``data.drift``)."""
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (normalised images, labels) this device trains on at ``step``."""
+
+    def relabel(self, y: torch.Tensor, step: int) -> torch.Tensor:
+        """Test labels as this device sees them at ``step``."""
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw images as this device's batches hold them."""
 
 
 class DeviceLoader:
