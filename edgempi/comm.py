@@ -194,7 +194,7 @@ class Comm:
         self.count(data.nbytes, (self.size - 1) * data.nbytes if down_bytes is None else down_bytes, start)
         return rows
 
-    # -- spatial partitioning: tiles and halos (bytes, not rounds) --------------------
+    # -- a model split over ranks: tiles and halos (bytes, not rounds) ----------------
     def alltoallv_(self, send: torch.Tensor, send_counts: Sequence[int],
                    recv: torch.Tensor, recv_counts: Sequence[int]) -> None:
         """Send ``send_counts[q]`` consecutive elements of ``send`` to each device q and fill
@@ -266,9 +266,9 @@ class Comm:
 
     @contextlib.contextmanager
     def uncounted(self) -> Iterator[None]:
-        """Collectives inside are measurement (e.g. an evaluation's mean model, or its tile
-        exchanges in spatial mode), not the method's traffic: the ledger is left as it was
-        before, and the observer hears nothing."""
+        """Collectives inside are measurement (e.g. an evaluation's mean model, or the tile
+        exchanges of its forward pass where a model is split over ranks), not the method's traffic:
+        the ledger is left as it was before, and the observer hears nothing."""
         saved, observer = copy.deepcopy(self.ledger.as_dict()), self.observer
         self.observer = None
         try:
@@ -306,9 +306,9 @@ class Comm:
             idle()
 
     def split(self, color: int, key: int | None = None, share_ledger: bool = False) -> Comm:
-        """A sub-group (e.g. the ranks of one spatial group). Its ledger starts at zero, or is
-        this one's with ``share_ledger`` (and its observer this one's), so a device's traffic in
-        all its groups adds up."""
+        """A sub-group (e.g. the ranks of one device that spans several). Its ledger starts at
+        zero, or is this one's with ``share_ledger`` (and its observer this one's), so a device's
+        traffic in all its groups adds up."""
         child = Comm(self.mpi.Split(color, self.rank if key is None else key), self.local)
         if share_ledger:
             child.ledger, child.observer = self.ledger, self.observer

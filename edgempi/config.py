@@ -22,7 +22,7 @@ import yaml
 from edgempi import yamltext
 from edgempi.data.settings import DataSettings
 from edgempi.models import NORMS
-from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, SettingsRegistry
+from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, MODES, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
 from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its own settings
 
@@ -152,9 +152,9 @@ class ParallelConfig:
             self.batched = "on" if self.batched else "off"
 
     def check(self, cfg: RunConfig) -> None:
-        one_of(self.mode, ("data", "spatial"), "parallel.mode")
+        one_of(self.mode, MODES.names(), "parallel.mode")
         if self.mode == "spatial":
-            require(cfg.algorithm.capabilities.spatial, "parallel.mode",
+            require(cfg.algorithm.capabilities.rank_groups, "parallel.mode",
                     f"spatial partitioning trains with algorithm.name=large_batch, not {cfg.algorithm.name}")
             require(len(self.grid) == 2 and min(self.grid) >= 1, "parallel.grid",
                     "must be [rows, columns] of tiles, >= 1")

@@ -390,12 +390,12 @@ def open_for_reading(path: str | Path) -> h5py.File:
     return h5py.File(path, "r", libver="latest", swmr=True)
 
 
-def summary(path: str | Path) -> dict[str, Any]:
-    """What a resume checks of a file: status, config text, run id, last recorded step, and
-    the spatial layer groups it trained with. Run it through ``guard.call`` (a damaged file can
-    make this read hang)."""
+def summary(path: str | Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """What a resume checks of a file: status, config text, run id, last recorded step, and the
+    ``extra`` attributes it asks for (what the parallel mode recorded; None where absent). Run it
+    through ``guard.call`` (a damaged file can make this read hang)."""
     with open_for_reading(path) as f:
-        attrs = {k: f.attrs.get(k) for k in ("schema", "status", "config", "run_id", "spatial_groups")}
+        attrs = {k: f.attrs.get(k) for k in ("schema", "status", "config", "run_id", *extra)}
         steps = f["steps"]
         n = min(steps[c].shape[0] for c in steps)
         last = float(steps["step"][n - 1]) if n else 0.0

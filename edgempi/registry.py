@@ -1,4 +1,4 @@
-"""The registries of the extensible kinds: methods, compressors, data sets and models.
+"""The registries of the extensible kinds: methods, compressors, data sets, models and parallel modes.
 
 A plug-in registers itself under a name in the module that defines it
 (``@METHODS.register("fedavg")``); a user's own plug-in needs no registration at all: a config
@@ -150,3 +150,4 @@ COMPRESSORS: SettingsRegistry[Any] = SettingsRegistry("compression.name", "edgem
 DATASETS: SettingsRegistry[Any] = SettingsRegistry("data.name", "edgempi.data", default="fashion-mnist",
                                                    base="edgempi.data.settings:DataSettings")
 MODELS: Registry[Any] = Registry("model.name", "edgempi.models", default="lenet5")
+MODES: Registry[Any] = Registry("parallel.mode", "edgempi.parallel", default="data")

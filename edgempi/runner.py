@@ -12,9 +12,7 @@ only after its file was read back complete.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard, topology, watchdog, yamltext
+from edgempi import guard, parallel, topology, watchdog, yamltext
 from edgempi.algorithms import Policy
 from edgempi.checkpoint import (
     Checkpointer,
@@ -40,7 +38,6 @@ from edgempi.config import RunConfig
 from edgempi.heap import keep_freed_memory
 from edgempi.progress import write_line
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
-from edgempi.spatial.model import SpatialModel
 from edgempi.train import Outcome, Setup, Trainer, build, tables
 
 
@@ -131,21 +128,23 @@ def agree(comm: Comm, error: str | None, share: Any = None, exc_type: type[Excep
     return gathered[0][1]
 
 
-def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str, str | None]:
+def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str, dict[str, str | None]]:
     """Rank 0, holding the lock: ``new`` (write a new file), ``resume`` or ``done`` (a
-    completed run of this config: nothing to do), with the spatial layer groups a resumed file
-    trained with (JSON; None for a new file); SetupError when the file must be kept."""
+    completed run of this config: nothing to do), with what a resumed file records of how the
+    run was spread over the ranks (:attr:`edgempi.parallel.ParallelMode.recorded`; nothing for a
+    new file); SetupError when the file must be kept."""
     if not path.exists():
         if resume:
             raise SetupError(f"{path} does not exist: nothing to resume (run without --resume)")
-        return "new", None
+        return "new", {}
     if overwrite:
-        return "new", None
+        return "new", {}
     if not resume:
         raise SetupError(f"{path} exists; pass --overwrite to replace it, --resume to continue it, "
                          "or --set output.name=NEW")
+    keys = parallel.mode_class(cfg).recorded
     try:
-        found = guard.call("edgempi.record:summary", path)
+        found = guard.call("edgempi.record:summary", path, keys)
         if found["schema"] != SCHEMA:
             raise ValueError(f"schema {found['schema']!r}")
         same = config_hash(yamltext.parse(found["config"] or "", str(path), "stored config") or {}) == config_hash(cfg)
@@ -157,7 +156,7 @@ def plan(cfg: RunConfig, path: Path, overwrite: bool, resume: bool) -> tuple[str
     if not same:
         raise SetupError(f"{path} was written by a different config; --resume continues only the same run "
                          "(pass --overwrite to replace it, or --set output.name=NEW)")
-    return "done" if found["status"] == "completed" else "resume", found.get("spatial_groups")
+    return "done" if found["status"] == "completed" else "resume", {key: found[key] for key in keys}
 
 
 def _matching(meta: dict[str, Any] | None, path: Path, folder: Path) -> dict[str, Any] | None:
@@ -174,21 +173,13 @@ def _matching(meta: dict[str, Any] | None, path: Path, folder: Path) -> dict[str
     return meta
 
 
-def with_groups(cfg: RunConfig, groups: str | None) -> RunConfig:
-    """``cfg`` with its spatial layer groups set to ``groups`` (JSON), if given and planned
-    ``auto``; the config that is checked and recorded stays the user's."""
-    if groups is None or cfg.parallel.mode != "spatial" or cfg.parallel.groups != "auto":
-        return cfg
-    return dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, groups=json.loads(groups)))
-
-
 def _prepare(cfg: RunConfig, comm: Comm, path: Path, action: str,
-             groups: str | None = None) -> tuple[Setup, dict[str, Any] | None]:
+             recorded: dict[str, str | None]) -> tuple[Setup, dict[str, Any] | None]:
     """Every rank: data, model, and (resuming) this rank's checkpoint state, checked."""
     folder = checkpoint_dir(path)
     setup, state, error = None, None, None
     try:
-        setup = build(with_groups(cfg, groups), comm)
+        setup = build(parallel.mode_class(cfg).resumed(cfg, recorded), comm)
         meta = read_meta(folder, cfg, comm.size) if action == "resume" else None
         if comm.rank == 0:
             _matching(meta, path, folder)
@@ -209,12 +200,10 @@ def _open_recorder(cfg: RunConfig, trainer: Trainer, path: Path, resumed: bool) 
     error = remove(checkpoint_dir(path))
     if error:
         raise OutputError(error)
+    setup = trainer.setup
     attrs = {"config": cfg.to_yaml(), "algorithm": cfg.algorithm.name, "world_size": trainer.comm.size,
              "devices": trainer.comm.devices, "evaluated_model": evaluated_model(cfg),
-             **protocol_attrs(cfg, trainer.policy)}
-    if isinstance(trainer.flat.model, SpatialModel):
-        attrs["spatial_groups"] = json.dumps([list(g) for g in trainer.flat.model.groups])
-    setup = trainer.setup
+             **protocol_attrs(cfg, trainer.policy), **setup.mode.attrs()}
     arrays = {"partition/counts": setup.partition_counts, **(setup.drift.arrays() if setup.drift else {})}
     return Recorder(path, attrs, tables(setup), arrays, overwrite=path.exists())
 
@@ -250,10 +239,10 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
                 planned = plan(cfg, path, overwrite, resume)
             except (OutputError, SetupError) as exc:
                 error = str(exc)
-        action, groups = agree(comm, error, planned, before_training=True)
+        action, recorded = agree(comm, error, planned, before_training=True)
         if action == "done":
             return None
-        outcome = _train(cfg, comm, path, action, progress, groups, files)
+        outcome = _train(cfg, comm, path, action, progress, recorded, files)
         if comm.rank == 0 and not keep_checkpoints:
             warning = remove(checkpoint_dir(path))
             if warning:
@@ -280,12 +269,12 @@ def say_batching(cfg: RunConfig, trainer: Trainer) -> None:
         write_line(f"edgempi: the {cfg.parallel.devices_per_rank} devices of each rank take their local steps {how}")
 
 
-def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
-           files: RankFiles) -> Trainer:
+def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
+           recorded: dict[str, str | None], files: RankFiles) -> Trainer:
     """Build, restore, open the file (rank 0, then kept in ``files`` for the watchdog), and say how
-    the run starts. A resumed spatial run keeps the layer groups its file records (``groups``), which
-    ``groups: auto`` would plan anew from timings measured now."""
-    setup, state = _prepare(cfg, comm, path, action, groups)
+    the run starts. A resumed run is spread over the ranks as its file records (``recorded``),
+    not as the parallel mode would choose from what it measures now."""
+    setup, state = _prepare(cfg, comm, path, action, recorded)
     trainer = Trainer(setup, comm, progress=progress)
     if state is not None:
         trainer.load_state_dict(state)
@@ -305,10 +294,10 @@ def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, 
     return trainer
 
 
-def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool, groups: str | None,
-           files: RankFiles) -> Outcome:
+def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
+           recorded: dict[str, str | None], files: RankFiles) -> Outcome:
     """Train and close the file; its final status is agreed by all ranks."""
-    trainer = _begin(cfg, comm, path, action, progress, groups, files)
+    trainer = _begin(cfg, comm, path, action, progress, recorded, files)
     recorder = trainer.recorder
     checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
     watchdog.training(lambda: trainer.step)

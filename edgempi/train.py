@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgempi import algorithms, batched, cohort, data, models, optim
+from edgempi import algorithms, batched, cohort, data, models, optim, parallel
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
 from edgempi.data.drift import DriftingLoader, DriftSchedule
@@ -29,8 +29,6 @@ from edgempi.progress import Progress
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 from edgempi.settings import ConfigError
 from edgempi.sim import Clock, device_link
-from edgempi.spatial.model import spatial_groups
-from edgempi.spatial.setup import spatial_model
 
 if TYPE_CHECKING:
     from edgempi.checkpoint import Checkpointer
@@ -53,7 +51,7 @@ class Seeds:
     @classmethod
     def from_seed(cls, seed: int, devices: int) -> Seeds:
         """Draw every stream of a run of ``devices`` devices once; only the per-device streams
-        depend on ``devices`` (a spatial run's devices are its tile groups, not its ranks)."""
+        depend on ``devices`` (which the parallel mode makes of the ranks)."""
         part, init, dev, net = np.random.SeedSequence(seed).spawn(4)
 
         def draw(ss: np.random.SeedSequence) -> int:
@@ -74,9 +72,9 @@ class Setup:
     total_steps: int
     flat: FlatModel
     optimizer: torch.optim.Optimizer
-    peers: Comm  # the devices that average gradients or weights (all ranks, or one per tile group)
+    peers: Comm  # the devices that average gradients or weights (parallel.ParallelMode.peers)
     clock: Clock  # the simulated edge clock of this rank's devices, told of every exchange
-    group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
+    mode: parallel.ParallelMode  # how the ranks train the devices (parallel.mode)
     drift: DriftSchedule | None = None  # data.drift: when and where the devices' data change
     cohort: cohort.Cohort | None = None  # algorithm.cohort: which population members the devices stand for
 
@@ -90,20 +88,19 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
 
     Data-parallel runs need no communication here. A rank stands for ``devices_per_rank``
     devices (numbered rank·M … rank·M + M − 1, so M × ranks devices are the devices of as many
-    ranks). In spatial mode the ranks of a tile group are one device: they are split into
-    groups, draw the same batches, and share one model. With ``algorithm.cohort`` those devices
-    are the population, and a rank holds cohort / ranks of them at a time (:mod:`edgempi.cohort`).
+    ranks). Where the parallel mode makes one device of several ranks, it splits them into
+    groups here; a device's ranks draw the same batches and share one model. With
+    ``algorithm.cohort`` the devices are the population, and a rank holds cohort / ranks of them
+    at a time (:mod:`edgempi.cohort`).
     """
     dataset = dataset or load_dataset(cfg)
     local = cohort.slots(cfg, comm.size)  # devices_per_rank, or this rank's share of a cohort
-    grid = (cfg.parallel.grid[0], cfg.parallel.grid[1])
-    seeds = Seeds.from_seed(cfg.seed, device_count(cfg, comm.size))
+    mode = parallel.mode_of(cfg)
+    seeds = Seeds.from_seed(cfg.seed, mode.devices(comm.size))
     # Every rank's modelled edge link (before any split, so sub-groups report to the same clock).
     clock = Clock.for_devices(cfg.network, seeds.network, comm.size * local, comm.rank * local, local)
     comm.host(local, observer=clock)
-    group, peers = None, comm
-    if cfg.parallel.mode == "spatial":
-        group, peers = spatial_groups(comm, grid, share_ledger=True)
+    peers = mode.peers(comm)
     parts = make_partition(cfg, dataset, seeds)
     # Every rank knows every shard's size, so all agree on the epoch length without talking.
     steps_per_epoch = max(1, int(np.mean([len(p) for p in parts])) // cfg.train.batch_size)
@@ -123,21 +120,9 @@ def build(cfg: RunConfig, comm: Comm, dataset: data.Dataset | None = None) -> Se
     model = models.create(cfg.model.name, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
                           input_size=dataset.input_size, norm=cfg.model.norm)
     model = algorithms.policy_class(cfg.algorithm.name).prepare_model(cfg.algorithm, model, comm)
-    group_reduce = None
-    if group is not None:
-        model = spatial_model(cfg, model, group, dataset.in_channels, dataset.input_size, clock.links[0])
-        group_reduce = model.allreduce_grads_
-    flat = FlatModel(model)
+    flat = FlatModel(mode.wrap(model, dataset, clock.links[0]))
     return Setup(cfg, dataset, parts, loaders, steps_per_epoch, total, flat, make_optimizer(cfg, flat), peers,
-                 clock, group_reduce, drift, sampler)
-
-
-def device_count(cfg: RunConfig, ranks: int) -> int:
-    """How many devices ``ranks`` ranks train: ``devices_per_rank`` each, or, in spatial mode,
-    one per tile group of ``grid`` ranks (the config refuses a grid that does not divide them)."""
-    if cfg.parallel.mode == "spatial":
-        return ranks // math.prod(cfg.parallel.grid)
-    return ranks * cfg.parallel.devices_per_rank
+                 clock, mode, drift, sampler)
 
 
 def load_dataset(cfg: RunConfig) -> data.Dataset:
@@ -222,7 +207,7 @@ class EachDevice:
     def steps(self, step: int) -> float:
         loss_sum = 0.0
         for device in self.bank.each(save_grads=self.exchanges_gradients):
-            with self.observer.local_steps(range(device, device + 1)):  # spatial/SyncBN talk in forward
+            with self.observer.local_steps(range(device, device + 1)):  # SyncBN, a device's ranks talk in forward
                 x, y = self.loaders[device].batch(step)
                 self.flat.zero_grad()
                 loss = F.cross_entropy(self.flat.model(x), y)
@@ -262,7 +247,7 @@ class Trainer:
         policy, self.capabilities = algorithms.policy_class(setup.cfg.algorithm.name), setup.cfg.algorithm.capabilities
         self.bank = DeviceBank(setup.flat, setup.optimizer, len(self.loaders), self.capabilities.exchanges_gradients)
         self.policy = policy(algorithms.Context(setup.cfg, setup.peers, setup.flat, setup.steps_per_epoch,
-                                               setup.optimizer, self.bank, setup.group_reduce, setup.clock))
+                                               setup.optimizer, self.bank, setup.mode.group_reduce, setup.clock))
         self.local, self.unbatched_because = local_steps(setup, self.bank, self.policy,
                                                          self.capabilities.exchanges_gradients)
         self.observer: WorkObserver = setup.clock

@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+from analysis.runfiles import config as run_config
+from analysis.runfiles import write_run
 from helpers import ROOT, child_env, small_config, write_config
 
 HEAVY = ("torch", "torchvision", "mpi4py")
@@ -32,13 +34,13 @@ def probe(*args: str, prelude: str = "") -> dict:
     proc = subprocess.run([sys.executable, "-c", PROBE.format(prelude=prelude, heavy=HEAVY), *args],
                           capture_output=True, text=True, timeout=120, env=child_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    return {**json.loads(proc.stdout.splitlines()[-1]), "stderr": proc.stderr}
+    return {**json.loads(proc.stdout.splitlines()[-1]), "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 @pytest.mark.parametrize("config,extra", [
     ("benchmarks/configs/quickstart.yaml", []),
     ("benchmarks/configs/edgify-cifar10.yaml", []),  # resnet18 (torchvision), cifar10
-    ("benchmarks/configs/spatial.yaml", []),  # spatial_vgg, whose package starts MPI when imported
+    ("benchmarks/configs/spatial.yaml", []),  # spatial_vgg and the spatial mode, whose modules start MPI
     ("benchmarks/configs/quickstart.yaml", ["--set", "algorithm.name=fedavg", "--set", "algorithm.local_steps=2",
                                             "--set", "compression.name=powersgd", "--set", "model.name=densenet121",
                                             "--ranks", "4"]),
@@ -65,6 +67,17 @@ def test_run_refuses_a_bad_config_before_importing_torch_or_mpi(tmp_path, overri
     assert found["stderr"].startswith(f"edgempi: config error: {key}: ") and found["stderr"].count("\n") == 1
     assert found["loaded"] == []
     assert list(tmp_path.iterdir()) == [config]
+
+
+def test_info_asks_the_files_parallel_mode_without_importing_torch_nor_mpi(tmp_path):
+    """``edgempi info`` has the run's parallel mode say what its file records (a spatial run's
+    layer groups), and reads no more of the mode than that."""
+    cfg = run_config("large_batch", parallel={"mode": "spatial", "grid": [1, 2], "layers": 14})
+    path = write_run(tmp_path / "s.h5", cfg, spatial_groups="[[0, 6], [7, 13]]")
+    found = probe("info", str(path))
+    assert found["rc"] == 0, found["stderr"]
+    assert "  spatial layer groups: [[0, 6], [7, 13]]\n" in found["stdout"]
+    assert found["loaded"] == []
 
 
 def test_the_probe_sees_a_top_level_torch_import():

@@ -59,8 +59,9 @@ def _nap() -> None:
 def run(args: argparse.Namespace) -> None:
     from edgempi.comm import Comm
     from edgempi.sim import Link
-    from edgempi.spatial import SpatialModel, spatial_vgg, split_front
+    from edgempi.spatial.model import SpatialModel
     from edgempi.spatial.planner import measure_link, measure_profile, plan_groups, predict
+    from edgempi.spatial.vgg import spatial_vgg, split_front
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     comm = Comm()
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _stepper(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """One training step: forward, backward, (the front's gradient Allreduce), SGD."""
-    from edgempi.spatial import SpatialModel
+    from edgempi.spatial.model import SpatialModel
 
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
 

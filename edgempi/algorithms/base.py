@@ -43,8 +43,9 @@ class Capabilities:
     """Devices may hold different models between syncs: evaluations score ``Policy.held`` or the average."""
     compresses: str | None = None
     """What a compressed exchange of this method carries (``gradients``, ``updates``); None: it does not compress."""
-    spatial: bool = False
-    """Trains tile groups in spatial mode (``parallel.mode: spatial``)."""
+    rank_groups: bool = False
+    """Trains devices that each span a group of ranks (a ``parallel.mode`` that splits one model over
+    ranks): a device's gradient parts are summed by :attr:`Context.group_reduce` before the exchange."""
     virtual_devices: bool = True
     """Several devices per rank (``parallel.devices_per_rank``) are supported."""
     drops_stragglers: bool = True
@@ -141,7 +142,7 @@ class Context:
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     bank: DeviceBank = None  # type: ignore[assignment]  # default: the one device of ``flat``
-    group_reduce: Callable[[torch.Tensor], None] | None = None  # spatial: sum a tile group's gradient parts
+    group_reduce: Callable[[torch.Tensor], None] | None = None  # sums a device's gradient parts over its ranks
     clock: Clock | None = None  # None: no deadline, nobody is late
 
     def __post_init__(self) -> None:

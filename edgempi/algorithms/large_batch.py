@@ -46,12 +46,12 @@ class LargeBatch(Policy):
     if none made it, the step is skipped.
 
     The uncompressed exchange of one device per rank that every device joins (no deadline, no
-    spatial groups, no SyncBN, whose own collectives run in backward) goes in buckets during
-    backward (:mod:`edgempi.algorithms.buckets`)."""
+    device spanning several ranks, no SyncBN, whose own collectives run in backward) goes in
+    buckets during backward (:mod:`edgempi.algorithms.buckets`)."""
     paper = "Goyal et al., Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour, 2017, arXiv:1706.02677"
 
     Settings = LargeBatchSettings
-    capabilities = Capabilities(exchanges_gradients=True, compresses="gradients", spatial=True)
+    capabilities = Capabilities(exchanges_gradients=True, compresses="gradients", rank_groups=True)
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -60,9 +60,9 @@ class LargeBatch(Policy):
 
     def overlaps(self, ctx: Context) -> bool:
         """Can the gradient's Allreduce start during backward? Not when who reports is known only
-        after it (a deadline), nor with a row per device, a compressor, a tile group's own
-        reduction, or SyncBN's collectives inside backward. A gradient that fits one bucket
-        could only start at the end of backward: the blocking Allreduce is then quicker."""
+        after it (a deadline), nor with a row per device, a compressor, the reduction within a
+        device's group of ranks, or SyncBN's collectives inside backward. A gradient that fits one
+        bucket could only start at the end of backward: the blocking Allreduce is then quicker."""
         no_deadline = ctx.clock is None or ctx.clock.deadline is None
         several = ctx.flat.grads.numel() * ctx.flat.grads.element_size() > self.settings.bucket_mb * 2**20
         return (self.settings.bucket_mb > 0 and several and self.exchange is None and ctx.bank.count == 1
@@ -78,9 +78,9 @@ class LargeBatch(Policy):
         return model
 
     def after_backward(self, step: int) -> bool:
-        if self.ctx.group_reduce is not None:  # spatial: a tile group's ranks are one device
+        if self.ctx.group_reduce is not None:  # a device spans several ranks: their parts make its gradient
             self.ctx.group_reduce(self.ctx.flat.grads)
-            if self.ctx.comm.size == 1:
+            if self.ctx.comm.size == 1:  # one device, no peers: nothing left to average
                 return True
         if self.buckets is not None:
             return self.buckets.finish() > 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgempi import parallel
 from edgempi.analysis.compare import fmt_value
 from edgempi.analysis.runs import AXES, Run, RunReadError, axis, read_run
 from edgempi.analysis.traffic import traffic
@@ -52,8 +53,7 @@ def info(path: str | Path) -> str:
         lines.append(f"  error: {a['error']}")
     if a.get("evaluated_model"):
         lines.append(f"  evaluations score: {a['evaluated_model']}")
-    if a.get("spatial_groups"):
-        lines.append(f"  spatial layer groups: {a['spatial_groups']}")
+    lines += [f"  {line}" for line in parallel.describe(str(c.get("parallel.mode", "data")), a)]
     sections: dict[str, list[str]] = {}
     for key, value in c.items():
         section, _, rest = key.partition(".")

@@ -89,7 +89,7 @@ def densenet121(num_classes: int = 10, in_channels: int = 3, input_size: int = 3
 def mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, norm: str = "none",
         hidden: int = 200) -> nn.Module:
     """Flatten + two hidden ReLU layers (McMahan et al.'s "2NN" at 200 units): for synthetic data,
-    where a convolution has no spatial structure to exploit."""
+    where neighbouring inputs have no structure for a convolution to exploit."""
     _require("mlp", input_size, 1, "a non-empty image")
     return nn.Sequential(
         nn.Flatten(),

@@ -192,7 +192,8 @@ class Clock:
     @contextlib.contextmanager
     def local_steps(self, devices: range) -> Iterator[None]:
         """The body is one local step of each of ``devices`` (of this rank): its work, less the
-        collectives within it (spatial halos, SyncBN), is shared evenly among them."""
+        collectives within it (halos of a model split over ranks, SyncBN), is shared evenly among
+        them."""
         mark = self.mark()
         yield
         share = self.work_since(mark) / len(devices)

@@ -1,8 +1,8 @@
 """The devices' modelled links: how long the measured traffic would take on an edge network.
 
 Edge uplinks are typically about twice as slow as downlinks (Edgify), and the slowest device
-paces a synchronous exchange, so upload and download are timed separately. The spatial
-planner prices its halo exchanges with the same :class:`Link`.
+paces a synchronous exchange, so upload and download are timed separately. The planner of
+a model's layers split into tiles prices its halo exchanges with the same :class:`Link`.
 """
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def policy_for(overrides: list[str]) -> algorithms.Policy:
     cfg = from_dict(small_config(), overrides)
     setup = build(cfg, Comm())
     return algorithms.policy_class("large_batch")(algorithms.Context(
-        cfg, setup.peers, setup.flat, setup.steps_per_epoch, setup.optimizer, None, setup.group_reduce, setup.clock))
+        cfg, setup.peers, setup.flat, setup.steps_per_epoch, setup.optimizer, None, setup.mode.group_reduce,
+        setup.clock))
 
 
 def test_buckets_start_during_backward_and_only_where_they_can():

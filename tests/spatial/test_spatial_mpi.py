@@ -15,7 +15,7 @@ from fronts import GROUPINGS, SIZE, mixed_front, tail
 from torch import nn
 
 from edgempi.comm import Comm
-from edgempi.spatial import SpatialModel, spatial_groups
+from edgempi.spatial.model import SpatialModel, spatial_groups
 
 TOL = 1e-8
 GRIDS = [(1, 2), (2, 1), (2, 2), (1, 3)]
