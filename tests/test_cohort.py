@@ -1,6 +1,6 @@
 """Cohort sampling (``algorithm.cohort``): only the sampled devices train, a cohort as large as
 the population is today's run bit for bit, a member may hold less than a batch, and memory
-follows the cohort, not the population (one rank; tests/mpi/test_cohort.py deals over ranks)."""
+follows the cohort, not the population (one rank; tests/mpi/test_cohort_ranks.py deals over ranks)."""
 from __future__ import annotations
 
 from pathlib import Path
