@@ -119,7 +119,7 @@ def run_once(text: str, args: argparse.Namespace, work: Path) -> dict[str, float
     code = proc.wait()
     peaks = sampler.stop()
     end_session(proc.pid)
-    log = work / f"{text.replace(':', '-')}.log"
+    log = work / f"{text.replace(':', '-').replace('/', '-')}.log"
     log.write_text("".join(line for _, line in lines))
     first = next((t for t, line in lines if "edgempi: step 0/" in line), None)
     if code != 0 or first is None:
