@@ -32,6 +32,8 @@ class Footprint:
     model: int  # the rank's model, its gradient and its optimizer state
     devices: int  # the rows of a rank's several devices (parallel.devices_per_rank > 1)
     activations: int  # what a batch's forward pass keeps for the backward pass
+    rows: int  # the devices a rank holds at once: devices_per_rank, or its share of a cohort
+    rows_key: str = "parallel.devices_per_rank"  # the config key that sizes ``rows``
 
     @property
     def total(self) -> int:
@@ -39,7 +41,7 @@ class Footprint:
 
     def largest(self) -> str:
         """The config key of the largest part: the one to change."""
-        parts = {"model.name": self.model, "parallel.devices_per_rank": self.devices,
+        parts = {"model.name": self.model, self.rows_key: self.devices,
                  "train.batch_size": self.activations}
         return max(parts, key=parts.__getitem__)
 
@@ -65,9 +67,10 @@ def activations_per_sample(model: nn.Module, channels: int, side: int) -> int:
     return found[0]
 
 
-def estimate(cfg: RunConfig) -> Footprint | None:
-    """The footprint of one rank of ``cfg``, or None if its model cannot be built here."""
-    from edgempi import models
+def estimate(cfg: RunConfig, ranks: int) -> Footprint | None:
+    """The footprint of one of the ``ranks`` ranks of ``cfg``, or None if its model cannot be
+    built here. With ``algorithm.cohort`` a rank holds rows for its share of the cohort only."""
+    from edgempi import cohort, models
 
     model = models.probe(cfg)
     if model is None:
@@ -79,21 +82,23 @@ def estimate(cfg: RunConfig) -> Footprint | None:
         per_sample = 0
     params = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
     state = 2 if cfg.train.optimizer == "adam" else int(cfg.train.momentum > 0)
-    devices = cfg.parallel.devices_per_rank
+    devices = cohort.slots(cfg, ranks)
     batched = devices if cfg.parallel.batched == "on" else 1
     return Footprint(params=params, model=FLOAT * params * (2 + state),
                      devices=FLOAT * params * (2 + state) * devices if devices > 1 else 0,
-                     activations=FLOAT * per_sample * cfg.train.batch_size * batched)
+                     activations=FLOAT * per_sample * cfg.train.batch_size * batched, rows=devices,
+                     rows_key="parallel.devices_per_rank" if cohort.size(cfg) is None else "algorithm.cohort")
 
 
-def refusal(cfg: RunConfig, ranks_on_node: int) -> str | None:
-    """Why the ``ranks_on_node`` ranks of this node cannot run ``cfg`` (one line), or None."""
-    need = estimate(cfg)
+def refusal(cfg: RunConfig, ranks_on_node: int, ranks: int) -> str | None:
+    """Why the ``ranks_on_node`` ranks of this node, of the run's ``ranks``, cannot run ``cfg``
+    (one line), or None."""
+    need = estimate(cfg, ranks)
     free, source = available_memory()
     if need is None or need.total * ranks_on_node <= free:
         return None
     return (f"{need.largest()}: the run needs at least {human_bytes(need.total)} per rank (model of "
             f"{need.params:,} values with gradient and optimizer state {human_bytes(need.model)}, "
-            f"{cfg.parallel.devices_per_rank} device(s) per rank {human_bytes(need.devices)}, activations of a batch "
+            f"{need.rows} device(s) per rank {human_bytes(need.devices)}, activations of a batch "
             f"of {cfg.train.batch_size} {human_bytes(need.activations)}) × {ranks_on_node} rank(s) on this node = "
             f"{human_bytes(need.total * ranks_on_node)}, but {human_bytes(free)} is available ({source})")

@@ -65,4 +65,4 @@ def fit(cfg: RunConfig, comm: Comm) -> str | None:
         return (f"train.threads: {cfg.train.threads} threads per rank, but this node has {share.cores} usable "
                 f"cores; set at most {share.cores}, or 0 to share them out among its {share.ranks} rank(s)")
     torch.set_num_threads(cfg.train.threads or share.threads)
-    return footprint.refusal(cfg, share.ranks)
+    return footprint.refusal(cfg, share.ranks, comm.size)

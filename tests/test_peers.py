@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers import FASHION, ROOT, load_script, self_comm
 
+from edgempi import cohort as edgempi_cohort
 from edgempi import config
-from edgempi.algorithms.base import participants
 from edgempi.train import Trainer, build, load_dataset
 
 PEERS = ROOT / "benchmarks" / "peers"
@@ -132,7 +132,7 @@ def test_dry_run_prints_every_command_and_bad_input_is_one_line(capsys):
     assert "torch.distributed.run" in lines[5] and "--nproc_per_node=2" in lines[5] and "pfl_app.py" in lines[5]
     assert peers_main("--devices", "100", "--cohort", "10", "--engines", "edgempi", "pfl", "--dry-run") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and "algorithm.participation=0.1" in lines[0] and "--cohort 10" in lines[1]
+    assert len(lines) == 2 and "algorithm.cohort=10" in lines[0] and "--cohort 10" in lines[1]
     for bad in (["--devices", "7"], ["--rounds", "1"], ["--devices", "x"], ["--devices", "10", "--cohort", "11"],
                 ["--devices", "10", "--cohort", "3"]):
         assert peers_main(*bad) == 2
@@ -170,11 +170,11 @@ def test_flower_and_edgempi_reach_the_same_accuracy():
     assert all(0 < m["ready_s"] < m["first_round_s"] for m in measured), measured
 
 
-def test_a_cohort_is_edgempi_participation_and_its_draw():
+def test_a_cohort_is_edgempis_cohort_sampling():
     argv = edgempi_command(100, 3, Path("OUT"), cohort=10)
     cfg = command_config(argv)
-    assert cfg.algorithm.participation == 0.1 and cfg.parallel.devices_per_rank == 50
-    assert "algorithm.participation=0.1" not in edgempi_command(100, 3, Path("OUT"))  # no cohort: everyone
+    assert cfg.algorithm.cohort == 10 and cfg.algorithm.participation == 1.0 and cfg.parallel.devices_per_rank == 50
+    assert not any("algorithm.cohort" in a for a in edgempi_command(100, 3, Path("OUT")))  # no cohort: everyone
     with pytest.raises(config.ConfigError, match="cohort"):
         overrides(100, 3, cohort=101)
 
@@ -184,8 +184,8 @@ def test_the_cohorts_and_round_batches_are_edgempis():
     """The peers are told edgempi's draw and given the batches edgempi's devices train on."""
     work = Workload(100, 3, cohort=10)
     for round_index in (1, 2, 3):
-        mask = participants(work.cfg.algorithm, work.cfg.seed, 100, round_index)
-        assert work.cohort(round_index) == list(mask.nonzero()[0]) and len(work.cohort(round_index)) == 10
+        members = edgempi_cohort.draw(work.cfg.seed, 100, 10, round_index - 1)
+        assert work.cohort(round_index) == members.tolist() and len(work.cohort(round_index)) == 10
     assert work.cohort(1) != work.cohort(2)
     assert Workload(4, 2).cohort(1) == [0, 1, 2, 3]
     x, y = work.round_batches(7, 2)

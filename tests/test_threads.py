@@ -134,11 +134,28 @@ def test_a_run_beyond_the_nodes_memory_is_refused_with_the_estimate(monkeypatch,
     from edgempi.config import from_dict
 
     monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
-    refusal = footprint.refusal(from_dict(small_config(), overrides), 2)
+    refusal = footprint.refusal(from_dict(small_config(), overrides), 2, 2)
     assert refusal.startswith(f"{key}: the run needs at least ") and part in refusal
     assert refusal.endswith("but 100 kB is available (MemAvailable in /proc/meminfo)")
     monkeypatch.setattr(footprint, "available_memory", lambda: (1e15, "MemAvailable in /proc/meminfo"))
-    assert footprint.refusal(from_dict(small_config(), overrides), 2) is None
+    assert footprint.refusal(from_dict(small_config(), overrides), 2, 2) is None
+
+
+def test_a_cohort_is_estimated_by_its_rows_not_its_population(monkeypatch) -> None:
+    """100,000 devices with a cohort of 100 on 2 ranks hold 50 rows a rank: 24.7 MB, not 24.7 GB."""
+    from helpers import small_config
+
+    from edgempi import footprint
+    from edgempi.config import from_dict
+
+    cfg = from_dict(small_config(), ["parallel.devices_per_rank=50000", "algorithm.name=fedavg",
+                                     "algorithm.local_steps=2", "algorithm.cohort=100"])
+    assert footprint.estimate(cfg, 2).rows == 50
+    monkeypatch.setattr(footprint, "available_memory", lambda: (200_000_000, "MemAvailable in /proc/meminfo"))
+    assert footprint.refusal(cfg, 2, 2) is None
+    monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
+    assert footprint.refusal(cfg, 2, 2).startswith("algorithm.cohort: ") and "50 device(s) per rank" in \
+        footprint.refusal(cfg, 2, 2)
 
 
 def test_threads_beyond_the_machine_are_refused_by_validate() -> None:

@@ -8,8 +8,7 @@ Each run is a fresh command in its own session: edgempi's public CLI under ``mpi
 per core) through ``flower_app.py``, and pfl's simulated FedAvg under ``torchrun
 --nproc_per_node=2`` through ``pfl_app.py``. They alternate, the order reversing with each
 repeat. ``--cohort C`` trains C of the devices a round (edgempi's draw, which the peers are told):
-Flower and pfl train only those; edgempi, until its cohort sampling lands, trains all and
-averages those C (``algorithm.participation`` = C / devices), which gives the same models. For each run:
+every engine trains only those (edgempi's ``algorithm.cohort`` = C). For each run:
 
 - ready: from launching the command to the end of the evaluation before round 1 (interpreter,
   imports, MPI or Ray, data, partition, model and that evaluation), read off a clock, nothing

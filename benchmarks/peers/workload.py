@@ -7,24 +7,22 @@ edgempi's own partition, per-device batch order, model constructor, initial weig
 so every engine trains the same devices on the same batches from the same start and must reach
 the same accuracy. This module imports neither Flower nor pfl: a test checks the workload without them.
 
-A cohort of C of the P devices per round is, in edgempi today, ``algorithm.participation = C/P``:
-every device trains every round and only the drawn C report, after which all adopt their average
-(edgempi/algorithms/base.py ``participants``). The global model is then exactly the average of the
-C drawn devices' rounds, which Flower and pfl compute by training only those C, so the accuracy
-agrees while edgempi does P/C times their work, until its cohort sampling (issue 28) lands.
+A cohort of C of the P devices per round is edgempi's ``algorithm.cohort = C``: each round C
+devices are drawn (edgempi/cohort.py ``draw``) and only they train, each from the global model with
+no optimizer state, on the batches its own loader draws at that round's steps; Flower and pfl are
+told the same draw and train the same C on the same batches, so the accuracy agrees and every
+engine does the same work.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgempi import config, models, optim
-from edgempi.algorithms.base import participants
+from edgempi import cohort, config, models, optim
 from edgempi.config import ConfigError, RunConfig
 from edgempi.data import Dataset, DeviceLoader
 from edgempi.train import Seeds, device_loader, load_dataset, make_partition
@@ -36,7 +34,7 @@ RANKS = 2  # edgempi's MPI ranks: one per core of the project's machines, as Flo
 def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None = None) -> list[str]:
     """The ``--set`` values that size the workload: ``devices`` as ``ranks`` × devices per rank,
     ``rounds`` rounds, one /steps row per round and one evaluation, at the end; a ``cohort``
-    below ``devices`` as the participation that draws exactly that many each round."""
+    below ``devices`` as edgempi's cohort sampling (only that many train each round)."""
     if devices < ranks or devices % ranks:
         raise ConfigError("devices", f"{devices} devices cannot be split evenly over {ranks} ranks")
     if rounds < 1:
@@ -47,7 +45,7 @@ def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None 
     local = config.load(CONFIG).algorithm.local_steps
     sets = [f"parallel.devices_per_rank={devices // ranks}", f"train.steps={rounds * local}",
             f"train.log_every={local}", f"train.eval_every={rounds * local}"]
-    return sets + ([f"algorithm.participation={cohort / devices!r}"] if cohort < devices else [])
+    return sets + ([f"algorithm.cohort={cohort}"] if cohort < devices else [])
 
 
 def workload_config(devices: int, rounds: int, cohort: int | None = None) -> RunConfig:
@@ -89,8 +87,10 @@ class Workload:
 
     def cohort(self, round_index: int) -> list[int]:
         """The devices whose models round ``round_index`` (from 1) averages: edgempi's draw."""
-        mask = participants(self.cfg.algorithm, self.cfg.seed, self.devices, round_index)
-        return list(range(self.devices)) if mask is None else np.flatnonzero(mask).tolist()
+        size = cohort.size(self.cfg)
+        if size is None:
+            return list(range(self.devices))
+        return cohort.draw(self.cfg.seed, self.devices, size, round_index - 1).tolist()
 
     def round_batches(self, device: int, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every batch :meth:`fit` trains ``device`` on in round ``round_index``, concatenated in

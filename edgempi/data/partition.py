@@ -45,21 +45,30 @@ def _dirichlet(labels: np.ndarray, devices: int, rng: np.random.Generator, min_s
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(DIRICHLET_TRIES):
         held = np.zeros(devices, dtype=np.int64)
-        pieces: list[list[np.ndarray]] = [[] for _ in range(devices)]
+        dealt, owners = [], []  # each class's samples in drawn order, and the device each goes to
         for members in by_class:
             share = rng.dirichlet(np.full(devices, alpha)) * (held < fair)
             if share.sum() == 0:
                 break
             cuts = (np.cumsum(share / share.sum()) * len(members)).astype(np.int64)[:-1]
-            for d, piece in enumerate(np.split(rng.permutation(members), cuts)):
-                pieces[d].append(piece)
-                held[d] += len(piece)
+            dealt.append(rng.permutation(members))
+            owners.append(np.searchsorted(cuts, np.arange(len(members)), side="right"))
+            held += np.bincount(owners[-1], minlength=devices)
         else:
             if held.min() >= min_samples:
-                return [np.concatenate(p) for p in pieces]
+                return _gather(np.concatenate(dealt), np.concatenate(owners), held)
     raise ValueError(f"{KEY}.alpha: with alpha={alpha} some device still held fewer than "
                      f"min_samples={min_samples} samples after {DIRICHLET_TRIES} draws; raise alpha "
                      f"or use fewer devices or a smaller batch")
+
+
+def _gather(samples: np.ndarray, owners: np.ndarray, held: np.ndarray) -> list[np.ndarray]:
+    """Each device's ``samples`` (``owners`` says whose), in their order: the loop-free form of
+    appending each class's piece to its device, whose Python loop over the devices made a
+    10,000-device split take minutes."""
+    grouped = samples[np.argsort(owners, kind="stable")]
+    ends = np.cumsum(held)
+    return [grouped[end - n:end] for end, n in zip(ends.tolist(), held.tolist())]
 
 
 def _shards(labels: np.ndarray, devices: int, rng: np.random.Generator,

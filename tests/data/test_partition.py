@@ -78,6 +78,20 @@ def test_dirichlet_alpha_controls_label_skew():
     assert np.median(top_two) > 0.9
 
 
+@pytest.mark.parametrize("devices, alpha, min_samples, digest", [
+    (50, 0.5, 1, "2e195bcd2b83639d"), (200, 2.0, 1, "b5ebc0deafc57482"), (40, 0.3, 12, "08b7615af1a50cc5")])
+def test_dirichlet_split_is_the_one_it_always_was(devices, alpha, min_samples, digest):
+    """The split of the per-device loop it replaced (digests from it), redraws included: the loop-free
+    form changes no run's shards."""
+    import hashlib
+
+    labels = np.random.default_rng(7).integers(0, 10, 3000)
+    h = hashlib.sha256()
+    for part in partition(labels, devices, "dirichlet", 3, min_samples=min_samples, alpha=alpha):
+        h.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
+    assert h.hexdigest()[:16] == digest
+
+
 def test_dirichlet_gives_up_after_bounded_retries():
     two_classes = np.repeat([0, 1], 500)
     with pytest.raises(ValueError, match=rf"alpha=0.01.*min_samples=100.*{DIRICHLET_TRIES}"):
