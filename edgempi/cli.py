@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgempi import __version__, watchdog
-from edgempi.progress import write_line
 from edgempi.settings import ConfigError, printable
+from edgempi.util.progress import write_line
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard, parallel, topology, watchdog, yamltext
+from edgempi import parallel, watchdog
 from edgempi.algorithms import Policy
 from edgempi.checkpoint import (
     Checkpointer,
@@ -35,10 +35,12 @@ from edgempi.checkpoint import (
 )
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.heap import keep_freed_memory
-from edgempi.progress import write_line
+from edgempi.host import topology
+from edgempi.host.heap import keep_freed_memory
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.train import Outcome, Setup, Trainer, build, tables
+from edgempi.util import guard, yamltext
+from edgempi.util.progress import write_line
 
 
 class SetupError(RuntimeError):

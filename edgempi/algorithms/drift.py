@@ -11,7 +11,7 @@ from typing import Any
 from edgempi.algorithms.base import Capabilities, Context, Policy, participants
 from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 class DriftPolicy(Policy):
