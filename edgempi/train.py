@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from edgempi import algorithms, batched, cohort, data, models, parallel
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.data.drift import DriftingLoader, DriftSchedule
+from edgempi.data.concept_drift import DriftingLoader, DriftSchedule
 from edgempi.devices import DeviceBank, WorkObserver
 from edgempi.evaluate import evaluate, scored_overlays, test_shards
 from edgempi.flat import FlatModel

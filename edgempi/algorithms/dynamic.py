@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgempi.algorithms.base import Capabilities, Context
-from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.model_drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
 from edgempi.registry import METHODS
