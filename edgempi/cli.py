@@ -13,12 +13,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgempi import __version__, watchdog
-from edgempi.progress import write_line
 from edgempi.settings import ConfigError, printable
+from edgempi.util.progress import write_line
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
@@ -65,10 +66,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(work: Callable[[Comm], Path | None]) -> int:
-    """Run ``work`` on every rank with the failure rules: refusals are one line and exit 2;
-    a stop on a signal exits 130 or 143 (checkpoint saved); any other error aborts the whole
-    job; a signal or a stall that the ranks cannot act on together ends it by the watchdog.
+def _on_every_rank(work: Callable[[Comm], object], result: Path | None = None) -> int:
+    """Start MPI and run ``work`` on every rank under the failure rules, then print ``result``
+    (rank 0): refusals are one line and exit 2; a stop on a signal exits 130 or 143 (checkpoint
+    saved); any other error aborts the whole job; a signal or a stall that the ranks cannot act
+    on together ends it by the watchdog.
 
     Every line goes out whole (``write_line``), so the results path never joins a progress
     line when stdout and stderr share one pipe or log file."""
@@ -82,7 +84,7 @@ def _train(work: Callable[[Comm], Path | None]) -> int:
     comm = Comm()
     watchdog.start(comm)
     try:
-        path = work(comm)
+        work(comm)
     except Interrupted as exc:
         if comm.rank == 0:
             write_line(f"edgempi: {exc}")
@@ -100,8 +102,8 @@ def _train(work: Callable[[Comm], Path | None]) -> int:
         return 1
     finally:
         watchdog.stop()
-    if comm.rank == 0 and path is not None:
-        write_line(str(path), sys.stdout)
+    if comm.rank == 0 and result is not None:
+        write_line(str(result), sys.stdout)
     return 0
 
 
@@ -110,15 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edgempi.runner import results_path, run
 
     path = results_path(cfg, Path(args.config).stem)
-
-    def work(comm: Comm) -> Path:
-        outcome = run(cfg, comm, path, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-                      keep_checkpoints=args.keep_checkpoints)
-        if outcome is None and comm.rank == 0:
-            write_line(f"edgempi: {path} is completed already; nothing to resume, nothing changed")
-        return path
-
-    return _train(work)
+    return _on_every_rank(partial(run, cfg, path=path, overwrite=args.overwrite, progress=not args.quiet,
+                                  resume=args.resume, keep_checkpoints=args.keep_checkpoints), path)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -142,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         sweep.command(args, run_point, lambda: comm)
 
-    return _train(task)
+    return _on_every_rank(task)
 
 
 def _analysis(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgempi.data.loader import stream_seed
-from edgempi.lazy import lazy_import
 from edgempi.settings import require
+from edgempi.util.lazy import lazy_import
 
 if TYPE_CHECKING:
     from edgempi.data import DeviceLoader

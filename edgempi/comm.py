@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from edgempi.scratch import Scratch
+from edgempi.util.scratch import Scratch
 
 try:  # mpi4py initialises MPI on import; the CLI imports this module only to run.
     from mpi4py import MPI

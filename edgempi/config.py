@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from edgempi import yamltext
 from edgempi.data.settings import DataSettings
 from edgempi.models import NORMS
 from edgempi.registry import COMPRESSORS, DATASETS, METHODS, MODELS, MODES, SettingsRegistry
 from edgempi.settings import ConfigError, Settings, one_of, require
 from edgempi.sim.settings import NetworkConfig  # the modelled edge brings its own settings
+from edgempi.util import yamltext
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")

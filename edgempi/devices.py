@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgempi.flat import FlatModel
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 class WorkObserver(Protocol):

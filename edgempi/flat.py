@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn

@@ -34,7 +34,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edgempi import guard
+from edgempi.util import guard
 
 SCHEMA = "edgempi/1"
 STEP_COLUMNS = ("step", "epoch", "train_loss", "lr", "rounds", "bytes_up", "bytes_down", "ctrl_bytes",

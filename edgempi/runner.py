@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from edgempi import config as config_mod
-from edgempi import guard, parallel, topology, watchdog, yamltext
+from edgempi import parallel, watchdog
 from edgempi.algorithms import Policy
 from edgempi.checkpoint import (
     Checkpointer,
@@ -35,10 +37,12 @@ from edgempi.checkpoint import (
 )
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.heap import keep_freed_memory
-from edgempi.progress import write_line
+from edgempi.host import topology
+from edgempi.host.heap import keep_freed_memory
 from edgempi.record import SCHEMA, NullRecorder, OutputError, OutputLock, Recorder, describe
 from edgempi.train import Outcome, Setup, Trainer, build, tables
+from edgempi.util import guard, yamltext
+from edgempi.util.progress import write_line
 
 
 class SetupError(RuntimeError):
@@ -241,8 +245,15 @@ def run(cfg: RunConfig, comm: Comm, path: Path, overwrite: bool = False, progres
                 error = str(exc)
         action, recorded = agree(comm, error, planned, before_training=True)
         if action == "done":
+            if comm.rank == 0:
+                write_line(f"edgempi: {path} is completed already; nothing to resume, nothing changed")
             return None
-        outcome = _train(cfg, comm, path, action, progress, recorded, files)
+        trainer = _begin(cfg, comm, path, action, progress, recorded, files)
+        recorder = trainer.recorder
+        checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
+        watchdog.training(lambda: trainer.step)
+        with _final_status(recorder, comm):
+            outcome = trainer.run(checkpointer)
         if comm.rank == 0 and not keep_checkpoints:
             warning = remove(checkpoint_dir(path))
             if warning:
@@ -294,15 +305,13 @@ def _begin(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
     return trainer
 
 
-def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
-           recorded: dict[str, str | None], files: RankFiles) -> Outcome:
-    """Train and close the file; its final status is agreed by all ranks."""
-    trainer = _begin(cfg, comm, path, action, progress, recorded, files)
-    recorder = trainer.recorder
-    checkpointer = Checkpointer(cfg, comm, checkpoint_dir(path), recorder.run_id, lambda: recorder.error)
-    watchdog.training(lambda: trainer.step)
+@contextmanager
+def _final_status(recorder: Recorder | NullRecorder, comm: Comm) -> Iterator[None]:
+    """Close the file with the status training ended in: ``interrupted`` or ``failed`` (with the
+    error) if it raised, else ``completed``, agreed by all ranks (a file rank 0 could not close
+    fails the run on every rank)."""
     try:
-        outcome = trainer.run(checkpointer)
+        yield
     except Interrupted as exc:
         _close(recorder, "interrupted", str(exc))
         raise
@@ -320,7 +329,6 @@ def _train(cfg: RunConfig, comm: Comm, path: Path, action: str, progress: bool,
         error = str(exc)
         _close(recorder, "failed", error)
     agree(comm, error, exc_type=OutputError)
-    return outcome
 
 
 __all__ = ["SetupError", "agree", "results_path", "run"]

@@ -37,10 +37,10 @@ from typing import Any, Protocol
 
 import yaml
 
-from edgempi import yamltext
 from edgempi.analysis.runs import RunReadError, read_status
 from edgempi.config import ConfigError
-from edgempi.progress import write_line
+from edgempi.util import yamltext
+from edgempi.util.progress import write_line
 
 KEYS = ("name", "base", "grid", "zip", "seeds", "ranks")
 STATUSES = ("missing", "running", "interrupted", "completed", "failed")

@@ -18,17 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgempi import algorithms, batched, cohort, data, models, optim, parallel
+from edgempi import algorithms, batched, cohort, data, models, parallel
 from edgempi.comm import Comm
 from edgempi.config import RunConfig
-from edgempi.data.drift import DriftingLoader, DriftSchedule
+from edgempi.data.concept_drift import DriftingLoader, DriftSchedule
 from edgempi.devices import DeviceBank, WorkObserver
 from edgempi.evaluate import evaluate, scored_overlays, test_shards
 from edgempi.flat import FlatModel
-from edgempi.progress import Progress
 from edgempi.record import EVAL_COLUMNS, STEP_COLUMNS, NullRecorder, Recorder
 from edgempi.settings import ConfigError
 from edgempi.sim import Clock, device_link
+from edgempi.util import optim
+from edgempi.util.progress import Progress
 
 if TYPE_CHECKING:
     from edgempi.checkpoint import Checkpointer
@@ -151,7 +152,7 @@ def device_loader(cfg: RunConfig, dataset: data.Dataset, parts: list[np.ndarray]
 
 def make_optimizer(cfg: RunConfig, flat: FlatModel) -> torch.optim.Optimizer:
     """One optimizer over the single flat parameter tensor: one fused update per step (torch's,
-    eager only: see :mod:`edgempi.optim`)."""
+    eager only: see :mod:`edgempi.util.optim`)."""
     t = cfg.train
     if t.optimizer == "adam":
         return optim.Adam([flat.params], lr=t.lr, eps=t.adam_eps, weight_decay=t.weight_decay)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgempi.progress import write_line
+from edgempi.util.progress import write_line
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm

@@ -186,7 +186,7 @@ def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, r
 def test_a_merge_key_may_be_overridden_and_a_set_value_may_not_repeat_a_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("base: &b {lr: 0.1, batch_size: 8}\n")
-    from edgempi import yamltext
+    from edgempi.util import yamltext
 
     assert yamltext.parse("a: &b {lr: 0.1, batch_size: 8}\nt:\n  <<: *b\n  lr: 0.2\n", "x") == {
         "a": {"lr": 0.1, "batch_size": 8}, "t": {"lr": 0.2, "batch_size": 8}}

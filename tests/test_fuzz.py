@@ -12,8 +12,8 @@ from helpers import small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgempi import yamltext
 from edgempi.config import RunConfig, from_dict
+from edgempi.util import yamltext
 
 FAST = settings(max_examples=200, deadline=timedelta(seconds=10), suppress_health_check=[HealthCheck.too_slow])
 

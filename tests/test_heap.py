@@ -1,4 +1,4 @@
-"""A training step's freed tensors stay in the process (edgempi.heap): the next step takes the
+"""A training step's freed tensors stay in the process (edgempi.host.heap): the next step takes the
 same memory again without a page fault, where glibc would hand each large block back to the
 kernel and fault it in, zeroed, again."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from edgempi.config import from_dict
 PROBE = """
 import resource, sys, torch
 from edgempi import batched, models
-from edgempi.heap import keep_freed_memory
+from edgempi.host.heap import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.set_num_threads(1)
 model = models.create("lenet5", in_channels=1, input_size=28)

@@ -110,7 +110,7 @@ assert MODELS.get("resnet18") is resnet18 and MODELS.entries()["resnet18"] is re
 def test_lazy_import_is_the_module_once_read():
     script = """
 import sys
-from edgempi.lazy import lazy_import
+from edgempi.util.lazy import lazy_import
 torch = lazy_import("torch")
 assert "torch._C" not in sys.modules
 assert torch.ones(2).sum().item() == 2.0 and type(torch) is type(sys)
@@ -148,7 +148,7 @@ def test_only_torchvisions_models_import_torchvision(model, torchvision):
 ])
 def test_a_training_run_imports_no_dynamo(tmp_path, settings):
     """torch's optimizers import torch._dynamo on their first call (1.5–3 s of a rank's start-up,
-    as long as torch's own import); edgempi's (edgempi.optim) must not."""
+    as long as torch's own import); edgempi's (edgempi.util.optim) must not."""
     config = write_config(tmp_path / "c.yaml", small_config(**settings))
     found = probe("run", str(config), "--out", str(tmp_path))
     assert found["rc"] == 0, found["stderr"]

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from edgempi import optim
+from edgempi.util import optim
 
 SETTINGS = [
     ("SGD", {"lr": 0.1}),

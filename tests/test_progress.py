@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 
-from edgempi.progress import Progress, write_line
-from edgempi.units import byte_counts, describe_bytes, duration, human_bytes
+from edgempi.util.progress import Progress, write_line
+from edgempi.util.units import byte_counts, describe_bytes, duration, human_bytes
 
 
 class Pipe(io.StringIO):

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from helpers import child_env, mpiexec
 
-from edgempi.machine import cgroup_cpu_limit, fair_share
+from edgempi.host.machine import cgroup_cpu_limit, fair_share
 
-PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.topology\nfrom edgempi.comm import Comm\n"
-               "edgempi.topology.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
-               "edgempi.topology.busy_cpus = lambda cpus: float(sys.argv[2])\n"
-               "cores = MPI.COMM_WORLD.gather(edgempi.topology.node_share(Comm()).threads)\n"
+PRINT_CORES = ("import sys\nfrom mpi4py import MPI\nimport edgempi.host.topology\nfrom edgempi.comm import Comm\n"
+               "edgempi.host.topology.cgroup_cpu_limit = lambda: (float(sys.argv[1]), 'one cgroup')\n"
+               "edgempi.host.topology.busy_cpus = lambda cpus: float(sys.argv[2])\n"
+               "cores = MPI.COMM_WORLD.gather(edgempi.host.topology.node_share(Comm()).threads)\n"
                "if MPI.COMM_WORLD.rank == 0: print(cores)\n")
 
 
@@ -91,7 +91,7 @@ STAT = "cpu  9 9 9 9 9 0 0 0 0 0\ncpu0 {0} 0 0 {1} 0 0 0 0 0 0\ncpu1 {2} 0 0 {3}
 
 
 def test_busy_cpus_is_the_busy_share_of_the_given_cpus_over_the_window(tmp_path: Path, monkeypatch) -> None:
-    from edgempi import machine
+    from edgempi.host import machine
 
     stat = tmp_path / "stat"
     stat.write_text(STAT.format(100, 100, 100, 100))
@@ -114,7 +114,7 @@ def test_busy_cpus_is_the_busy_share_of_the_given_cpus_over_the_window(tmp_path:
 ])
 def test_available_memory_is_the_tightest_of_meminfo_and_the_cgroups(tmp_path: Path, proc: str, files: dict,
                                                                      expected) -> None:
-    from edgempi.machine import available_memory
+    from edgempi.host.machine import available_memory
 
     cgroup_files(tmp_path, {"proc": proc, "meminfo": "MemTotal: 9000000 kB\nMemAvailable: 8000000 kB\n", **files})
     free, source = available_memory(tmp_path / "meminfo", tmp_path / "proc", tmp_path / "fs")
@@ -130,8 +130,8 @@ def test_available_memory_is_the_tightest_of_meminfo_and_the_cgroups(tmp_path: P
 def test_a_run_beyond_the_nodes_memory_is_refused_with_the_estimate(monkeypatch, overrides, key, part) -> None:
     from helpers import small_config
 
-    from edgempi import footprint
     from edgempi.config import from_dict
+    from edgempi.host import footprint
 
     monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
     refusal = footprint.refusal(from_dict(small_config(), overrides), 2, 2)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from edgempi import batched, models
-from edgempi.heap import keep_freed_memory
+from edgempi.host.heap import keep_freed_memory
 
 
 def steps(group: int, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:

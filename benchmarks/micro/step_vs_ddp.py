@@ -27,8 +27,8 @@ from edgempi import algorithms, models
 from edgempi.comm import Comm
 from edgempi.config import RunConfig, from_dict
 from edgempi.flat import FlatModel
-from edgempi.heap import keep_freed_memory
-from edgempi.topology import node_share
+from edgempi.host.heap import keep_freed_memory
+from edgempi.host.topology import node_share
 from edgempi.train import make_optimizer
 
 Step = Callable[[], float]

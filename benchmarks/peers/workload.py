@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgempi import cohort, config, models, optim
+from edgempi import cohort, config, models
 from edgempi.config import ConfigError, RunConfig
 from edgempi.data import Dataset, DeviceLoader
 from edgempi.train import Seeds, device_loader, load_dataset, make_partition
+from edgempi.util import optim
 
 CONFIG = Path(__file__).resolve().with_name("fedavg.yaml")
 RANKS = 2  # edgempi's MPI ranks: one per core of the project's machines, as Flower gets one actor per core

@@ -18,10 +18,10 @@ from edgempi.algorithms.held import HeldModel
 from edgempi.config import RunConfig
 from edgempi.devices import DeviceBank
 from edgempi.flat import FlatModel
-from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import ConfigError, Settings, exclusive, one_of, require
 from edgempi.sim import Clock
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm  # importing comm starts MPI

@@ -7,7 +7,7 @@ import numpy as np
 
 from edgempi.algorithms.base import Context
 from edgempi.compression import GradientExchange
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 def make_exchange(ctx: Context, with_buffers: bool = False, dense_downlink: bool = False) -> GradientExchange | None:

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgempi.algorithms.base import Capabilities, Context
-from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.model_drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.config import RunConfig
-from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import exclusive, require
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm

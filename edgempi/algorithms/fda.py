@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from edgempi.algorithms.base import Capabilities, Context
-from edgempi.algorithms.drift import DriftPolicy
+from edgempi.algorithms.model_drift import DriftPolicy
 from edgempi.algorithms.server import ServerSettings
 from edgempi.algorithms.sketch import AmsSketch
 from edgempi.config import RunConfig
-from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import one_of, require
+from edgempi.util.lazy import torch
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from edgempi.algorithms.fedavg import FedAvg, FedAvgSettings
 from edgempi.config import RunConfig
-from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import require
+from edgempi.util.lazy import torch
 
 
 @dataclass

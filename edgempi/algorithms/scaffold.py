@@ -15,9 +15,9 @@ import numpy as np
 from edgempi.algorithms.base import Capabilities, Context, participants
 from edgempi.algorithms.fedavg import FedAvgSettings, PeriodicPolicy
 from edgempi.config import RunConfig
-from edgempi.lazy import torch
 from edgempi.registry import METHODS
 from edgempi.settings import require
+from edgempi.util.lazy import torch
 
 
 @dataclass

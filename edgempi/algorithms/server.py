@@ -24,8 +24,8 @@ from typing import Any
 
 from edgempi.algorithms.base import FederatedSettings
 from edgempi.devices import DeviceBank
-from edgempi.lazy import torch
 from edgempi.settings import exclusive, one_of, require
+from edgempi.util.lazy import torch
 
 SERVER_OPTIMIZERS = ("none", "sgd", "adam", "yogi", "adagrad")
 ADAPTIVE = ("adam", "yogi", "adagrad")

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 class AmsSketch:

@@ -9,7 +9,7 @@ from edgempi import parallel
 from edgempi.analysis.compare import fmt_value
 from edgempi.analysis.runs import AXES, Run, RunReadError, axis, read_run
 from edgempi.analysis.traffic import traffic
-from edgempi.units import KINDS, human_bytes
+from edgempi.util.units import KINDS, human_bytes
 
 # Last-row fields shown per table: (column or axis, label, format); "bytes": up, down, control, total.
 LAST = {"steps": (("step", "step", "{:.0f}"), ("epoch", "epoch", "{:.2f}"), ("train_loss", "train_loss", "{:.4f}"),

@@ -41,7 +41,7 @@ LEGEND_WIDTH, NOTE_WIDTH = 56, 80  # characters of a legend entry's and of the f
 
 
 def _x(run: Run, table: str, x: str) -> np.ndarray:
-    """The x value of every row of ``table``: an axis of runs.AXES, or bytes (edgempi.units)."""
+    """The x value of every row of ``table``: an axis of runs.AXES, or bytes (edgempi.util.units)."""
     values = traffic(run, table)[BYTE_AXES[x]] if x in BYTE_AXES else axis(run.tables[table], x)
     return values + charged(run, x) if table == "evals" else values
 

@@ -20,7 +20,7 @@ from edgempi.analysis.compare import differing_keys, fmt_value, group, group_key
 from edgempi.analysis.protocol import DESCRIBED, charged, check_same, eval_model
 from edgempi.analysis.runs import Run, axis
 from edgempi.analysis.traffic import BYTE_AXES, traffic
-from edgempi.units import human_bytes
+from edgempi.util.units import human_bytes
 
 # Costs at the first evaluation reaching the target: (name, csv column, markdown header).
 # "bytes" is the total (up + down + control), the figure the baseline ratio compares.

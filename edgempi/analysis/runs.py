@@ -4,7 +4,7 @@ A results directory collects files of many ages, from crashed jobs, from other t
 from runs still in progress, so reading is forgiving: a file that is not a readable
 ``edgempi/1`` results file is skipped with one line on stderr and the rest are still read.
 A file a job is writing or was writing when it was killed is read by a child process with a
-deadline (``edgempi.guard``), because HDF5 can retry for minutes on such a file whose metadata
+deadline (``edgempi.util.guard``), because HDF5 can retry for minutes on such a file whose metadata
 is damaged.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edgempi import guard, yamltext
 from edgempi.settings import ConfigError, printable
+from edgempi.util import guard, yamltext
 
 SCHEMA = "edgempi/1"
 TABLES = ("steps", "evals", "syncs")

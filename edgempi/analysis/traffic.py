@@ -1,4 +1,4 @@
-"""Bytes per device at every row of a run's table, in the one vocabulary of ``edgempi.units``.
+"""Bytes per device at every row of a run's table, in the one vocabulary of ``edgempi.util.units``.
 
 /steps and /evals hold all three counters. Files written before /evals had ``ctrl_bytes`` are
 read too: their control bytes at an evaluation come from /steps at the same step (interpolated
@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgempi.analysis.runs import Run
-from edgempi.units import BYTES
+from edgempi.util.units import BYTES
 
-# Plot axes and report columns of bytes: name → kind of edgempi.units.KINDS.
+# Plot axes and report columns of bytes: name → kind of edgempi.util.units.KINDS.
 BYTE_AXES = {"bytes": "total", "bytes_up": "up", "bytes_down": "down", "ctrl_bytes": "control"}
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgempi.lazy import torch
 from edgempi.settings import Settings, require
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from edgempi.config import RunConfig

@@ -12,8 +12,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
-from edgempi.lazy import torch
-from edgempi.scratch import Scratch
+from edgempi.util.lazy import torch
+from edgempi.util.scratch import Scratch
 
 from .base import Compressor, Payload
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
-from edgempi.scratch import Scratch
 from edgempi.settings import require
+from edgempi.util.lazy import torch
+from edgempi.util.scratch import Scratch
 
 from .base import CompressionSettings, Compressor, Payload, RatioSettings
 from .blockwise import BlockDecoder, Blockwise

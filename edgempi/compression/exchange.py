@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
+from edgempi.util.lazy import torch
 
 from .base import CompressionSettings, Compressor
 from .memory import ErrorFeedback, MomentumCorrection, NoMemory

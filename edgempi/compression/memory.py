@@ -6,7 +6,7 @@ keeps: what was sent + the new residual = the accumulated vector.
 """
 from __future__ import annotations
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 from .base import Compressor, Payload
 

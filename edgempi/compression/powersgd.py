@@ -16,9 +16,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgempi.lazy import torch
 from edgempi.registry import COMPRESSORS
 from edgempi.settings import require
+from edgempi.util.lazy import torch
 
 from .base import AllreduceSum, CompressionSettings, Compressor, Payload
 

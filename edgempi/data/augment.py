@@ -6,7 +6,7 @@ random draws come from the device's own torch.Generator so runs repeat exactly.
 """
 from __future__ import annotations
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:

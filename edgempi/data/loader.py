@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from edgempi.data.augment import crop_flip
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 def stream_seed(*keys: int) -> int:

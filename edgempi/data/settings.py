@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from edgempi.data.drift import DriftConfig
+from edgempi.data.concept_drift import DriftConfig
 from edgempi.data.partition import PARAMETERS, SCHEMES, scheme_parameters
 from edgempi.registry import DATASETS
 from edgempi.settings import Settings, one_of, require

@@ -24,9 +24,9 @@ import numpy as np
 
 from edgempi.data import inflated
 from edgempi.data.settings import DataSettings, settings_class
-from edgempi.lazy import torch
 from edgempi.registry import DATASETS
 from edgempi.settings import require
+from edgempi.util.lazy import torch
 
 
 class DataError(RuntimeError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edgempi.lazy import torch
 from edgempi.registry import MODELS
+from edgempi.util.lazy import torch
 
 if TYPE_CHECKING:
     from torch import nn

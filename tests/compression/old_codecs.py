@@ -11,7 +11,7 @@ import torch
 
 from edgempi.compression.base import Compressor, Payload
 from edgempi.compression.compressors import QSGD, TopK
-from edgempi.scratch import Scratch as _Scratch
+from edgempi.util.scratch import Scratch as _Scratch
 
 
 class OldTopK(TopK):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_methods import LENET, run, same_on_all_ranks
 
-from edgempi.algorithms.drift import DriftPolicy
 from edgempi.algorithms.dynamic import Dynamic
 from edgempi.algorithms.fda import FDA, SketchState
+from edgempi.algorithms.model_drift import DriftPolicy
 from edgempi.comm import Comm
 
 pytestmark = pytest.mark.mpi(min_size=2)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgempi.machine import available_memory
-from edgempi.units import human_bytes
+from edgempi.host.machine import available_memory
+from edgempi.util.units import human_bytes
 
 if TYPE_CHECKING:
     from torch import nn

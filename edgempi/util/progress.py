@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-from edgempi.units import describe_bytes, duration
+from edgempi.util.units import describe_bytes, duration
 
 EVERY_S = 10.0
 

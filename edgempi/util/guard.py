@@ -93,7 +93,7 @@ def _spawned(target: str, args: tuple[Any, ...], timeout: float) -> tuple[str, A
     for var in [v for v in env if v.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))]:
         del env[var]  # the child is no MPI process
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgempi.guard", repr(timeout)],
+        proc = subprocess.run([sys.executable, "-m", "edgempi.util.guard", repr(timeout)],
                               input=pickle.dumps((target, args)), capture_output=True,
                               timeout=timeout + STARTUP_S, env=env)
     except subprocess.TimeoutExpired as exc:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgempi.machine import busy_cpus, cgroup_cpu_limit, fair_share
+from edgempi.host.machine import busy_cpus, cgroup_cpu_limit, fair_share
 
 if TYPE_CHECKING:
     from edgempi.comm import Comm
@@ -58,7 +58,7 @@ def fit(cfg: RunConfig, comm: Comm) -> str | None:
     free cores), then check the run fits the node: why not, in one line, or None."""
     import torch
 
-    from edgempi import footprint
+    from edgempi.host import footprint
 
     share = node_share(comm)
     if cfg.train.threads > share.cores:

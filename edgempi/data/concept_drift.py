@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 KINDS = ("permute_labels", "swap_classes", "switch_shards")
 

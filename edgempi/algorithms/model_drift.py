@@ -1,4 +1,5 @@
-"""What dynamic averaging and FDA share: the drift w − w₀ of each device since the last sync.
+"""What dynamic averaging and FDA share: the drift w − w₀ of each device's model since the last sync
+(the model's drift; the data's is :mod:`edgempi.data.concept_drift`).
 
 Both keep w₀ (the average at the last sync, the same for every device) as one flat tensor and
 end a round with one weight Allreduce; they differ only in the rule that decides when.
@@ -11,7 +12,7 @@ from typing import Any
 from edgempi.algorithms.base import Capabilities, Context, Policy, participants
 from edgempi.algorithms.held import HeldModel, exchanged_positions
 from edgempi.algorithms.server import ServerOptimizer, ServerSettings, load_server_state, server_state
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 class DriftPolicy(Policy):

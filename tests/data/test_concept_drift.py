@@ -7,7 +7,7 @@ import torch
 from helpers import edgempi, self_comm, small_config, write_config
 
 from edgempi.config import from_dict
-from edgempi.data.drift import DriftConfig, DriftSchedule
+from edgempi.data.concept_drift import DriftConfig, DriftSchedule
 from edgempi.record import open_for_reading
 from edgempi.settings import ConfigError
 from edgempi.train import build

@@ -5,7 +5,7 @@ A fresh 45 MB tensor per step costs more in page faults than the arithmetic done
 """
 from __future__ import annotations
 
-from edgempi.lazy import torch
+from edgempi.util.lazy import torch
 
 
 class Scratch:
