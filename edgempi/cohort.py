@@ -10,6 +10,8 @@ for changes, at the round's start: its loader (the member's shard, drawn in the 
 order), its link on the modelled network, and, for a fresh start, its row (the global model),
 its optimizer state (none) and its random stream (from seed, member, round). So a member's
 persistent state is its shard and its seed, and memory grows with the cohort, not the population.
+A method that keeps more per device (SCAFFOLD's control variates) keeps it for the devices
+sampled so far only, and swaps it in at a round's start (``Policy.begin_cohort``).
 """
 from __future__ import annotations
 
@@ -42,13 +44,18 @@ def slots(cfg: Any, ranks: int) -> int:
     return cfg.parallel.devices_per_rank if cohort is None else cohort // ranks
 
 
+def population(cfg: Any, ranks: int) -> int:
+    """The devices a cohort is drawn from: every device a run of ``ranks`` ranks would have."""
+    return ranks * cfg.parallel.devices_per_rank
+
+
 def check_world(cfg: Any, world_size: int) -> None:
     """A cohort fits the population and deals out evenly over the ranks."""
     cohort = size(cfg)
     if cohort is None:
         return
-    population = world_size * cfg.parallel.devices_per_rank
-    require(cohort <= population, "algorithm.cohort", f"{cohort} is more than the population of {population} "
+    devices = population(cfg, world_size)
+    require(cohort <= devices, "algorithm.cohort", f"{cohort} is more than the population of {devices} "
             f"devices ({world_size} ranks × parallel.devices_per_rank {cfg.parallel.devices_per_rank})")
     require(cohort % world_size == 0, "algorithm.cohort", f"{cohort} does not divide over the {world_size} ranks "
             "(each rank holds cohort / ranks devices)")
@@ -96,12 +103,14 @@ class Cohort:
         trainer.clock.bind([self.link(d) for d in members.tolist()])
         if offset == 0:
             self.start(trainer, round_index)
+            trainer.policy.begin_cohort(members)
         self.bound = round_index
 
     def start(self, trainer: Any, round_index: int) -> None:
         """The slots' members start the round as a stateless client does: from the global
         model (the method's held model), with no optimizer state, and a random stream of
-        their own for this round."""
+        their own for this round. (A method that keeps state per device swaps it in after:
+        :meth:`edgempi.algorithms.Policy.begin_cohort`.)"""
         bank, held = trainer.bank, trainer.policy.held
         bank.storage[:, held.positions] = held.values
         states = [torch.Generator().manual_seed(stream_seed(self.seed, STREAM, d, round_index)).get_state()
@@ -123,4 +132,4 @@ def create(cfg: Any, ranks: int, rank: int, population: int, steps_per_epoch: in
     return Cohort(cfg.seed, population, cohort, ranks, rank, cfg.algorithm.period(steps_per_epoch), loader, link)
 
 
-__all__ = ["Cohort", "check_world", "create", "draw", "size", "slots"]
+__all__ = ["Cohort", "check_world", "create", "draw", "population", "size", "slots"]

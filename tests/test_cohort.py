@@ -11,7 +11,9 @@ import torch
 from helpers import self_comm, small_config
 
 from edgempi import cohort
+from edgempi.algorithms.base import participants
 from edgempi.batched import BatchedSteps
+from edgempi.checkpoint import Checkpointer, load_rank_state, read_meta
 from edgempi.config import from_dict
 from edgempi.data import DeviceLoader
 from edgempi.settings import ConfigError
@@ -39,7 +41,8 @@ def rows(table: list[dict]) -> list[dict]:
     [],  # batched steps
     ["algorithm.name=fedprox", "algorithm.mu=0.1"],  # one device after another (a per-device hook)
     ["algorithm.server_optimizer=adam", "algorithm.participation=0.5"],  # FedOpt, half of the cohort reports
-], ids=["fedavg", "fedprox", "fedadam"])
+    ["algorithm.name=scaffold", "algorithm.participation=0.5"],  # control variates, swapped in each round
+], ids=["fedavg", "fedprox", "fedadam", "scaffold"])
 def test_a_cohort_of_the_whole_population_is_the_run_without_one(extra):
     """Plain SGD keeps no state a fresh round would drop, and member d at step t draws d's batch
     of step t: the same batches, the same averages, the same bits."""
@@ -48,6 +51,28 @@ def test_a_cohort_of_the_whole_population_is_the_run_without_one(extra):
     assert torch.equal(plain.storage, sampled.storage)
     assert rows(plain.steps) == rows(sampled.steps) and rows(plain.evals) == rows(sampled.evals)
     assert plain.syncs == sampled.syncs and len(plain.syncs) == 3
+
+
+def test_scaffold_keeps_the_variates_of_the_sampled_devices_only():
+    """16 devices, 3 rounds of a cohort of 3 of which 2 report: the members drawn have a cᵢ, no
+    other device does; the last round's are in the rows, the earlier members' in the store, each
+    once (and only they go into a checkpoint); only reporters' cᵢ moved from zero. c starts at
+    zero and moves by |S|/N · mean Δcᵢ, so it is Σᵢ cᵢ / N with N = 16 (|S|/C would make it 16/3
+    as large)."""
+    setup, trainer, _, _ = run([*FEDAVG, "algorithm.name=scaffold", "parallel.devices_per_rank=16",
+                                "algorithm.cohort=3", "algorithm.participation=0.67"])
+    policy, seed = trainer.policy, setup.cfg.seed
+    draws = [cohort.draw(seed, 16, 3, r) for r in range(3)]
+    reporters = {int(d) for r, members in enumerate(draws)
+                 for d in members[participants(setup.cfg.algorithm, seed, 3, r + 1)]}
+    stored = set(policy.store.rows)
+    assert policy.holders.tolist() == draws[2].tolist() and not stored & set(draws[2].tolist())
+    assert stored | set(draws[2].tolist()) == {int(d) for members in draws for d in members}
+    variates = {**policy.store.rows, **dict(zip(policy.holders.tolist(), policy.c_local))}
+    assert {d for d, c in variates.items() if c.abs().sum() > 0} == reporters and 3 < len(reporters) < len(variates)
+    assert policy.state_dict()["variates"]["ids"].tolist() == sorted(stored)
+    assert torch.allclose(policy.c, torch.stack(list(variates.values())).sum(0) / 16, atol=1e-6)
+    assert policy.c.abs().sum() > 0
 
 
 def test_only_the_members_train(monkeypatch):
@@ -72,6 +97,43 @@ def test_only_the_members_train(monkeypatch):
     assert comm.ledger.bytes_up == comm.ledger.bytes_down == 3 * 3 * LENET_BYTES  # 3 rounds × 3 devices
     assert outcome.steps[-1]["bytes_up"] == 3 * LENET_BYTES  # per device of the cohort
     assert setup.partition_counts.shape[0] == 16  # the population's partition
+
+
+class Stop(Exception):
+    pass
+
+
+class SaveOnce(Checkpointer):
+    """Saves at its first due step, then stops the run there, as a preempted job would."""
+
+    def maybe_save(self, trainer) -> None:
+        super().maybe_save(trainer)
+        if (self.folder / "meta.json").exists():
+            raise Stop
+
+
+def test_scaffold_resumed_mid_round_from_a_checkpoint_is_the_run_uninterrupted(tmp_path):
+    """One rank of 8 devices, a cohort of 4, half of it reporting: stopped after step 7, in the
+    third round, and resumed from the checkpoint's file; the rows, the model, c and every
+    sampled device's cᵢ are those of the run that never stopped."""
+    overrides = [*FEDAVG, "algorithm.name=scaffold", "parallel.devices_per_rank=8", "algorithm.cohort=4",
+                 "algorithm.participation=0.5", "train.steps=12", "train.log_every=1", "checkpoint.every_steps=7"]
+    _, whole, full, _ = run(overrides)
+    cfg, comm = from_dict(small_config(), overrides), self_comm()
+    first = Trainer(build(cfg, comm), comm)
+    with pytest.raises(Stop):
+        first.run(SaveOnce(cfg, comm, tmp_path))
+    state = load_rank_state(tmp_path, 0, read_meta(tmp_path, cfg, 1))
+    assert state["step"] == 7 and state["policy"]["variates"]["ids"].numel() > 0
+    second = Trainer(build(cfg, comm), comm)
+    second.load_state_dict(state)
+    rest = second.run()
+    assert rows(first.outcome.steps + rest.steps) == rows(full.steps)
+    assert rows(first.outcome.evals + rest.evals) == rows(full.evals)
+    assert first.outcome.syncs + rest.syncs == full.syncs and torch.equal(rest.storage, full.storage)
+    assert torch.equal(second.policy.c, whole.policy.c) and torch.equal(second.policy.c_local, whole.policy.c_local)
+    assert second.policy.store.rows.keys() == whole.policy.store.rows.keys()
+    assert all(torch.equal(row, whole.policy.store.rows[d]) for d, row in second.policy.store.rows.items())
 
 
 def test_the_draw_is_seeded_sorted_and_differs_by_round():
@@ -118,12 +180,13 @@ def test_cohort_is_refused_where_a_device_keeps_state():
     for override, words in [("algorithm.name=dynamic", "dynamic and fda"), ("algorithm.name=fda", "not used by fda"),
                             ("algorithm.name=large_batch", "not used by large_batch"),
                             ("algorithm.name=centralized", "not used by centralized"),
-                            ("compression.name=topk", "compression"), ("algorithm.name=scaffold", "control variate"),
+                            ("compression.name=topk", "compression"),
                             ("algorithm.average_buffers=false", "BatchNorm"), ("algorithm.cohort=0", "> 0")]:
         with pytest.raises(ConfigError, match=words):
             from_dict(base, [override])
     cfg = from_dict(base)
     cohort.check_world(cfg, 1)
+    assert from_dict(base, ["algorithm.name=scaffold"]).algorithm.cohort == 2  # its cᵢ are kept per sampled device
     with pytest.raises(ConfigError, match="more than the population of 2 devices"):
         cohort.check_world(from_dict(base, ["algorithm.cohort=3"]), 1)
     with pytest.raises(ConfigError, match="does not divide over the 2 ranks"):

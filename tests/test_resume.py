@@ -42,6 +42,8 @@ def assert_same_history(a, b):
                   "train": {"momentum": 0.0}}),
     ("fedavg", {"algorithm": {"cohort": 4, "server_optimizer": "adam"},  # a cohort of 4 of 8 resumed mid-round:
                 "parallel": {"devices_per_rank": 4}}),  # the draw, the members' loaders, server state
+    ("scaffold", {"algorithm": {"cohort": 4, "participation": 0.5}, "parallel": {"devices_per_rank": 4},
+                  "train": {"momentum": 0.0}}),  # a cohort's cᵢ: the store of the sampled and the rows' holders
     ("large_batch", {"parallel": {"devices_per_rank": 2},  # stragglers: the deadline's step count is saved
                      "network": {"preset": "4g", "spread": 0.5, "step_ms": 20, "deadline_s": 0.2, "jitter": 0.5}}),
 ])

@@ -145,8 +145,8 @@ def test_a_cohort_is_estimated_by_its_rows_not_its_population(monkeypatch) -> No
     """100,000 devices with a cohort of 100 on 2 ranks hold 50 rows a rank: 24.7 MB, not 24.7 GB."""
     from helpers import small_config
 
-    from edgempi.host import footprint
     from edgempi.config import from_dict
+    from edgempi.host import footprint
 
     cfg = from_dict(small_config(), ["parallel.devices_per_rank=50000", "algorithm.name=fedavg",
                                      "algorithm.local_steps=2", "algorithm.cohort=100"])
@@ -156,6 +156,24 @@ def test_a_cohort_is_estimated_by_its_rows_not_its_population(monkeypatch) -> No
     monkeypatch.setattr(footprint, "available_memory", lambda: (100_000, "MemAvailable in /proc/meminfo"))
     assert footprint.refusal(cfg, 2, 2).startswith("algorithm.cohort: ") and "50 device(s) per rank" in \
         footprint.refusal(cfg, 2, 2)
+
+
+def test_scaffold_under_a_cohort_counts_the_variates_of_every_device_it_will_sample(monkeypatch) -> None:
+    """A cohort of 100 of 100,000 on 2 ranks: 10 rounds sample at most 1,000 devices (500 cᵢ a
+    rank, and the cohort's hand-over buffer); 1,000 rounds may sample all 100,000: 12.4 GB."""
+    from helpers import small_config
+
+    from edgempi.config import from_dict
+    from edgempi.host import footprint
+
+    base = ["parallel.devices_per_rank=50000", "algorithm.name=scaffold", "algorithm.local_steps=2",
+            "algorithm.cohort=100"]
+    assert footprint.estimate(from_dict(small_config(), [*base, "train.steps=20"]), 2).kept == 4 * 61_706 * 600
+    assert footprint.estimate(from_dict(small_config(), [*base, "algorithm.name=fedavg"]), 2).kept == 0
+    monkeypatch.setattr(footprint, "available_memory", lambda: (1e9, "MemAvailable in /proc/meminfo"))
+    refusal = footprint.refusal(from_dict(small_config(), [*base, "train.steps=2000"]), 2, 1)
+    assert refusal.startswith("train.steps: ") and "state the method keeps for the devices sampled 12.4 GB" in refusal
+    assert footprint.refusal(from_dict(small_config(), [*base, "train.steps=20"]), 2, 1) is None
 
 
 def test_threads_beyond_the_machine_are_refused_by_validate() -> None:

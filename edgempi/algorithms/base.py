@@ -103,6 +103,11 @@ class MethodSettings(Settings):
     def check_world(self, world_size: int) -> None:
         """Does the method fit the number of ranks the job was started with?"""
 
+    def kept_rows(self, cfg: RunConfig, ranks: int) -> int:
+        """Model-sized rows one of ``ranks`` ranks keeps for the method besides its devices'
+        (:mod:`edgempi.host.footprint`); 0: none worth counting."""
+        return 0
+
 
 @dataclass
 class FederatedSettings(MethodSettings):
@@ -204,6 +209,12 @@ class Policy:
         """After device ``device`` (of this rank) has its gradient in ``ctx.flat.grads``, before
         that gradient is exchanged or its optimizer steps: the place to change a device's local
         objective (FedProx's proximal term, SCAFFOLD's correction)."""
+
+    def begin_cohort(self, members: np.ndarray) -> None:
+        """``algorithm.cohort``: a round begins with the population's ``members`` (the whole
+        cohort; this rank's devices stand for ``ctx.comm.mine(members)``): the place a method
+        that keeps state per device (SCAFFOLD's cᵢ) swaps it in. Every rank calls it at the same
+        step, so it may talk."""
 
     def after_backward(self, step: int) -> bool:
         """Between backward and the optimizer step: the place to exchange gradients. Returns

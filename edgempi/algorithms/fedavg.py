@@ -28,8 +28,8 @@ class FedAvgSettings(ServerSettings):
     local_bn: bool = exclusive(False, "FedBN (BatchNorm kept on each device) is for fedavg")
     """FedBN (Li et al., ICLR 2021): every BatchNorm parameter and statistic stays on its device."""
     cohort: int | None = exclusive(None, "cohort sampling is for the methods whose sampled devices start each round "
-                                         "from the global model (fedavg, fedprox, FedOpt); dynamic and fda watch "
-                                         "every device every step")
+                                         "from the global model (fedavg, fedprox, FedOpt, scaffold); dynamic and "
+                                         "fda watch every device every step")
     """Devices drawn each round from the population (ranks × devices_per_rank); only they train (unset: all)."""
 
     def check(self, cfg: RunConfig) -> None:

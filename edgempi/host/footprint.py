@@ -6,7 +6,9 @@ are known from the model alone, built once on CPU (:func:`edgempi.models.probe`)
 parameters (weights, gradient, optimizer state, for the rank and for each of its devices) and
 the activations a batch keeps for the backward pass (measured by a forward pass of one sample).
 What a method keeps besides (a reference model, control variates) is left out, so the estimate
-is a floor: a run refused here could never have run.
+is a floor: a run refused here could never have run. The exception is state that grows with the
+run rather than the settings (SCAFFOLD's control variates of every device a cohort has sampled,
+``MethodSettings.kept_rows``): it is counted at its end-of-run size.
 """
 from __future__ import annotations
 
@@ -34,15 +36,16 @@ class Footprint:
     activations: int  # what a batch's forward pass keeps for the backward pass
     rows: int  # the devices a rank holds at once: devices_per_rank, or its share of a cohort
     rows_key: str = "parallel.devices_per_rank"  # the config key that sizes ``rows``
+    kept: int = 0  # what the method keeps that grows with the run (MethodSettings.kept_rows)
 
     @property
     def total(self) -> int:
-        return self.model + self.devices + self.activations
+        return self.model + self.devices + self.activations + self.kept
 
     def largest(self) -> str:
         """The config key of the largest part: the one to change."""
         parts = {"model.name": self.model, self.rows_key: self.devices,
-                 "train.batch_size": self.activations}
+                 "train.batch_size": self.activations, "train.steps": self.kept}
         return max(parts, key=parts.__getitem__)
 
 
@@ -87,7 +90,8 @@ def estimate(cfg: RunConfig, ranks: int) -> Footprint | None:
     return Footprint(params=params, model=FLOAT * params * (2 + state),
                      devices=FLOAT * params * (2 + state) * devices if devices > 1 else 0,
                      activations=FLOAT * per_sample * cfg.train.batch_size * batched, rows=devices,
-                     rows_key="parallel.devices_per_rank" if cohort.size(cfg) is None else "algorithm.cohort")
+                     rows_key="parallel.devices_per_rank" if cohort.size(cfg) is None else "algorithm.cohort",
+                     kept=FLOAT * params * cfg.algorithm.kept_rows(cfg, ranks))
 
 
 def refusal(cfg: RunConfig, ranks_on_node: int, ranks: int) -> str | None:
@@ -100,5 +104,7 @@ def refusal(cfg: RunConfig, ranks_on_node: int, ranks: int) -> str | None:
     return (f"{need.largest()}: the run needs at least {human_bytes(need.total)} per rank (model of "
             f"{need.params:,} values with gradient and optimizer state {human_bytes(need.model)}, "
             f"{need.rows} device(s) per rank {human_bytes(need.devices)}, activations of a batch "
-            f"of {cfg.train.batch_size} {human_bytes(need.activations)}) × {ranks_on_node} rank(s) on this node = "
+            f"of {cfg.train.batch_size} {human_bytes(need.activations)}"
+            f"{f', state the method keeps for the devices sampled {human_bytes(need.kept)}' if need.kept else ''}"
+            f") × {ranks_on_node} rank(s) on this node = "
             f"{human_bytes(need.total * ranks_on_node)}, but {human_bytes(free)} is available ({source})")
