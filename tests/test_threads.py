@@ -145,8 +145,8 @@ def test_a_cohort_is_estimated_by_its_rows_not_its_population(monkeypatch) -> No
     """100,000 devices with a cohort of 100 on 2 ranks hold 50 rows a rank: 24.7 MB, not 24.7 GB."""
     from helpers import small_config
 
-    from edgempi.host import footprint
     from edgempi.config import from_dict
+    from edgempi.host import footprint
 
     cfg = from_dict(small_config(), ["parallel.devices_per_rank=50000", "algorithm.name=fedavg",
                                      "algorithm.local_steps=2", "algorithm.cohort=100"])
