@@ -5,6 +5,7 @@ seconds of each child process, medians.
 
     python benchmarks/micro/check_cost.py [CONFIG] [N]
 """
+import argparse
 import os
 import resource
 import statistics
@@ -12,8 +13,13 @@ import subprocess
 import sys
 import time
 
-CONFIG = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/configs/quickstart.yaml"
-N = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+ARGS = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ARGS.add_argument("config", nargs="?", default="benchmarks/configs/quickstart.yaml", help="(default: %(default)s)")
+ARGS.add_argument("n", nargs="?", type=int, default=5, help="repeats of each way (default: 5)")
+PARSED = ARGS.parse_args()
+CONFIG, N = PARSED.config, PARSED.n
+if not os.path.isfile(CONFIG):
+    ARGS.error(f"{CONFIG}: no such file")
 VALIDATE = "import sys; from edgempi.cli import main; sys.exit(main(['validate', sys.argv[1]]))"
 WAYS = {"edgempi validate": VALIDATE, "with torch imported first": "import torch, torchvision; " + VALIDATE}
 

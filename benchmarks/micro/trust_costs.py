@@ -4,11 +4,11 @@ at close, a results file read in process and through the guard. Median of N repe
 
     CPU=1 python benchmarks/micro/trust_costs.py [TMPDIR]   # CPU=1: process time, not wall time
 """
+import argparse
 import hashlib
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +17,12 @@ import torch
 
 from edgempi import checkpoint, models, record
 from edgempi.flat import FlatModel
+
+ARGS = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ARGS.add_argument("tmpdir", nargs="?", type=Path, help="a folder for the scratch files (default: the system's)")
+TMPDIR = ARGS.parse_args().tmpdir
+if TMPDIR is not None and not TMPDIR.is_dir():
+    ARGS.error(f"{TMPDIR}: no such folder")
 
 CLOCK = time.process_time if os.environ.get("CPU") else time.perf_counter
 def med(fn, n=7):
@@ -34,7 +40,7 @@ flat.params.grad = torch.randn_like(flat.params)
 opt.step()
 state = {"step": 10, "storage": flat.storage.clone(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
          "ledger": {"rounds": 3, "segments": [0.1] * 10}}
-tmp = Path(tempfile.mkdtemp(dir=sys.argv[1] if len(sys.argv) > 1 else None))
+tmp = Path(tempfile.mkdtemp(dir=TMPDIR))
 old_path = tmp / "old.pt"
 save_old = med(lambda: torch.save(state, old_path))
 new_path = tmp / "rank0-step10.pt"
