@@ -108,11 +108,14 @@ def test_the_path_is_said_once(overrides, said, capsys):
 
 
 def test_the_kernel_floor_times_every_kind_of_layer_the_batched_path_runs():
-    """benchmarks/micro/lenet_ceiling.py's floor (torch's kernels alone, laid out as the batched
-    path lays them out) runs, and finds convolutions, max-pools and linear layers in LeNet-5."""
+    """benchmarks/micro/lenet_ceiling.py's floors (torch's kernels alone, laid out as the batched
+    path lays them out, and the rest of a step's work) run, and find convolutions, max-pools,
+    linear layers, ReLUs, the loss, the optimizer's update and the data in LeNet-5's step."""
     ceiling = load_script(ROOT / "benchmarks" / "micro" / "lenet_ceiling.py")
-    parts = ceiling.kernel_floor(batch=2, group=3, repeats=1)
-    assert set(parts) == {"convolutions", "max-pools", "linear layers"} and all(ms > 0 for ms in parts.values()), parts
+    parts = ceiling.floors(batch=2, group=3)
+    assert set(parts) == {*ceiling.KERNELS, "ReLUs", "loss", "optimizer", "data"}, parts
+    assert set(ceiling.KERNELS) == {"convolutions", "max-pools", "linear layers"}
+    assert all(ms > 0 for ms in parts.values()), parts
 
 
 def test_the_compile_benchmark_times_the_gradient_the_loop_computes():

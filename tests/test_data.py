@@ -99,6 +99,20 @@ def test_loader_epochs_cover_the_shard_once():
     assert torch.equal(yb, loader.batch(4)[1])  # a batch depends on (seed, step) only
 
 
+def test_a_batch_is_its_seeded_rows_of_the_shard_whole():
+    """Images (every pixel, not one per image) and labels of a batch are the shard's rows that the
+    device's seeded order picks for the step, paired, and normalised."""
+    x = torch.randint(256, (20, 3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(10, (20,), generator=torch.Generator().manual_seed(2))
+    loader = data.DeviceLoader(x, y, 6, seed=3, mean=(0.5, 0.25, 0.0), std=(0.5, 1.0, 2.0))
+    for step in (0, 2, 4):
+        epoch, i = divmod(step, loader.steps_per_epoch)
+        rows = loader.order(epoch)[i * 6:(i + 1) * 6]
+        xb, yb = loader.batch(step)
+        assert torch.equal(yb, y[rows]) and torch.equal(xb, loader.normalize(x[rows]))
+        assert xb.shape == (6, 3, 4, 5) and xb.dtype == torch.float32
+
+
 def _corrupt(folder, name, change):
     path = folder / name
     path.write_bytes(change(path.read_bytes()))

@@ -65,8 +65,10 @@ class DeviceLoader:
         """The (normalised images, labels) this device trains on at ``step``."""
         epoch, i = divmod(step, self.steps_per_epoch)
         idx = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
-        x = self.x[idx]
+        # index_select, not x[idx]: the same rows without advanced indexing's overhead (13 µs against
+        # 3 µs for 16 images, most of a batched device-step's data time: lenet_ceiling.py)
+        x = self.x.index_select(0, idx)
         if self.augment:
             x = crop_flip(x, torch.Generator().manual_seed(stream_seed(self.seed, epoch, i, 1)))
-        return self.normalize(x), self.y[idx]
+        return self.normalize(x), self.y.index_select(0, idx)
 
