@@ -53,8 +53,9 @@ def test_edgempi_command_runs_the_workload_flower_is_given(devices, tmp_path):
     assert (d.name, d.partition, ours.model.name, ours.seed) == ("fashion-mnist", "iid", "lenet5", 0)
     assert (t.batch_size, t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.warmup_steps) == \
         (32, "sgd", 0.05, 0.0, 0.0, "constant", 0)
-    assert (a.name, a.local_steps, a.participation, a.dropout) == ("fedavg", 10, 1.0, 0.0)
-    assert ours.parallel.devices_per_rank * RANKS == devices and t.steps == 30 and t.log_every == 10
+    local = {10: 187, 100: 18, 1000: 1}[devices]  # one epoch: 6,000, 600 and 60 images in batches of 32
+    assert (a.name, a.local_steps, a.participation, a.dropout) == ("fedavg", local, 1.0, 0.0)
+    assert ours.parallel.devices_per_rank * RANKS == devices and t.steps == 3 * local and t.log_every == local
 
 
 def test_a_device_count_the_ranks_do_not_divide_is_refused():
@@ -73,19 +74,21 @@ def one_thread():
 
 
 @needs_fashion
-def test_flower_clients_averaged_end_where_edgempi_fedavg_ends(one_thread):
-    """Two devices, two rounds: what the Flower client computes per device, averaged with
-    equal weights (every reply counts the same examples), equals edgempi's run in this process."""
-    cfg = config.load(CONFIG, overrides(2, 2, ranks=1))  # both devices on this one rank
+@pytest.mark.parametrize("devices, cohort", [(2, None), (4000, 2)])
+def test_flower_clients_averaged_end_where_edgempi_fedavg_ends(one_thread, devices, cohort):
+    """Two rounds of 10 steps: what the Flower client computes per device, averaged with equal
+    weights (every reply counts the same examples), equals edgempi's run in this process; with
+    4,000 devices a shard holds 15 images, trained as one batch at each step, as edgempi does."""
+    cfg = config.load(CONFIG, overrides(devices, 2, ranks=1, cohort=cohort, local_steps=10))  # all on this rank
     dataset = load_dataset(cfg)
     setup = build(cfg, self_comm(), dataset)
     outcome = Trainer(setup, self_comm()).run()
-    work = Workload(2, 2, dataset)
+    work = Workload(devices, 2, dataset, cohort=cohort, local_steps=10)
     assert work.cfg.train == cfg.train and work.cfg.algorithm == cfg.algorithm
     model = work.initial_model()
     for round_index in (1, 2):
         states = []
-        for device in (0, 1):
+        for device in work.cohort(round_index):
             local = work.initial_model()
             local.load_state_dict(model.state_dict())
             work.fit(local, device, round_index)
@@ -228,11 +231,15 @@ def test_pfl_users_are_edgempis_devices_model_and_cohorts(pfl_app):
 
 @needs_fashion
 @needs_pfl
-def test_pfl_fedavg_on_a_cohort_ends_at_edgempis_accuracy(one_thread, pfl_app, tmp_path):
-    """Four devices, a cohort of two, two rounds: pfl (one process) reaches edgempi's accuracy."""
-    cfg = config.load(CONFIG, overrides(4, 2, ranks=1, cohort=2))
+@pytest.mark.parametrize("devices", [4, 4000])
+def test_pfl_fedavg_on_a_cohort_ends_at_edgempis_accuracy(one_thread, pfl_app, tmp_path, devices):
+    """A cohort of two, two rounds of 10 steps: pfl (one process) ends at edgempi's model and accuracy;
+    with 4,000 devices a shard holds 15 images, trained as one batch at each step, as edgempi does."""
+    cfg = config.load(CONFIG, overrides(devices, 2, ranks=1, cohort=2, local_steps=10))
     outcome = Trainer(build(cfg, self_comm(), load_dataset(cfg)), self_comm()).run()
-    pfl_app.run(4, 2, 2, tmp_path / "pfl.json")
+    model = pfl_app.run(devices, 2, 2, tmp_path / "pfl.json", local_steps=10)
+    ours = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(ours, outcome.storage[0, :ours.numel()], rtol=0, atol=1e-5)
     result = json.loads((tmp_path / "pfl.json").read_text())
     assert len(result["round_ends"]) == 2 and result["ready"] <= result["round_ends"][0]
     assert result["accuracy"] == pytest.approx(outcome.evals[-1]["test_acc"], abs=1e-4)

@@ -104,9 +104,11 @@ class Clock(TrainingProcessCallback):
         return done, Metrics()
 
 
-def run(devices: int, cohort: int, rounds: int, out: Path) -> None:
+def run(devices: int, cohort: int, rounds: int, out: Path, local_steps: int | None = None) -> torch.nn.Module:
+    """The global model after ``rounds`` rounds of ``local_steps`` (default: one epoch of a
+    device's shard, the benchmark's workload)."""
     torch.set_num_threads(1)  # torchrun's default with several processes per machine, as each edgempi rank has
-    work = Workload(devices, rounds, cohort=cohort)
+    work = Workload(devices, rounds, cohort=cohort, local_steps=local_steps)
     module = pfl_module(work)
     t = work.cfg.train
     model = PyTorchModel(model=module, local_optimizer_create=torch.optim.SGD,
@@ -115,10 +117,11 @@ def run(devices: int, cohort: int, rounds: int, out: Path) -> None:
                                postprocessors=[WeightByUser()])
     params = NNAlgorithmParams(central_num_iterations=rounds, evaluation_frequency=rounds + 1,
                                train_cohort_size=cohort, val_cohort_size=0)
-    train = NNTrainHyperParams(local_learning_rate=t.lr, local_num_epochs=1, local_batch_size=t.batch_size)
+    train = NNTrainHyperParams(local_learning_rate=t.lr, local_num_epochs=1, local_batch_size=work.batch_size)
     FederatedAveraging().run(algorithm_params=params, backend=backend, model=model, model_train_params=train,
                              model_eval_params=NNEvalHyperParams(local_batch_size=1000),
                              callbacks=[Clock(work, rounds, out)])
+    return module
 
 
 def main() -> None:

@@ -30,12 +30,21 @@ from edgempi.util import optim
 
 CONFIG = Path(__file__).resolve().with_name("fedavg.yaml")
 RANKS = 2  # edgempi's MPI ranks: one per core of the project's machines, as Flower gets one actor per core
+TRAIN_IMAGES = 60_000  # Fashion-MNIST's training set, split evenly (IID) over the devices
 
 
-def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None = None) -> list[str]:
+def epoch_steps(devices: int) -> int:
+    """One local epoch over an IID shard of ``devices``: its full batches of 32, or one batch of
+    the whole shard when it holds fewer (a cohort's member trains on its shard as its batch)."""
+    return max(1, TRAIN_IMAGES // devices // config.load(CONFIG).train.batch_size)
+
+
+def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None = None,
+              local_steps: int | None = None) -> list[str]:
     """The ``--set`` values that size the workload: ``devices`` as ``ranks`` × devices per rank,
-    ``rounds`` rounds, one /steps row per round and one evaluation, at the end; a ``cohort``
-    below ``devices`` as edgempi's cohort sampling (only that many train each round)."""
+    ``rounds`` rounds of one local epoch each (or ``local_steps`` steps), one /steps row per round
+    and one evaluation, at the end; a ``cohort`` below ``devices`` as edgempi's cohort sampling
+    (only that many train each round)."""
     if devices < ranks or devices % ranks:
         raise ConfigError("devices", f"{devices} devices cannot be split evenly over {ranks} ranks")
     if rounds < 1:
@@ -43,15 +52,16 @@ def overrides(devices: int, rounds: int, ranks: int = RANKS, cohort: int | None 
     cohort = devices if cohort is None else cohort
     if not 1 <= cohort <= devices:
         raise ConfigError("cohort", f"must be in [1, {devices}] (the devices), got {cohort}")
-    local = config.load(CONFIG).algorithm.local_steps
-    sets = [f"parallel.devices_per_rank={devices // ranks}", f"train.steps={rounds * local}",
+    local = local_steps or epoch_steps(devices)
+    sets = [f"parallel.devices_per_rank={devices // ranks}", f"algorithm.local_steps={local}",
+            f"train.steps={rounds * local}",
             f"train.log_every={local}", f"train.eval_every={rounds * local}"]
     return sets + ([f"algorithm.cohort={cohort}"] if cohort < devices else [])
 
 
-def workload_config(devices: int, rounds: int, cohort: int | None = None) -> RunConfig:
+def workload_config(devices: int, rounds: int, cohort: int | None = None, local_steps: int | None = None) -> RunConfig:
     """The config every engine runs, as edgempi reads it from :func:`edgempi_command`."""
-    return config.load(CONFIG, overrides(devices, rounds, cohort=cohort))
+    return config.load(CONFIG, overrides(devices, rounds, cohort=cohort, local_steps=local_steps))
 
 
 def edgempi_command(devices: int, rounds: int, out: Path, mpiexec: str = "mpiexec",
@@ -70,8 +80,9 @@ class Workload:
     steps (r − 1)·L … r·L − 1, with a fresh SGD optimizer (plain SGD keeps no state between rounds).
     """
 
-    def __init__(self, devices: int, rounds: int, dataset: Dataset | None = None, cohort: int | None = None) -> None:
-        self.cfg = workload_config(devices, rounds, cohort)
+    def __init__(self, devices: int, rounds: int, dataset: Dataset | None = None, cohort: int | None = None,
+                 local_steps: int | None = None) -> None:
+        self.cfg = workload_config(devices, rounds, cohort, local_steps)
         self.devices = devices
         self.dataset = dataset or load_dataset(self.cfg)
         self.seeds = Seeds.from_seed(self.cfg.seed, devices)
@@ -101,13 +112,21 @@ class Workload:
                                                          round_index * self.local_steps)]
         return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
+    @property
+    def batch_size(self) -> int:
+        """The one batch size of pfl's users: every device's, which the IID split makes equal
+        (32, or a cohort member's whole shard when it holds fewer)."""
+        if len({len(p) for p in self.parts}) > 1:
+            raise ValueError("the shards differ in size, so do their batches: pfl takes one batch size")
+        return self.loader(0).batch_size
+
     def loader(self, device: int) -> DeviceLoader:
         if device not in self.loaders:
             self.loaders[device] = device_loader(self.cfg, self.dataset, self.parts, self.seeds, device)
         return self.loaders[device]
 
     def fit(self, model: nn.Module, device: int, round_index: int) -> float:
-        """One round of device ``device`` on ``model`` in place; returns its mean training loss.
+        """One round of device ``device`` on ``model`` in place, in edgempi's batches; returns its mean training loss.
         The optimizer is edgempi's (torch's SGD without the seconds of ``torch._dynamo`` import),
         so that neither engine's start-up is charged for it."""
         t = self.cfg.train
@@ -115,7 +134,8 @@ class Workload:
         model.train()
         losses = []
         xs, ys = self.round_batches(device, round_index)
-        for x, y in zip(xs.split(t.batch_size), ys.split(t.batch_size)):
+        batch = self.loader(device).batch_size  # edgempi's: 32, or a cohort member's whole smaller shard
+        for x, y in zip(xs.split(batch), ys.split(batch)):
             optimizer.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
