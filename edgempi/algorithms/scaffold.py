@@ -21,6 +21,8 @@ needs a second to send cᵢ⁺ back at the round's end, and a copy on every rank
 memory. The exchange is the simulator's bookkeeping (an edge device keeps its own cᵢ), so it
 is neither in the ledger nor on the simulated clock.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Any
 
