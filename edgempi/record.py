@@ -245,6 +245,7 @@ class Recorder:
             root["git_sha"] = sha
         root.update({k: v for k, v in attrs.items() if v is not None})
         self.columns: dict[str, tuple[str, ...]] = {}
+        self.handles: dict[str, list[h5py.Dataset]] = {}
         for table, columns in tables.items():
             group = self.file.create_group(table)
             for col in columns:
@@ -273,7 +274,7 @@ class Recorder:
             os.replace(tmp, path)
             self = cls.__new__(cls)
             self.path, self.columns, self.run_id, self.error, self.reserved = path, columns, run_id, None, 0
-            self.status = None
+            self.status, self.handles = None, {}
             self.file = h5py.File(path, "r+", libver="latest")
             self.reserve()
             self.file.swmr_mode = True
@@ -292,15 +293,21 @@ class Recorder:
             return
         try:
             self.reserve()
-            group = self.file[table]
-            for col in self.columns[table]:
-                ds = group[col]
+            for col, ds in zip(self.columns[table], self.datasets(table)):
                 n = ds.shape[0]
                 ds.resize((n + 1,))
                 ds[n] = row.get(col, np.nan)
             self.file.flush()
         except (OSError, RuntimeError, ValueError, KeyError) as exc:
             self.error = str(write_failure(self.path, exc))
+
+    def datasets(self, table: str) -> list[h5py.Dataset]:
+        """The table's columns, opened once: looked up by name on every row, they were a third
+        of a row's cost, which a run that records every round (benchmarks/peers) pays each round."""
+        if table not in self.handles:
+            group = self.file[table]
+            self.handles[table] = [group[col] for col in self.columns[table]]
+        return self.handles[table]
 
     def reserve(self) -> None:
         """Stop writing while the disk can still take the file's close and final status: HDF5
